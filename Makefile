@@ -1,0 +1,46 @@
+# Quick start:  make run   (set up, then the default experiment)   |   make test   (set up, then the whole suite)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build from this machine's local disk. On a GPU machine: make install TORCH=torch
+TORCH ?= torch==2.13.0
+ARGS ?=
+PYTEST_WORKERS ?= 2
+
+.PHONY: install run test test-fast lint format typecheck bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]" "$(TORCH)"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m rlhf_lab $(ARGS)
+
+# The whole suite, slow end-to-end training tests included (what CI runs).
+test: install
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(ARGS)
+
+# Inner loop: everything but the slow and multi-process tests.
+test-fast: install
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow and not multiprocess" $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) benchmarks/logps_memory.py
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,37 @@
+"""`python -m rlhf_lab [group=option ...] [key=value ...]`: run one experiment (or a --multirun sweep)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from rlhf_lab.config import register_schemas
+
+register_schemas()
+
+# Absolute, so the entry point works however the module is imported (python -m, console script, tests).
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    _quiet_libraries()
+    from rlhf_lab.train import train
+
+    summary = train(cfg)
+    return summary.get("val/loss")
+
+
+if __name__ == "__main__":
+    main()

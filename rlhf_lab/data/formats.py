@@ -1,0 +1,407 @@
+"""Preference and SFT row formats, their detection, validation and conversion to `PreferenceExample`.
+
+Row numbers in errors (``row N``) are 0-based indices of the records in a file, in file order, the same
+index a `datasets`/pandas table would show; blank JSONL lines are not records and are not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rlhf_lab.errors import check_choice
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+FORMATS = ("conversational", "implicit_prompt", "plain", "sft")
+ROLES = ("system", "user", "assistant")
+
+# Columns each format needs; `sft` has two layouts, checked separately.
+REQUIRED_COLUMNS = {
+    "conversational": ("prompt", "chosen", "rejected"),
+    "implicit_prompt": ("chosen", "rejected"),
+    "plain": ("prompt", "chosen", "rejected"),
+}
+
+
+@dataclass
+class PreferenceExample:
+    """One validated example: a prompt and a chosen (and, for preference data, a rejected) completion.
+
+    Attributes:
+        prompt: Conversational: messages ending with a user turn. Plain: a string.
+        chosen: Conversational: the assistant message(s). Plain: a string.
+        rejected: Same type as ``chosen``; None for SFT rows.
+        source: Where the row came from, e.g. ``data/train.jsonl:row 12``, for error messages.
+    """
+
+    prompt: list[Message] | str
+    chosen: list[Message] | str
+    rejected: list[Message] | str | None
+    source: str
+
+    @property
+    def is_conversational(self) -> bool:
+        """True when the example is a list of messages to render with the chat template."""
+        return isinstance(self.prompt, list)
+
+
+class DataError(ValueError):
+    """A bad input file or row; the message names the file, the 0-based row and the field.
+
+    Attributes:
+        reason: What is wrong, without the location.
+        file: The file (or other source) the row came from.
+        row: 0-based record index in the file, or None for file-level problems.
+        field: The column (possibly with a message path such as ``chosen[0].content``), or None.
+    """
+
+    def __init__(self, message: str, *, file: str, row: int | None = None, field: str | None = None):
+        self.reason = message
+        self.file = str(file)
+        self.row = row
+        self.field = field
+        location = [self.file]
+        if row is not None:
+            location.append(f"row {row}")
+        if field is not None:
+            location.append(f"field {field!r}")
+        super().__init__(f"{', '.join(location)}: {message}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list of messages"
+    return type(value).__name__
+
+
+def detect_format(columns: Iterable[str], first_row: dict, *, file: str = "<data>") -> str:
+    """Guess the format from the column names and the value types of the first row.
+
+    Args:
+        columns: Column names of the table.
+        first_row: The first record, used to tell strings from message lists.
+        file: Named in the error when no format fits.
+
+    Returns:
+        One of `FORMATS`.
+    """
+    names = set(columns)
+    if "chosen" in names and "rejected" in names:
+        if "prompt" not in names:
+            return "implicit_prompt"
+        values = [first_row.get(key) for key in ("prompt", "chosen", "rejected")]
+        # Any message list means chat data; mixed types are reported by `to_example` as a type mismatch.
+        return "plain" if all(isinstance(value, str) for value in values) else "conversational"
+    if "messages" in names or ("prompt" in names and "completion" in names):
+        return "sft"
+    raise DataError(
+        f"cannot detect the data format from columns [{', '.join(sorted(names))}]; expected "
+        "prompt/chosen/rejected (conversational or plain), chosen/rejected (implicit_prompt), "
+        "prompt/completion or messages (sft); set data.format to override",
+        file=file,
+    )
+
+
+class _RowContext:
+    """Builds `DataError`s for one row, so validators need not thread file/row/format around."""
+
+    def __init__(self, row: dict, fmt_label: str, file: str, row_index: int):
+        self.row = row
+        self.fmt = fmt_label
+        self.file = file
+        self.row_index = row_index
+
+    def error(self, message: str, field: str | None) -> DataError:
+        return DataError(message, file=self.file, row=self.row_index, field=field)
+
+    def require(self, *columns: str) -> list[Any]:
+        values = []
+        for column in columns:
+            if column not in self.row:
+                found = ", ".join(sorted(map(str, self.row))) or "none"
+                raise self.error(
+                    f"missing column {column!r} (found columns: {found}; format: {self.fmt})", column
+                )
+            if self.row[column] is None:
+                raise self.error(f"column {column!r} is null (format: {self.fmt})", column)
+            values.append(self.row[column])
+        return values
+
+    def messages(self, value: Any, field: str) -> list[Message]:
+        """Check a message list and copy it down to role and content."""
+        if not isinstance(value, list):
+            raise self.error(f"expected a list of messages, got {_kind(value)}", field)
+        messages = []
+        for position, message in enumerate(value):
+            where = f"{field}[{position}]"
+            if not isinstance(message, dict):
+                raise self.error(f"expected a message object, got {_kind(message)}", where)
+            for key in ("role", "content"):
+                if key not in message:
+                    raise self.error(f"message has no {key!r} (keys: {', '.join(map(str, message))})", where)
+            role, content = message["role"], message["content"]
+            if role not in ROLES:
+                raise self.error(
+                    f"unknown role {role!r}; expected one of: {', '.join(ROLES)}", f"{where}.role"
+                )
+            if not isinstance(content, str):
+                raise self.error(
+                    f"message content must be a string, got {_kind(content)}", f"{where}.content"
+                )
+            messages.append({"role": role, "content": content})
+        return messages
+
+    def text(self, value: Any, field: str) -> str:
+        if not isinstance(value, str):
+            raise self.error(f"expected a string, got {_kind(value)}", field)
+        return value
+
+    def check_prompt(self, prompt: list[Message], field: str) -> None:
+        if not prompt:
+            raise self.error("the prompt has no messages", field)
+        if prompt[-1]["role"] != "user":
+            raise self.error(f"the prompt must end with a user turn, not {prompt[-1]['role']!r}", field)
+
+    def check_completion(self, completion: list[Message], field: str) -> None:
+        if not completion:
+            raise self.error("empty completion: no messages", field)
+        if completion[0]["role"] != "assistant":
+            raise self.error(
+                f"the completion must start with an assistant turn, not {completion[0]['role']!r}", field
+            )
+        # A trailing user turn would be scored as if the model had written it.
+        if completion[-1]["role"] != "assistant":
+            raise self.error(
+                f"the completion must end with an assistant turn, not {completion[-1]['role']!r}", field
+            )
+        for position, message in enumerate(completion):
+            if message["role"] == "assistant" and not message["content"].strip():
+                raise self.error(
+                    "empty completion: assistant content is blank", f"{field}[{position}].content"
+                )
+
+    def check_order(self, conversation: list[Message], field: str, offset: int = 0) -> None:
+        """System only first, then user/assistant alternating from a user turn.
+
+        Args:
+            conversation: Prompt followed by completion.
+            field: Column named in the error.
+            offset: Index of the column's first message in ``conversation``, to name the bad message.
+        """
+        expected = "user"
+        for position, message in enumerate(conversation):
+            role = message["role"]
+            where = f"{field}[{position - offset}].role" if position >= offset else field
+            if role == "system":
+                if position != 0:
+                    raise self.error("a system message may only be the first message", where)
+                continue
+            if role != expected:
+                raise self.error(
+                    f"roles must alternate user/assistant starting with user; got {role!r} where "
+                    f"{expected!r} was expected",
+                    where,
+                )
+            expected = "assistant" if role == "user" else "user"
+
+    def check_text_completion(self, text: str, field: str) -> None:
+        if not text.strip():
+            raise self.error("empty completion", field)
+
+
+def to_example(row: dict, fmt: str, *, file: str, row_index: int) -> PreferenceExample:
+    """Validate one row of a known format and convert it.
+
+    Args:
+        row: The record.
+        fmt: One of `FORMATS` (not ``auto``).
+        file: Source file, for errors and ``source``.
+        row_index: 0-based record index in the file.
+
+    Raises:
+        DataError: The row does not fit the format; the message names file, row and field.
+    """
+    check_choice("data.format", fmt, FORMATS)
+    return _to_example(row, fmt, file=file, row_index=row_index, fmt_label=fmt)
+
+
+def _to_example(row: dict, fmt: str, *, file: str, row_index: int, fmt_label: str) -> PreferenceExample:
+    context = _RowContext(row, fmt_label, file, row_index)
+    if not isinstance(row, dict):
+        raise context.error(f"expected an object (column -> value), got {type(row).__name__}", None)
+    source = f"{file}:row {row_index}"
+    if fmt == "conversational":
+        prompt, chosen, rejected = _conversational(context)
+    elif fmt == "implicit_prompt":
+        prompt, chosen, rejected = _implicit_prompt(context)
+    elif fmt == "plain":
+        prompt, chosen, rejected = _plain(context)
+    else:
+        prompt, chosen = _sft(context)
+        rejected = None
+    return PreferenceExample(prompt=prompt, chosen=chosen, rejected=rejected, source=source)
+
+
+def _check_pair_types(context: _RowContext, prompt: Any, completions: dict[str, Any]) -> None:
+    """Reject rows mixing strings and message lists, with a message naming both types."""
+    for column, value in completions.items():
+        if isinstance(value, str | list) and isinstance(prompt, str) != isinstance(value, str):
+            raise context.error(
+                f"type mismatch: prompt is a {_kind(prompt)} but {column} is a {_kind(value)}; "
+                "use strings throughout (plain) or message lists throughout (conversational)",
+                column,
+            )
+
+
+def _conversational(context: _RowContext) -> tuple[list[Message], list[Message], list[Message]]:
+    raw_prompt, raw_chosen, raw_rejected = context.require("prompt", "chosen", "rejected")
+    if not isinstance(raw_prompt, list):
+        raise context.error(
+            f"type mismatch: prompt is a {_kind(raw_prompt)} but the conversational format needs a list "
+            "of messages (plain-string rows need prompt, chosen and rejected all strings)",
+            "prompt",
+        )
+    _check_pair_types(context, raw_prompt, {"chosen": raw_chosen, "rejected": raw_rejected})
+    prompt = context.messages(raw_prompt, "prompt")
+    system = context.row.get("system")
+    if system is not None and system != "":
+        if not isinstance(system, str):
+            raise context.error(f"expected a string, got {_kind(system)}", "system")
+        if not any(message["role"] == "system" for message in prompt):
+            prompt = [{"role": "system", "content": system}, *prompt]
+    context.check_prompt(prompt, "prompt")
+    context.check_order(prompt, "prompt")
+    completions = []
+    for column, raw in (("chosen", raw_chosen), ("rejected", raw_rejected)):
+        completion = context.messages(raw, column)
+        context.check_completion(completion, column)
+        context.check_order(prompt + completion, column, offset=len(prompt))
+        completions.append(completion)
+    return prompt, completions[0], completions[1]
+
+
+def _implicit_prompt(context: _RowContext) -> tuple[list[Message], list[Message], list[Message]]:
+    raw_chosen, raw_rejected = context.require("chosen", "rejected")
+    chosen = context.messages(raw_chosen, "chosen")
+    rejected = context.messages(raw_rejected, "rejected")
+    for column, conversation in (("chosen", chosen), ("rejected", rejected)):
+        if not conversation:
+            raise context.error("empty completion: no messages", column)
+        context.check_order(conversation, column)
+    if chosen == rejected:
+        # Keep identical pairs convertible so `convert_rows` can count them as dropped rather than fail.
+        assistant_turns = [i for i, message in enumerate(chosen) if message["role"] == "assistant"]
+        split = assistant_turns[-1] if assistant_turns else len(chosen)
+        return chosen[:split], chosen[split:], rejected[split:]
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    prompt = chosen[:shared]
+    if not prompt or prompt[-1]["role"] != "user":
+        last = "no messages" if not prompt else f"a {prompt[-1]['role']} turn"
+        raise context.error(
+            f"the common prefix of chosen and rejected (the implicit prompt, {shared} messages) ends with "
+            f"{last}; it must end with a user turn",
+            "chosen",
+        )
+    for column, conversation in (("chosen", chosen), ("rejected", rejected)):
+        context.check_completion(conversation[shared:], column)
+    return prompt, chosen[shared:], rejected[shared:]
+
+
+def _plain(context: _RowContext) -> tuple[str, str, str]:
+    prompt, chosen, rejected = context.require("prompt", "chosen", "rejected")
+    if not isinstance(prompt, str):
+        raise context.error(
+            f"type mismatch: prompt is a {_kind(prompt)} but the plain format needs strings", "prompt"
+        )
+    _check_pair_types(context, prompt, {"chosen": chosen, "rejected": rejected})
+    for column, value in (("chosen", chosen), ("rejected", rejected)):
+        context.text(value, column)
+        context.check_text_completion(value, column)
+    return prompt, chosen, rejected
+
+
+def _sft(context: _RowContext) -> tuple[list[Message] | str, list[Message] | str]:
+    if "messages" in context.row and "completion" not in context.row:
+        (raw,) = context.require("messages")
+        messages = context.messages(raw, "messages")
+        context.check_order(messages, "messages")
+        if not messages or messages[-1]["role"] != "assistant":
+            raise context.error("the conversation must end with an assistant turn to train on", "messages")
+        prompt, completion = messages[:-1], messages[-1:]
+        context.check_prompt(prompt, "messages")
+        context.check_completion(completion, "messages")
+        return prompt, completion
+    prompt, completion = context.require("prompt", "completion")
+    if isinstance(prompt, str):
+        _check_pair_types(context, prompt, {"completion": completion})
+        context.check_text_completion(completion, "completion")
+        return prompt, completion
+    _check_pair_types(context, prompt, {"completion": completion})
+    prompt_messages = context.messages(prompt, "prompt")
+    context.check_prompt(prompt_messages, "prompt")
+    context.check_order(prompt_messages, "prompt")
+    completion_messages = context.messages(completion, "completion")
+    context.check_completion(completion_messages, "completion")
+    context.check_order(prompt_messages + completion_messages, "completion", offset=len(prompt_messages))
+    return prompt_messages, completion_messages
+
+
+def convert_rows(
+    rows: Iterable[dict], fmt: str = "auto", *, file: str, row_numbers: Sequence[int] | None = None
+) -> tuple[list[PreferenceExample], dict[str, int]]:
+    """Detect the format (unless given), validate and convert every row, dropping identical pairs.
+
+    Args:
+        rows: Records, e.g. from `rlhf_lab.data.io.read_rows`.
+        fmt: ``auto`` or one of `FORMATS`.
+        file: Source file, named in errors and in each example's ``source``.
+        row_numbers: Each row's 0-based position in ``file`` when ``rows`` is a subset of it (e.g. a
+            split carved out of one file); by default the position in ``rows``.
+
+    Returns:
+        The examples and counts ``{"rows": n, "identical_dropped": k}``.
+
+    Raises:
+        ConfigError: ``fmt`` is not ``auto`` or a known format.
+        DataError: A row is invalid.
+    """
+    check_choice("data.format", fmt, ("auto", *FORMATS))
+    rows = list(rows)
+    if row_numbers is None:
+        row_numbers = range(len(rows))
+    elif len(row_numbers) != len(rows):
+        raise ValueError(f"{file}: {len(row_numbers)} row numbers given for {len(rows)} rows")
+    label = f"{fmt} (configured)"
+    if fmt == "auto" and rows:
+        first = rows[0]
+        if not isinstance(first, dict):
+            raise DataError(
+                f"expected an object (column -> value), got {type(first).__name__}",
+                file=file,
+                row=row_numbers[0],
+            )
+        fmt = detect_format(first.keys(), first, file=file)
+        # Saying the format was guessed explains a "missing column" error on an unexpected layout.
+        label = f"{fmt} (detected)"
+    examples = []
+    dropped = 0
+    for row_number, row in zip(row_numbers, rows, strict=True):
+        example = _to_example(row, fmt, file=file, row_index=row_number, fmt_label=label)
+        if example.rejected is not None and example.chosen == example.rejected:
+            dropped += 1
+            continue
+        examples.append(example)
+    if dropped:
+        logger.warning(
+            "%s: dropped %d of %d rows whose chosen and rejected are identical", file, dropped, len(rows)
+        )
+    return examples, {"rows": len(rows), "identical_dropped": dropped}

@@ -1,0 +1,104 @@
+"""Reading tables of rows from JSONL, JSON and Parquet files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rlhf_lab.data.formats import DataError
+
+EXTENSIONS = (".jsonl", ".json", ".parquet")
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Read every record of a data file as a dict of column -> value.
+
+    Supported: ``.jsonl`` (one object per line, blank lines skipped), ``.json`` (a list of objects,
+    ``{"data": [...]}``, or a dict of equal-length column lists) and ``.parquet``.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The records in file order; row N in later errors is the 0-based index into this list.
+
+    Raises:
+        DataError: The file is missing, unreadable, of an unknown type, or holds something other than rows.
+    """
+    path = Path(path)
+    file = str(path)
+    suffix = path.suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise DataError(
+            f"unknown file type {suffix or '(none)'!r}; expected one of: {', '.join(EXTENSIONS)}", file=file
+        )
+    if not path.is_file():
+        raise DataError("file not found" if not path.exists() else "not a regular file", file=file)
+    if suffix == ".jsonl":
+        rows = _read_jsonl(path, file)
+    elif suffix == ".json":
+        rows = _read_json(path, file)
+    else:
+        rows = _read_parquet(path, file)
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(
+                f"expected an object (column -> value), got {type(row).__name__}", file=file, row=index
+            )
+    return rows
+
+
+def _read_text(path: Path, file: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read the file: {error}", file=file) from error
+
+
+def _read_jsonl(path: Path, file: str) -> list[Any]:
+    rows = []
+    for line_number, line in enumerate(_read_text(path, file).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            # Line numbers are 1-based, as editors show them; row numbers elsewhere are 0-based record indices.
+            raise DataError(f"line {line_number}: invalid JSON: {error}", file=file) from error
+    return rows
+
+
+def _read_json(path: Path, file: str) -> list[Any]:
+    try:
+        data = json.loads(_read_text(path, file))
+    except json.JSONDecodeError as error:
+        raise DataError(f"invalid JSON: {error}", file=file) from error
+    if isinstance(data, dict) and set(data) == {"data"}:
+        data = data["data"]
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and data and all(isinstance(column, list) for column in data.values()):
+        lengths = {name: len(column) for name, column in data.items()}
+        if len(set(lengths.values())) != 1:
+            detail = ", ".join(f"{name}: {length}" for name, length in lengths.items())
+            raise DataError(f"column lists have different lengths ({detail})", file=file)
+        names = list(data)
+        return [dict(zip(names, values, strict=True)) for values in zip(*data.values(), strict=True)]
+    raise DataError(
+        'expected a list of objects, {"data": [...]}, or an object of equal-length column lists; '
+        f"got {type(data).__name__}",
+        file=file,
+    )
+
+
+def _read_parquet(path: Path, file: str) -> list[Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(f"cannot read the Parquet file: {error}", file=file) from error
+    # `to_pylist` gives plain lists and dicts for nested columns, where pandas would give numpy arrays.
+    return table.to_pylist()

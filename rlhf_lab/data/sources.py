@@ -1,0 +1,134 @@
+"""Where rows come from: local files or the Hugging Face hub (the synthetic task lives in synthetic.py)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlhf_lab.data.io import read_rows
+from rlhf_lab.errors import ConfigError, check_range
+
+
+@dataclass
+class RowBlock:
+    """Rows from one file or split; ``row_numbers`` are their positions in the file (for error messages)."""
+
+    name: str
+    rows: list[dict[str, Any]]
+    row_numbers: list[int] | None = None
+
+
+Splits = dict[str, list[RowBlock]]
+
+
+def _split_off(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    num_eval = max(1, round(fraction * len(rows))) if rows else 0
+    return sorted(order[num_eval:]), sorted(order[:num_eval])
+
+
+@dataclass
+class LocalFiles:
+    """JSON, JSONL or Parquet files on disk.
+
+    Attributes:
+        train_path: One path or a list of paths.
+        eval_path: Held-out path(s); when empty, ``eval_fraction`` of the training rows is held out.
+        eval_fraction: Share of training rows held out when no ``eval_path`` is given.
+        seed: Seed of the held-out split.
+    """
+
+    train_path: Any = "???"
+    eval_path: Any = None
+    eval_fraction: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range(
+            "data.source.eval_fraction",
+            self.eval_fraction,
+            0.0,
+            1.0,
+            low_inclusive=False,
+            high_inclusive=False,
+        )
+
+    @staticmethod
+    def _paths(value: Any) -> list[str]:
+        if value in (None, "", []):
+            return []
+        return [str(value)] if isinstance(value, str) else [str(v) for v in value]
+
+    def load(self) -> Splits:
+        train_paths = self._paths(self.train_path)
+        if not train_paths:
+            raise ConfigError("data.source.train_path is required (a file path or a list of paths)")
+        splits: Splits = {"train": [], "val": []}
+        eval_paths = self._paths(self.eval_path)
+        for path in train_paths:
+            rows = read_rows(path)
+            if eval_paths:
+                splits["train"].append(RowBlock(path, rows))
+            else:
+                train_idx, eval_idx = _split_off(rows, self.eval_fraction, self.seed)
+                splits["train"].append(RowBlock(path, [rows[i] for i in train_idx], train_idx))
+                splits["val"].append(RowBlock(path, [rows[i] for i in eval_idx], eval_idx))
+        for path in eval_paths:
+            splits["val"].append(RowBlock(path, read_rows(path)))
+        return splits
+
+
+@dataclass
+class HubDataset:
+    """A dataset loaded with ``datasets.load_dataset`` (e.g. ``HuggingFaceH4/ultrafeedback_binarized``).
+
+    Attributes:
+        name: Dataset id on the hub, or a local dataset directory.
+        subset: Configuration name.
+        train_split: Split used for training.
+        eval_split: Held-out split; when empty, ``eval_fraction`` of the training split is held out.
+        eval_fraction: Share of training rows held out when no ``eval_split`` is given.
+        max_train_rows: Cap on training rows (``None`` = all).
+        max_eval_rows: Cap on held-out rows.
+        revision: Dataset revision.
+        seed: Seed of the held-out split.
+    """
+
+    name: str = "???"
+    subset: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = None
+    eval_fraction: float = 0.05
+    max_train_rows: int | None = None
+    max_eval_rows: int | None = None
+    revision: str | None = None
+    seed: int = 0
+    columns: list[str] = field(default_factory=list)
+
+    def _rows(self, split: str, limit: int | None) -> list[dict[str, Any]]:
+        import datasets
+
+        dataset = datasets.load_dataset(self.name, self.subset, split=split, revision=self.revision)
+        if self.columns:
+            dataset = dataset.select_columns(self.columns)
+        if limit is not None:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        return [dict(row) for row in dataset]
+
+    def load(self) -> Splits:
+        label = f"{self.name}" + (f"/{self.subset}" if self.subset else "")
+        train_rows = self._rows(self.train_split, self.max_train_rows)
+        if self.eval_split:
+            eval_rows = self._rows(self.eval_split, self.max_eval_rows)
+            return {
+                "train": [RowBlock(f"{label}[{self.train_split}]", train_rows)],
+                "val": [RowBlock(f"{label}[{self.eval_split}]", eval_rows)],
+            }
+        train_idx, eval_idx = _split_off(train_rows, self.eval_fraction, self.seed)
+        name = f"{label}[{self.train_split}]"
+        return {
+            "train": [RowBlock(name, [train_rows[i] for i in train_idx], train_idx)],
+            "val": [RowBlock(name, [train_rows[i] for i in eval_idx], eval_idx)],
+        }

@@ -1,0 +1,116 @@
+"""A bundled preference task that a tiny model learns from preferences alone.
+
+Each prompt names an object and asks which of two categories it belongs to; the chosen answer names the
+right category, the rejected one the other. The object is what decides, so a model that ignores the
+prompt scores about 50% on the balanced held-out split. Held-out prompts are new sentences (template,
+person, place and object combinations never seen in training), over the same objects.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from rlhf_lab.data.sources import RowBlock, Splits
+
+CATEGORIES: dict[str, list[str]] = {
+    "an animal": [
+        "cat",
+        "dog",
+        "horse",
+        "eagle",
+        "salmon",
+        "rabbit",
+        "tiger",
+        "sparrow",
+        "whale",
+        "frog",
+        "beetle",
+        "wolf",
+        "goat",
+        "owl",
+        "shark",
+        "mouse",
+    ],
+    "a tool": [
+        "hammer",
+        "wrench",
+        "saw",
+        "drill",
+        "chisel",
+        "shovel",
+        "rake",
+        "pliers",
+        "ladder",
+        "axe",
+        "screwdriver",
+        "crowbar",
+        "trowel",
+        "clamp",
+        "mallet",
+        "spanner",
+    ],
+}
+NAMES = ["Ada", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jon", "Kemal", "Lena"]
+PLACES = ["garden", "garage", "kitchen", "forest", "barn", "shed", "river", "attic", "field", "market"]
+TEMPLATES = [
+    "Is a {item} {a} or {b}?",
+    "{name} saw a {item} in the {place}. Is it {a} or {b}?",
+    "Tell me whether a {item} is {a} or {b}.",
+    "In the {place}, {name} picked up a {item}. Would you call it {a} or {b}?",
+    "{name} asks: a {item}, {a} or {b}?",
+    "Quick question from the {place}: is the {item} {a} or {b}?",
+]
+ANSWER = "It is {category}."
+
+
+@dataclass
+class SyntheticPreferences:
+    """Generated conversational preference pairs with train and held-out splits.
+
+    Attributes:
+        num_train: Training pairs.
+        num_eval: Held-out pairs (prompts disjoint from training).
+        seed: Generator seed; same seed, same data.
+    """
+
+    num_train: int = 2000
+    num_eval: int = 256
+    seed: int = 1234
+
+    def _row(self, rng: random.Random) -> dict[str, Any]:
+        category = rng.choice(sorted(CATEGORIES))
+        other = next(c for c in sorted(CATEGORIES) if c != category)
+        item = rng.choice(CATEGORIES[category])
+        first, second = (category, other) if rng.random() < 0.5 else (other, category)
+        question = rng.choice(TEMPLATES).format(
+            item=item, a=first, b=second, name=rng.choice(NAMES), place=rng.choice(PLACES)
+        )
+        return {
+            "prompt": [{"role": "user", "content": question}],
+            "chosen": [{"role": "assistant", "content": ANSWER.format(category=category)}],
+            "rejected": [{"role": "assistant", "content": ANSWER.format(category=other)}],
+        }
+
+    def load(self) -> Splits:
+        """Rows per split."""
+        rng = random.Random(self.seed)
+        seen: set[str] = set()
+        splits: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
+        targets = {"train": self.num_train, "val": self.num_eval}
+        attempts = 0
+        for split in ("val", "train"):
+            while len(splits[split]) < targets[split]:
+                attempts += 1
+                if attempts > 100 * (self.num_train + self.num_eval):
+                    raise ValueError(
+                        "data.num_train + data.num_eval exceed the distinct prompts the task has"
+                    )
+                row = self._row(rng)
+                key = row["prompt"][0]["content"]
+                if key in seen:
+                    continue
+                seen.add(key)
+                splits[split].append(row)
+        return {split: [RowBlock(f"synthetic[{split}]", rows)] for split, rows in splits.items()}

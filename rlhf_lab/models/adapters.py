@@ -1,0 +1,90 @@
+"""Adapters: full fine-tuning, LoRA and DoRA (peft)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlhf_lab.errors import ConfigError, check_range
+
+# Attention input projections across common architectures (ms-swift's DEFAULT targets q/k/v).
+ATTENTION_QKV_NAMES = ("q_proj", "k_proj", "v_proj", "query_key_value", "c_attn", "Wqkv", "qkv_proj")
+
+
+class Adapter:
+    """Turns a loaded base model into the trainable policy."""
+
+    is_peft: bool = False
+
+    def apply(self, model: Any) -> Any:
+        return model
+
+
+@dataclass
+class FullFinetune(Adapter):
+    """Train every parameter."""
+
+
+@dataclass
+class LoraAdapter(Adapter):
+    """LoRA (Hu et al., 2021) or, with ``use_dora``, DoRA (Liu et al., 2024) through peft.
+
+    Attributes:
+        r: Rank of the update.
+        alpha: Scaling numerator (update scaled by ``alpha / r``).
+        dropout: Dropout on the adapter input.
+        target_modules: ``default`` (attention q/k/v projections), ``all`` (every linear layer but the
+            output head) or an explicit list of module names.
+        use_dora: Weight-decomposed LoRA.
+        merge_on_export: Merge the adapter into the base weights when exporting; otherwise save the
+            adapter alone.
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: Any = "default"
+    use_dora: bool = False
+    merge_on_export: bool = True
+    is_peft: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"adapter.r={self.r} must be a positive integer")
+        check_range("adapter.dropout", self.dropout, 0.0, 1.0, high_inclusive=False)
+
+    def resolve_targets(self, model: Any) -> Any:
+        import torch
+
+        if self.target_modules == "all":
+            return "all-linear"
+        if self.target_modules == "default":
+            present = {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear)
+            }
+            targets = [name for name in ATTENTION_QKV_NAMES if name in present]
+            if not targets:
+                raise ConfigError(
+                    "adapter.target_modules=default found no attention q/k/v projection in this model; "
+                    "set adapter.target_modules=all or list module names"
+                )
+            return targets
+        if isinstance(self.target_modules, str):
+            return [self.target_modules]
+        return list(self.target_modules)
+
+    def apply(self, model: Any) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.resolve_targets(model),
+            use_dora=self.use_dora,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)

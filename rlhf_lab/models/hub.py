@@ -1,0 +1,117 @@
+"""Hub models: `from_pretrained` for a hub name or a local directory, with the settings real models need."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhf_lab.errors import check_choice
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+PADDING_SIDES = ("right", "left")
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+@dataclass
+class HubModel:
+    """A causal LM loaded with ``AutoModelForCausalLM.from_pretrained``.
+
+    Attributes:
+        name_or_path: Hub id (``mistralai/Mistral-7B-v0.1``) or a local directory.
+        revision: Hub revision (branch, tag or commit).
+        dtype: Weight dtype: ``float32``, ``bfloat16`` or ``float16``.
+        attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2`` (falls back to
+            ``sdpa`` with a warning when the ``flash_attn`` package is missing).
+        trust_remote_code: Allow custom modelling code from the hub (off by default).
+        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
+        padding_side: Tokenizer padding side for generation; training batches are built by the collator.
+        chat_template: Jinja template to use instead of the tokenizer's own (needed for base models).
+    """
+
+    name_or_path: str = "???"
+    revision: str | None = None
+    dtype: str = "bfloat16"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+    padding_side: str = "right"
+    chat_template: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        check_choice("model.padding_side", self.padding_side, PADDING_SIDES)
+
+    def prepare(self, corpus: Callable[[], Iterable[str]] | None) -> None:
+        """Hub models need no preparation; tiny models train their tokenizer here."""
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            self.name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code
+        )
+        if tokenizer.pad_token is None:
+            # Mistral and Llama ship without a pad token; padded positions are masked out anyway.
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = self.padding_side
+        if self.chat_template is not None:
+            tokenizer.chat_template = self.chat_template
+        return tokenizer
+
+    def resolved_attn_implementation(self) -> str:
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            log.warning(
+                "model.attn_implementation=flash_attention_2 requested but flash_attn is not "
+                "installed; using sdpa"
+            )
+            return "sdpa"
+        return self.attn_implementation
+
+    def load_model(self, **extra: Any) -> Any:
+        """Load the model in train mode (``from_pretrained`` returns eval mode: dropout would be off)."""
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            self.name_or_path,
+            revision=self.revision,
+            dtype=torch_dtype(self.dtype),
+            attn_implementation=self.resolved_attn_implementation(),
+            trust_remote_code=self.trust_remote_code,
+            **extra,
+        )
+        model.config.use_cache = False
+        if model.config.pad_token_id is None and model.config.eos_token_id is not None:
+            eos = model.config.eos_token_id
+            model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        return model
+
+    def identity(self) -> str:
+        """A string that changes when the initial weights change (keys the reference log-prob cache)."""
+        parts = [self.name_or_path, str(self.revision), self.dtype]
+        path = Path(self.name_or_path)
+        if path.is_dir():
+            for weight_file in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+                stat = weight_file.stat()
+                parts.append(f"{weight_file.name}:{stat.st_size}:{int(stat.st_mtime)}")
+        return "|".join(parts)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("RLHF_LAB_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "rlhf_lab"))

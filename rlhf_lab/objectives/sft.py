@@ -1,0 +1,29 @@
+"""Supervised fine-tuning on the chosen (target) completions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from rlhf_lab.losses.sft import nll_loss
+from rlhf_lab.objectives.base import AlignmentObjective
+
+
+class SFT(AlignmentObjective):
+    """Maximum likelihood on the target completion (prompt tokens masked out)."""
+
+    needs_reference = False
+    needs_pairs = False
+
+    def compute(
+        self, batch: Mapping[str, torch.Tensor], split: str
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        target = self.policy(batch)
+        losses = nll_loss(target.logps, target.lengths)
+        metrics = {
+            "nll_loss": losses.detach().mean(),
+            "logps/chosen": target.logps.detach().mean(),
+            "logits/chosen": target.mean_logits.mean(),
+        }
+        return losses.mean(), metrics

@@ -1,0 +1,139 @@
+"""Compose -> instantiate -> fit -> validate -> export: one run, as a flat list of steps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf_lab.export import export_model
+from rlhf_lab.objectives.base import AlignmentObjective, RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
+    checkpoints = run_dir / "checkpoints"
+    ckpt = cfg.checkpoint
+    return [
+        ModelCheckpoint(
+            dirpath=checkpoints,
+            filename="step{step:06d}",
+            auto_insert_metric_name=False,
+            monitor=ckpt.monitor,
+            mode=ckpt.mode,
+            save_top_k=ckpt.save_top_k,
+            save_last=ckpt.save_last,
+            every_n_train_steps=ckpt.every_n_train_steps,
+            # An interrupted run (Ctrl-C, an exception) leaves its state in last.ckpt to resume from.
+            save_on_exception=True,
+        ),
+    ]
+
+
+def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    if cfg.ckpt_path:
+        path = Path(cfg.ckpt_path)
+        if not path.exists():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
+        return str(path)
+    if cfg.resume:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.exists():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.warning("resume=true but %s does not exist: starting from scratch", last)
+    return None
+
+
+def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith(prefix):
+            number = float(value.item() if isinstance(value, torch.Tensor) else value)
+            if math.isfinite(number):
+                out[key] = number
+    return out
+
+
+def build(cfg: DictConfig) -> tuple[AlignmentObjective, Any, Any]:
+    """Instantiate the objective and the DataModule (tokenised) from a composed config.
+
+    Data comes first: a bad file fails before any model loads, and the tiny model's tokenizer trains on it.
+    The model itself is built later, in the objective's `configure_model`.
+    """
+    model_spec = instantiate(cfg.model, _convert_="all")
+    adapter = instantiate(cfg.adapter, _convert_="all")
+    optim = instantiate(cfg.optim, _convert_="all")
+    instantiate(cfg.quant)  # validates the group; full precision only until the scale issue lands
+    datamodule = instantiate(cfg.data, _convert_="all")
+    runtime = RuntimeConfig(cache_dir=cfg.paths.cache_dir, logps_chunk_size=cfg.logps_chunk_size)
+    # Built objects go in after instantiation: Hydra would merge them into the config otherwise.
+    make_objective = instantiate(cfg.algo, _partial_=True, _convert_="all")
+    objective: AlignmentObjective = make_objective(
+        model=model_spec, adapter=adapter, optim=optim, runtime=runtime
+    )
+    datamodule.pairs = objective.needs_pairs
+    model_spec.prepare(datamodule.corpus)
+    tokenizer = model_spec.load_tokenizer()
+    datamodule.set_tokenizer(tokenizer)
+    datamodule.setup("fit")
+    return objective, datamodule, tokenizer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one experiment; returns the summary metrics (also written to ``<run dir>/summary.json``)."""
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    objective, datamodule, tokenizer = build(cfg)
+    adapter = objective.adapter
+
+    loggers = [instantiate(logger_cfg) for logger_cfg in cfg.logger.values()] if cfg.logger else []
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(hparams)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        strategy=instantiate(cfg.strategy),
+        logger=loggers or False,
+        callbacks=build_callbacks(cfg, run_dir),
+    )
+    trainer.fit(objective, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, run_dir))
+    summary = _floats(trainer.callback_metrics, "train/")
+    if not cfg.trainer.get("fast_dev_run"):
+        results = trainer.validate(objective, datamodule=datamodule, verbose=False)
+        summary.update(_floats(results[0] if results else {}, "val/"))
+    summary["trainer/global_step"] = float(trainer.global_step)
+    summary.update(
+        {f"data/{split}/{k}": float(v) for split, stats in datamodule.stats.items() for k, v in stats.items()}
+    )
+
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        if cfg.export.enabled:
+            export_model(
+                objective.policy.model,
+                tokenizer,
+                run_dir / "export",
+                merge_adapter=cfg.export.merge_adapter and getattr(adapter, "merge_on_export", True),
+            )
+        report(run_dir, summary)
+    return summary
+
+
+def report(run_dir: Path, summary: dict[str, float]) -> None:
+    held_out = {k: v for k, v in summary.items() if k.startswith("val/")}
+    lines = [f"run directory: {run_dir.resolve()}", "held-out metrics:"]
+    lines += [f"  {key:<28} {value:.4f}" for key, value in sorted(held_out.items())]
+    print("\n".join(lines), flush=True)

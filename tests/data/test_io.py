@@ -1,0 +1,112 @@
+"""Reading rows from JSONL, JSON and Parquet."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rlhf_lab.data.formats import DataError
+from rlhf_lab.data.io import read_rows
+
+ROWS = [
+    {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "chosen": [{"role": "assistant", "content": "yo"}],
+        "n": 1,
+    },
+    {
+        "prompt": [{"role": "user", "content": "bye"}],
+        "chosen": [{"role": "assistant", "content": "ok"}],
+        "n": 2,
+    },
+]
+
+
+def test_jsonl_round_trip_skips_blank_lines(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n\n   \n" + json.dumps(ROWS[1]) + "\n", encoding="utf-8")
+    assert read_rows(path) == ROWS
+
+
+def test_json_list_of_objects(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(ROWS), encoding="utf-8")
+    assert read_rows(str(path)) == ROWS
+
+
+def test_json_data_wrapper(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"data": ROWS}), encoding="utf-8")
+    assert read_rows(path) == ROWS
+
+
+def test_json_dict_of_columns(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"prompt": ["a", "b"], "chosen": ["x", "y"]}), encoding="utf-8")
+    assert read_rows(path) == [{"prompt": "a", "chosen": "x"}, {"prompt": "b", "chosen": "y"}]
+
+
+def test_json_columns_of_different_lengths(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"prompt": ["a", "b"], "chosen": ["x"]}), encoding="utf-8")
+    with pytest.raises(DataError, match=r"different lengths \(prompt: 2, chosen: 1\)") as caught:
+        read_rows(path)
+    assert str(path) in str(caught.value)
+
+
+def test_parquet_round_trip_keeps_nested_messages_as_python_lists(tmp_path):
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS), path)
+    rows = read_rows(path)
+    assert rows == ROWS
+    assert type(rows[0]["prompt"]) is list
+
+
+def test_bad_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "a"}\n\n{"prompt": oops}\n', encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: line 3: invalid JSON: Expecting value")
+
+
+def test_row_that_is_not_an_object_names_row(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "a"}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == f"{path}, row 1: expected an object (column -> value), got list"
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "absent.jsonl"
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == f"{path}: file not found"
+
+
+def test_unknown_extension(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("prompt,chosen\n", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == f"{path}: unknown file type '.csv'; expected one of: .jsonl, .json, .parquet"
+
+
+def test_unreadable_parquet(tmp_path):
+    path = tmp_path / "train.parquet"
+    path.write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="cannot read the Parquet file") as caught:
+        read_rows(path)
+    assert str(path) in str(caught.value)
+
+
+def test_json_scalar_top_level(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text("42", encoding="utf-8")
+    with pytest.raises(DataError, match="got int"):
+        read_rows(path)

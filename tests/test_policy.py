@@ -1,0 +1,93 @@
+"""Log-prob computation: chunked, head-only-at-completions, against the naive full log-softmax."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from rlhf_lab.policy import SequenceLogps, completion_logps, naive_completion_logps
+
+
+def identity_head(vocab: int) -> nn.Linear:
+    head = nn.Linear(vocab, vocab, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(vocab))
+    return head
+
+
+def test_hand_built_batch() -> None:
+    """Vocabulary of 3 and an identity head, so the hidden states are the logits.
+
+    Sequence [0, 1, 0] with the last two tokens as completion:
+      token 1 predicted from logits [0, 0, 0]      -> log(1/3)
+      token 0 predicted from logits [ln 2, 0, 0]   -> probabilities [1/2, 1/4, 1/4] -> log(1/2)
+    Sum: log(1/3) + log(1/2); mean logit over (tokens, vocab) = (0 + ln 2) / 6.
+    """
+    hidden = torch.tensor([[[0.0, 0.0, 0.0], [math.log(2), 0.0, 0.0], [9.0, 9.0, 9.0]]])
+    ids = torch.tensor([[0, 1, 0]])
+    mask = torch.tensor([[False, True, True]])
+    out = completion_logps(hidden, ids, mask, identity_head(3))
+    assert_close(out.logps, torch.tensor([math.log(1 / 3) + math.log(1 / 2)]))
+    assert_close(out.lengths, torch.tensor([2]))
+    assert_close(out.mean_logits, torch.tensor([math.log(2) / 6]))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 1024])
+def test_matches_naive_values_and_gradients(chunk_size: int) -> None:
+    torch.manual_seed(0)
+    batch, seq, width, vocab = 4, 9, 16, 50
+    hidden = torch.randn(batch, seq, width, requires_grad=True)
+    head = nn.Linear(width, vocab, bias=False)
+    ids = torch.randint(0, vocab, (batch, seq))
+    mask = torch.zeros(batch, seq, dtype=torch.bool)
+    mask[0, 3:] = True
+    mask[1, 5:7] = True
+    mask[2, 1:] = True  # row 3 has no completion at all
+
+    fast = completion_logps(hidden, ids, mask, head, chunk_size=chunk_size)
+    fast_grads = torch.autograd.grad(fast.logps.sum(), (hidden, head.weight))
+
+    naive = naive_completion_logps(head(hidden), ids, mask)
+    naive_grads = torch.autograd.grad(naive.sum(), (hidden, head.weight))
+
+    assert_close(fast.logps, naive)
+    assert_close(fast.lengths, torch.tensor([6, 2, 8, 0]))
+    for got, expected in zip(fast_grads, naive_grads, strict=True):
+        assert_close(got, expected)
+
+
+def test_masked_positions_never_contribute() -> None:
+    torch.manual_seed(1)
+    hidden = torch.randn(2, 6, 8)
+    head = nn.Linear(8, 20, bias=False)
+    ids = torch.randint(0, 20, (2, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    before = completion_logps(hidden, ids, mask, head).logps
+
+    # Change every prompt/padding token of row 0 and the hidden states that predict nothing scored.
+    changed_ids, changed_hidden = ids.clone(), hidden.clone()
+    changed_ids[0, [0, 4, 5]] = (ids[0, [0, 4, 5]] + 7) % 20
+    changed_hidden[0, [3, 4, 5]] = torch.randn(3, 8)
+    after = completion_logps(changed_hidden, changed_ids, mask, head).logps
+    assert_close(after, before)
+
+
+def test_hidden_gradient_is_zero_outside_completion_predictors() -> None:
+    hidden = torch.randn(1, 5, 4, requires_grad=True)
+    mask = torch.tensor([[False, False, True, True, False]])
+    out = completion_logps(hidden, torch.randint(0, 6, (1, 5)), mask, nn.Linear(4, 6))
+    (grad,) = torch.autograd.grad(out.logps.sum(), hidden)
+    # Positions 1 and 2 predict the completion tokens 2 and 3; nothing else gets gradient.
+    assert grad[0, [0, 3, 4]].abs().sum() == 0
+    assert grad[0, [1, 2]].abs().sum() > 0
+
+
+def test_split_into_chosen_and_rejected() -> None:
+    stats = SequenceLogps(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1, 2, 3, 4]), torch.zeros(4))
+    chosen, rejected = stats.split(2)
+    assert_close(chosen.logps, torch.tensor([1.0, 2.0]))
+    assert_close(rejected.lengths, torch.tensor([3, 4]))
