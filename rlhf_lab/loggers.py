@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 
 from rlhf_lab.errors import check_choice
 
@@ -59,3 +62,45 @@ def wandb_logger(
         mode=mode,
         offline=mode == "offline",
     )
+
+
+def _appending_writer() -> type:
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        """Keeps an existing metrics.csv (a resumed run appends to it) instead of deleting it."""
+
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):
+                with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                    header = next(csv.reader(file), [])
+                self.metrics_keys = sorted(header)
+
+    return AppendingWriter
+
+
+class CSVLogger(LightningCSVLogger):
+    """Lightning's CSV logger writing ``<save_dir>/metrics.csv``; a resumed run appends to the file."""
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _appending_writer()(log_dir=self.log_dir)
+        return self._experiment
+
+
+def truncate_metrics(metrics_file: Path, from_step: int) -> int:
+    """Drop rows logged at ``step >= from_step`` (a resumed run logs them again); returns rows dropped."""
+    if not metrics_file.exists():
+        return 0
+    with metrics_file.open(newline="") as file:
+        reader = csv.DictReader(file)
+        fieldnames = reader.fieldnames or []
+        rows = list(reader)
+    kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < from_step]
+    with metrics_file.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(kept)
+    return len(rows) - len(kept)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_lab.export import export_model
+from rlhf_lab.loggers import truncate_metrics
 from rlhf_lab.objectives.base import AlignmentObjective, RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -89,16 +91,37 @@ def build(cfg: DictConfig) -> tuple[AlignmentObjective, Any, Any]:
     return objective, datamodule, tokenizer
 
 
+@dataclass
+class Run:
+    """What a finished run leaves in memory (tests and notebooks inspect it)."""
+
+    summary: dict[str, float]
+    objective: AlignmentObjective
+    datamodule: Any
+    tokenizer: Any
+    trainer: L.Trainer
+    run_dir: Path
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one experiment; returns the summary metrics (also written to ``<run dir>/summary.json``)."""
+    return run(cfg).summary
+
+
+def run(cfg: DictConfig) -> Run:
+    """Compose-time config -> trained, validated, exported run."""
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     objective, datamodule, tokenizer = build(cfg)
-    adapter = objective.adapter
 
+    ckpt_path = resolve_ckpt_path(cfg, run_dir)
+    if ckpt_path is not None:
+        # Steps after the checkpoint are trained (and logged) again.
+        resumed_step = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)["global_step"]
+        truncate_metrics(run_dir / "metrics.csv", resumed_step)
     loggers = [instantiate(logger_cfg) for logger_cfg in cfg.logger.values()] if cfg.logger else []
     hparams = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
@@ -109,7 +132,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger=loggers or False,
         callbacks=build_callbacks(cfg, run_dir),
     )
-    trainer.fit(objective, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, run_dir))
+    trainer.fit(objective, datamodule=datamodule, ckpt_path=ckpt_path)
     summary = _floats(trainer.callback_metrics, "train/")
     if not cfg.trainer.get("fast_dev_run"):
         results = trainer.validate(objective, datamodule=datamodule, verbose=False)
@@ -122,14 +145,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         if cfg.export.enabled:
-            export_model(
-                objective.policy.model,
-                tokenizer,
-                run_dir / "export",
-                merge_adapter=cfg.export.merge_adapter and getattr(adapter, "merge_on_export", True),
-            )
+            export_model(objective.policy.model, tokenizer, run_dir / "export", cfg.export.merge_adapter)
         report(run_dir, summary)
-    return summary
+    return Run(summary, objective, datamodule, tokenizer, trainer, run_dir)
 
 
 def report(run_dir: Path, summary: dict[str, float]) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -36,6 +37,10 @@ def _shared_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     os.environ["RLHF_LAB_CACHE"] = cache
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_MODE", "offline")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One thread per worker (and per CLI subprocess it starts): 2 workers x 2 threads thrash 2 cores.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
     register_schemas()
     return cache
 

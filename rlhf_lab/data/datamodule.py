@@ -6,12 +6,12 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rlhf_lab.data.collate import PreferenceCollator
 from rlhf_lab.data.formats import PreferenceExample, convert_rows
@@ -38,6 +38,40 @@ class TokenizedDataset(Dataset):
         if not self.pairs and example.rejected_ids is not None:
             example = dataclasses.replace(example, rejected_ids=None)
         return index, example
+
+
+class EpochSampler(Sampler[int]):
+    """Order of epoch ``e`` is a permutation seeded by ``seed + e``, so any epoch can be regenerated.
+
+    Lightning calls `set_epoch`. ``resume_offset`` says how many examples of the current epoch a restored
+    run has already seen; they are skipped, so a run resumed mid-epoch sees the data an uninterrupted run
+    would have seen.
+    """
+
+    def __init__(
+        self, size: int, seed: int, shuffle: bool, resume_offset: Callable[[], int] | None = None
+    ) -> None:
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.resume_offset = resume_offset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        # Only the first epoch a process runs can be a resumed one.
+        skip = self.resume_offset() if self.resume_offset is not None else 0
+        self.resume_offset = None
+        return iter(order[skip if skip < self.size else 0 :].tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -146,20 +180,27 @@ class PreferenceDataModule(L.LightningDataModule):
             pad_token_id=self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of
         )
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+    def _loader(self, split: str, shuffle: bool, batch_size: int, resumable: bool = False) -> DataLoader:
+        resume_offset = (lambda: self._batches_done_this_epoch() * batch_size) if resumable else None
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=EpochSampler(len(self.datasets[split]), self.seed, shuffle, resume_offset),
             collate_fn=self.collator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
+    def _batches_done_this_epoch(self) -> int:
+        """Batches of the current epoch a restored run has processed (0 unless resuming mid-epoch)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        # `processed`, not `completed`: it also counts a batch whose checkpoint was written in on_train_batch_end.
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True, batch_size=self.batch_size)
+        return self._loader("train", shuffle=True, batch_size=self.batch_size, resumable=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False, batch_size=self.eval_batch_size)

@@ -36,8 +36,6 @@ class LoraAdapter(Adapter):
         target_modules: ``default`` (attention q/k/v projections), ``all`` (every linear layer but the
             output head) or an explicit list of module names.
         use_dora: Weight-decomposed LoRA.
-        merge_on_export: Merge the adapter into the base weights when exporting; otherwise save the
-            adapter alone.
     """
 
     r: int = 8
@@ -45,7 +43,6 @@ class LoraAdapter(Adapter):
     dropout: float = 0.0
     target_modules: Any = "default"
     use_dora: bool = False
-    merge_on_export: bool = True
     is_peft: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:

@@ -200,6 +200,12 @@ class AlignmentObjective(L.LightningModule):
             tokens = float(batch["attention_mask"].sum())
             self.log("train/tokens_per_sec", tokens / max(elapsed, 1e-9), on_step=True, on_epoch=False)
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Before clipping: the gradient of the (accumulated) loss as the optimiser receives it.
+        grads = [p.grad.detach().norm(2) for p in self.policy.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.stack(grads).norm(2), on_step=True, on_epoch=False)
+
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics = self.compute(batch, "val")
         self._log("val", loss, metrics, batch["index"].numel(), on_step=False)
