@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -27,9 +28,16 @@ def _quiet_libraries() -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     _quiet_libraries()
+    from rlhf_lab.data.formats import DataError
+    from rlhf_lab.errors import ConfigError
     from rlhf_lab.train import train
 
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except (DataError, ConfigError) as error:
+        # The message names the file/row/field or the config key; a traceback would bury it.
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     return summary.get("val/loss")
 
 

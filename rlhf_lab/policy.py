@@ -14,7 +14,6 @@ cached on disk) or ``none`` (reference-free objectives).
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import logging
 from collections.abc import Iterator, Mapping
@@ -203,30 +202,29 @@ class Reference(nn.Module):
 
     Args:
         mode: ``copy``, ``adapter_off``, ``precomputed`` or ``none``.
-        policy: The policy (``adapter_off`` reads through it; ``copy`` copies its base model).
-        base_model: For ``copy``: the model to freeze (the policy's base before adapters).
+        policy: The policy (``adapter_off`` and ``precomputed`` run through it).
+        frozen_model: For ``copy``: a separately loaded copy of the initial weights (loaded, not deep-copied,
+            so a sharding strategy can partition it at init like the policy).
     """
 
-    def __init__(self, mode: str, policy: Policy, base_model: nn.Module | None = None) -> None:
+    def __init__(self, mode: str, policy: Policy, frozen_model: nn.Module | None = None) -> None:
         super().__init__()
         check_choice("algo.reference", mode, REFERENCE_MODES)
-        self.mode = mode
-        # Held in a list so the policy is not registered twice (state dict, device moves).
-        self._policy = [policy]
-        self.model: nn.Module | None = None
-        self.tables: dict[str, torch.Tensor] = {}
-        if mode == "copy":
-            frozen = copy.deepcopy(base_model if base_model is not None else unwrap_causal_lm(policy.model))
-            if hasattr(frozen, "gradient_checkpointing_disable"):
-                frozen.gradient_checkpointing_disable()
-            frozen.requires_grad_(False)
-            frozen.eval()
-            self.model = frozen
-        elif mode == "adapter_off" and not policy.is_peft:
+        if mode == "copy" and frozen_model is None:
+            raise ValueError("algo.reference=copy needs the frozen reference model")
+        if mode == "adapter_off" and not policy.is_peft:
             raise ConfigError(
                 "algo.reference=adapter_off needs adapter=lora or adapter=dora; "
                 "use algo.reference=copy or precomputed for full fine-tuning"
             )
+        self.mode = mode
+        # Held in a list so the policy is not registered twice (state dict, device moves).
+        self._policy = [policy]
+        self.model = frozen_model if mode == "copy" else None
+        if self.model is not None:
+            self.model.requires_grad_(False)
+            self.model.eval()
+        self.tables: dict[str, torch.Tensor] = {}
 
     def train(self, mode: bool = True) -> Reference:
         # The frozen copy stays in eval mode whatever the trainer asks.

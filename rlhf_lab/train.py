@@ -11,10 +11,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf_lab.data.formats import DataError
+from rlhf_lab.errors import ConfigError
 from rlhf_lab.export import export_model
 from rlhf_lab.loggers import truncate_metrics
 from rlhf_lab.objectives.base import AlignmentObjective, RuntimeConfig
@@ -64,6 +67,17 @@ def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
             if math.isfinite(number):
                 out[key] = number
     return out
+
+
+def _instantiate(node: DictConfig) -> Any:
+    """`instantiate`, re-raising our own config errors unwrapped (Hydra wraps them in its own exception)."""
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, (ConfigError, DataError)):
+            raise cause from None
+        raise
 
 
 def build(cfg: DictConfig) -> tuple[AlignmentObjective, Any, Any]:

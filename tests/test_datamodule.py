@@ -37,7 +37,7 @@ def _answer(completion: list[dict]) -> str:
 
 
 def _item(prompt: str) -> str:
-    """The object a prompt asks about ("saw" is both an object and a verb of the templates)."""
+    """The object a prompt asks about."""
     (item,) = [word for word in re.findall(r"\b(?:a|the) ([a-z]+)\b", prompt) if word in ITEM_CATEGORY]
     return item
 

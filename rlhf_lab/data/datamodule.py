@@ -45,17 +45,27 @@ class EpochSampler(Sampler[int]):
 
     Lightning calls `set_epoch`. ``resume_offset`` says how many examples of the current epoch a restored
     run has already seen; they are skipped, so a run resumed mid-epoch sees the data an uninterrupted run
-    would have seen.
+    would have seen. Under data parallelism rank ``r`` of ``w`` takes every ``w``-th index of the same
+    permutation (the tail that does not divide evenly is dropped), so ``w`` ranks with batch ``b`` see
+    the examples one process with batch ``w * b`` sees.
     """
 
     def __init__(
-        self, size: int, seed: int, shuffle: bool, resume_offset: Callable[[], int] | None = None
+        self,
+        size: int,
+        seed: int,
+        shuffle: bool,
+        resume_offset: Callable[[], int] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
         self.resume_offset = resume_offset
+        self.rank = rank
+        self.world_size = world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -65,13 +75,14 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(self.size)
+        order = order[: len(self) * self.world_size][self.rank :: self.world_size]
         # Only the first epoch a process runs can be a resumed one.
         skip = self.resume_offset() if self.resume_offset is not None else 0
         self.resume_offset = None
-        return iter(order[skip if skip < self.size else 0 :].tolist())
+        return iter(order[skip if skip < len(order) else 0 :].tolist())
 
     def __len__(self) -> int:
-        return self.size
+        return self.size // self.world_size
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -180,12 +191,18 @@ class PreferenceDataModule(L.LightningDataModule):
             pad_token_id=self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of
         )
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int, resumable: bool = False) -> DataLoader:
+    def _loader(
+        self, split: str, shuffle: bool, batch_size: int, resumable: bool = False, sharded: bool = True
+    ) -> DataLoader:
         resume_offset = (lambda: self._batches_done_this_epoch() * batch_size) if resumable else None
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer and sharded else (0, 1)
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            sampler=EpochSampler(len(self.datasets[split]), self.seed, shuffle, resume_offset),
+            sampler=EpochSampler(
+                len(self.datasets[split]), self.seed, shuffle, resume_offset, rank, world_size
+            ),
             collate_fn=self.collator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -208,7 +225,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def reference_loaders(self) -> dict[str, DataLoader]:
         """Unshuffled loaders over every split (precomputing reference log-probs)."""
         return {
-            split: self._loader(split, shuffle=False, batch_size=self.eval_batch_size)
+            split: self._loader(split, shuffle=False, batch_size=self.eval_batch_size, sharded=False)
             for split, dataset in self.datasets.items()
             if len(dataset)
         }

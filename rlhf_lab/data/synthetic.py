@@ -65,6 +65,21 @@ TEMPLATES = [
 ANSWER = "It is {category}."
 
 
+def _distinct_prompts() -> int:
+    items = sum(len(v) for v in CATEGORIES.values())
+    total = 0
+    for template in TEMPLATES:
+        variants = items * 2  # which category is named first
+        variants *= len(NAMES) if "{name}" in template else 1
+        variants *= len(PLACES) if "{place}" in template else 1
+        total += variants
+    return total
+
+
+# Generation draws until it has this many distinct prompts; stay well below so it finishes quickly.
+MAX_DISTINCT_PROMPTS = _distinct_prompts() // 2
+
+
 @dataclass
 class SyntheticPreferences:
     """Generated conversational preference pairs with train and held-out splits.

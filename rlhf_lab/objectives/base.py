@@ -147,11 +147,7 @@ class AlignmentObjective(L.LightningModule):
         if self.policy is not None:
             return
         base = self.model_spec.load_model()
-        frozen = None
-        if self.reference_mode == "copy":
-            frozen = self.model_spec.load_model()
-            frozen.requires_grad_(False)
-            frozen.eval()
+        frozen = self.model_spec.load_model() if self.reference_mode == "copy" else None
         self.policy = Policy(self.adapter.apply(base), chunk_size=self.runtime.logps_chunk_size)
         self.policy.train()
         self.reference = Reference(self.reference_mode, self.policy, frozen)

@@ -1,0 +1,44 @@
+"""Data parallelism on CPU: 2 processes x batch 4 == 1 process x batch 8."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from torch.testing import assert_close
+
+from tests.test_e2e import cli
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path: Path) -> None:
+    common = [
+        "trainer.accelerator=cpu",
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=null",
+        "trainer.val_check_interval=3",
+        "data.source.num_train=64",
+        "data.source.num_eval=32",
+        "data.eval_batch_size=8",
+        "trainer.enable_progress_bar=false",
+        "optim.lr=1e-3",
+    ]
+    single = cli(*common, "data.batch_size=8", run_dir=tmp_path / "single")
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = cli(*common, "data.batch_size=4", "strategy=ddp", "trainer.devices=2", run_dir=tmp_path / "ddp")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+    single_weights = load_file(str(tmp_path / "single" / "export" / "model.safetensors"))
+    ddp_weights = load_file(str(tmp_path / "ddp" / "export" / "model.safetensors"))
+    single_summary = json.loads((tmp_path / "single" / "summary.json").read_text())
+    ddp_summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert single_summary["trainer/global_step"] == ddp_summary["trainer/global_step"] == 3
+    # Both moved away from the initial policy (loss ln 2 at the start), the same way.
+    assert abs(single_summary["val/loss"] - 0.6931) > 1e-3
+    assert ddp_summary["val/loss"] == pytest.approx(single_summary["val/loss"], abs=1e-4)
+    assert single_weights.keys() == ddp_weights.keys()
+    for name, weight in single_weights.items():
+        assert_close(ddp_weights[name], weight, rtol=0, atol=2e-5, msg=name)
