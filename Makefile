@@ -40,6 +40,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 bench: install
+	$(PY) -m pip install -q -e ".[bench]" "$(TORCH)"
 	$(PY) benchmarks/logps_memory.py
 
 clean:

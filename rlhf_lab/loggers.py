@@ -51,7 +51,6 @@ def wandb_logger(
     if mode == "auto":
         mode = "online" if wandb_logged_in() else "offline"
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("WANDB_DIR", save_dir)
     return WandbLogger(
         save_dir=save_dir,
         project=project,

@@ -69,7 +69,7 @@ def completion_logps(
     completion_mask: torch.Tensor,
     head: nn.Module,
     *,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     logit_softcap: float | None = None,
 ) -> SequenceLogps:
     """Summed log-probs of the completion tokens, computing the head only where needed.
@@ -152,7 +152,7 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 def sequence_logps(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], chunk_size: int = 1024
+    model: nn.Module, batch: Mapping[str, torch.Tensor], chunk_size: int = 256
 ) -> SequenceLogps:
     """Run the decoder once over the batch and score its completion tokens."""
     decoder, head = decoder_and_head(model)
@@ -177,7 +177,7 @@ class Policy(nn.Module):
         chunk_size: Completion tokens per output-head call.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024) -> None:
+    def __init__(self, model: nn.Module, chunk_size: int = 256) -> None:
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size

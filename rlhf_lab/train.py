@@ -148,7 +148,9 @@ def run(cfg: DictConfig) -> Run:
     )
     trainer.fit(objective, datamodule=datamodule, ckpt_path=ckpt_path)
     summary = _floats(trainer.callback_metrics, "train/")
-    if not cfg.trainer.get("fast_dev_run"):
+    if cfg.trainer.get("fast_dev_run"):
+        summary.update(_floats(trainer.callback_metrics, "val/"))  # its single validation batch
+    else:
         results = trainer.validate(objective, datamodule=datamodule, verbose=False)
         summary.update(_floats(results[0] if results else {}, "val/"))
     summary["trainer/global_step"] = float(trainer.global_step)

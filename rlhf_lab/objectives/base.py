@@ -78,7 +78,7 @@ class RuntimeConfig:
     """Where reference caches live and how the head is chunked."""
 
     cache_dir: str = field(default_factory=default_cache_dir)
-    logps_chunk_size: int = 1024
+    logps_chunk_size: int = 256
 
 
 class AlignmentObjective(L.LightningModule):
