@@ -9,14 +9,16 @@ Choices and ranges are checked by the constructors (`rlhf_lab.errors.check_choic
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
+import keyword
 import types
 import typing
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf, open_dict
 
 _SIMPLE = (int, float, bool, str)
 
@@ -46,7 +48,7 @@ def _default_of(value: Any) -> Any:
     return value
 
 
-def schema_for(target: type, exclude: tuple[str, ...] = ()) -> type:
+def schema_for(target: type, exclude: tuple[str, ...] = ()) -> Any:
     """A dataclass with ``_target_`` plus one typed field per constructor argument of ``target``.
 
     Args:
@@ -77,17 +79,30 @@ def schema_for(target: type, exclude: tuple[str, ...] = ()) -> type:
             ]
             if not any(p.kind is p.VAR_KEYWORD for p in signature):
                 break
+    keyword_fields = []
     for name, default in params:
         if name in exclude:
             continue
         if default == "???":
             default = MISSING
         fields.append((name, _schema_type(hints.get(name, Any)), _default_of(default)))
+        if name.endswith("_") and keyword.iskeyword(name[:-1]):
+            keyword_fields.append(name)
     ordered = [f for f in fields if f[2] is MISSING] + [f for f in fields if f[2] is not MISSING]
     specs = [
         (n, t, d if isinstance(d, dataclasses.Field) else dataclasses.field(default=d)) for n, t, d in ordered
     ]
-    return dataclasses.make_dataclass(f"{target.__name__}Schema", specs)
+    schema = dataclasses.make_dataclass(f"{target.__name__}Schema", specs)
+    if not keyword_fields:
+        return schema
+    # A paper name that is a Python keyword (ORPO's `lambda`) is `lambda_` in Python: rename the typed node.
+    node = OmegaConf.structured(schema)
+    with open_dict(node):
+        for name in keyword_fields:
+            typed = copy.deepcopy(node._get_node(name))
+            del node[name]
+            node[name[:-1]] = typed
+    return node
 
 
 OBJECTIVE_RUNTIME_ARGS = ("model", "adapter", "optim", "runtime")
@@ -101,14 +116,20 @@ def register_schemas() -> None:
     from rlhf_lab.models.adapters import FullFinetune, LoraAdapter
     from rlhf_lab.models.hub import HubModel
     from rlhf_lab.models.tiny import TinyModel
-    from rlhf_lab.objectives import DPO, SFT, OptimConfig
+    from rlhf_lab.objectives import CPO, DPO, KTO, ORPO, SFT, OptimConfig, RewardModel, SimPO
 
     store = ConfigStore.instance()
-    entries: dict[str, dict[str, type]] = {
-        "algo": {
-            "dpo": schema_for(DPO, OBJECTIVE_RUNTIME_ARGS),
-            "sft": schema_for(SFT, OBJECTIVE_RUNTIME_ARGS),
-        },
+    objectives = {
+        "dpo": DPO,
+        "sft": SFT,
+        "cpo": CPO,
+        "simpo": SimPO,
+        "orpo": ORPO,
+        "kto": KTO,
+        "reward": RewardModel,
+    }
+    entries: dict[str, dict[str, Any]] = {
+        "algo": {name: schema_for(cls, OBJECTIVE_RUNTIME_ARGS) for name, cls in objectives.items()},
         "model": {"hub": schema_for(HubModel), "tiny": schema_for(TinyModel)},
         "adapter": {"full": schema_for(FullFinetune), "lora": schema_for(LoraAdapter)},
         "data": {"datamodule": schema_for(PreferenceDataModule)},

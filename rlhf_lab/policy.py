@@ -45,12 +45,23 @@ class SequenceLogps:
     logps: torch.Tensor
     lengths: torch.Tensor
     mean_logits: torch.Tensor
+    prompt_logps: torch.Tensor | None = None
+    prompt_lengths: torch.Tensor | None = None
 
     def split(self, size: int) -> tuple[SequenceLogps, SequenceLogps]:
         """Split a chosen-then-rejected batch into its two halves."""
-        first = SequenceLogps(self.logps[:size], self.lengths[:size], self.mean_logits[:size])
-        second = SequenceLogps(self.logps[size:], self.lengths[size:], self.mean_logits[size:])
-        return first, second
+        halves = []
+        for part in (slice(None, size), slice(size, None)):
+            halves.append(
+                SequenceLogps(
+                    self.logps[part],
+                    self.lengths[part],
+                    self.mean_logits[part],
+                    None if self.prompt_logps is None else self.prompt_logps[part],
+                    None if self.prompt_lengths is None else self.prompt_lengths[part],
+                )
+            )
+        return halves[0], halves[1]
 
 
 def _token_logps_and_logit_sums(
@@ -71,6 +82,7 @@ def completion_logps(
     *,
     chunk_size: int = 256,
     logit_softcap: float | None = None,
+    prompt_mask: torch.Tensor | None = None,
 ) -> SequenceLogps:
     """Summed log-probs of the completion tokens, computing the head only where needed.
 
@@ -84,13 +96,16 @@ def completion_logps(
         head: The output projection (``lm_head``).
         chunk_size: Tokens per head call; bounds the ``[chunk, vocab]`` logits alive at once.
         logit_softcap: Final logit soft-capping (Gemma 2), if the model uses it.
+        prompt_mask: ``[N, T]`` bool, prompt tokens to score as well (summed apart, in ``prompt_logps``).
 
     Returns:
         `SequenceLogps` with ``[N]`` tensors.
     """
     num_sequences = hidden_states.shape[0]
     target_mask = completion_mask[:, 1:].bool()
-    rows, cols = target_mask.nonzero(as_tuple=True)
+    scored_mask = target_mask if prompt_mask is None else target_mask | prompt_mask[:, 1:].bool()
+    rows, cols = scored_mask.nonzero(as_tuple=True)
+    is_completion = target_mask[rows, cols]
     selected_hidden = hidden_states[:, :-1][rows, cols]
     targets = input_ids[:, 1:][rows, cols]
     token_logps, logit_sums = [], []
@@ -119,12 +134,17 @@ def completion_logps(
     else:
         all_logps = hidden_states.new_zeros(0, dtype=torch.float32)
         all_sums = hidden_states.new_zeros(0, dtype=torch.float32)
-    logps = torch.zeros(num_sequences, device=device, dtype=torch.float32).index_add(0, rows, all_logps)
+    zeros = torch.zeros(num_sequences, device=device, dtype=torch.float32)
+    logps = zeros.index_add(0, rows, torch.where(is_completion, all_logps, 0.0))
     lengths = target_mask.sum(1)
-    sums = torch.zeros(num_sequences, device=device, dtype=torch.float32).index_add(0, rows, all_sums)
+    sums = zeros.index_add(0, rows, torch.where(is_completion, all_sums, 0.0))
     vocab_size = head.weight.shape[0] if hasattr(head, "weight") else 1
     mean_logits = sums / (lengths.clamp(min=1).float() * vocab_size)
-    return SequenceLogps(logps=logps, lengths=lengths, mean_logits=mean_logits)
+    result = SequenceLogps(logps=logps, lengths=lengths, mean_logits=mean_logits)
+    if prompt_mask is not None:
+        result.prompt_logps = zeros.index_add(0, rows, torch.where(is_completion, 0.0, all_logps))
+        result.prompt_lengths = (scored_mask & ~target_mask).sum(1)
+    return result
 
 
 def naive_completion_logps(
@@ -152,13 +172,14 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 def sequence_logps(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], chunk_size: int = 256
+    model: nn.Module, batch: Mapping[str, torch.Tensor], chunk_size: int = 256, score_prompt: bool = False
 ) -> SequenceLogps:
-    """Run the decoder once over the batch and score its completion tokens."""
+    """Run the decoder once over the batch and score its completion (and, if asked, prompt) tokens."""
     decoder, head = decoder_and_head(model)
     outputs = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     hidden = outputs[0] if isinstance(outputs, tuple) else outputs.last_hidden_state
     softcap = getattr(unwrap_causal_lm(model).config, "final_logit_softcapping", None)
+    prompt_mask = batch["attention_mask"].bool() & ~batch["completion_mask"].bool() if score_prompt else None
     return completion_logps(
         hidden,
         batch["input_ids"],
@@ -166,6 +187,7 @@ def sequence_logps(
         head,
         chunk_size=chunk_size,
         logit_softcap=softcap,
+        prompt_mask=prompt_mask,
     )
 
 
@@ -186,8 +208,24 @@ class Policy(nn.Module):
     def is_peft(self) -> bool:
         return hasattr(self.model, "disable_adapter")
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> SequenceLogps:
-        return sequence_logps(self.model, batch, self.chunk_size)
+    def forward(self, batch: Mapping[str, torch.Tensor], score_prompt: bool = False) -> SequenceLogps:
+        return sequence_logps(self.model, batch, self.chunk_size, score_prompt)
+
+    def scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[N]`` scalar scores of a sequence-classification model (reward models), at each row's last token.
+
+        The last token comes from the attention mask (batches are right-padded), not from searching for pad
+        ids as HF's own pooling does: with pad = EOS (Mistral, Llama) that search stops at the wrong token.
+        """
+        classifier = unwrap_causal_lm(self.model)
+        decoder = getattr(classifier, classifier.base_model_prefix)
+        outputs = decoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        )
+        hidden = outputs[0] if isinstance(outputs, tuple) else outputs.last_hidden_state
+        last = batch["attention_mask"].sum(1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return classifier.score(pooled).squeeze(-1).float()
 
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:

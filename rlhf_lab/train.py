@@ -97,11 +97,12 @@ def build(cfg: DictConfig) -> tuple[AlignmentObjective, Any, Any]:
     objective: AlignmentObjective = make_objective(
         model=model_spec, adapter=adapter, optim=optim, runtime=runtime
     )
-    datamodule.pairs = objective.needs_pairs
+    datamodule.batch_kind = objective.batch_kind
     model_spec.prepare(datamodule.corpus)
     tokenizer = model_spec.load_tokenizer()
     datamodule.set_tokenizer(tokenizer)
     datamodule.setup("fit")
+    objective.check_data(datamodule)
     return objective, datamodule, tokenizer
 
 

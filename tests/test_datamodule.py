@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_lab.data.datamodule import EpochSampler, PreferenceDataModule
+from rlhf_lab.data.formats import DataError
 from rlhf_lab.data.sources import LocalFiles
 from rlhf_lab.data.synthetic import ANSWER, CATEGORIES, SyntheticPreferences
 from rlhf_lab.errors import ConfigError
@@ -178,7 +180,7 @@ def test_preference_batch_is_chosen_rows_then_rejected_rows(make_config) -> None
 
 def test_sft_batches_have_only_chosen_rows(make_config) -> None:
     objective, datamodule, tokenizer = build(make_config("algo=sft"))
-    assert objective.needs_pairs is False
+    assert objective.batch_kind == "single"
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["input_ids"].shape[0] == 8
     source = datamodule.load_examples()["train"]
@@ -199,3 +201,278 @@ def test_fingerprint_tracks_tokenisation_settings_only(make_config) -> None:
     assert longer.stats["train"]["truncated"] == 0
     assert longer.fingerprint() != first
     assert len(first) == 24
+
+
+# --- batch kinds --------------------------------------------------------------------------------------
+
+PAIRS = [
+    {"prompt": "2 + 2 =", "chosen": " 4", "rejected": " 5"},
+    {"prompt": "3 + 3 =", "chosen": " 6", "rejected": " 7"},
+]
+HELD_OUT_PAIRS = [{"prompt": "1 + 1 =", "chosen": " 2", "rejected": " 3"}]
+KTO_ROWS = [
+    {"prompt": "2 + 2 =", "completion": " 4", "label": True},
+    {"prompt": "2 + 2 =", "completion": " 5", "label": False},
+    {"prompt": "3 + 3 =", "completion": " 7", "label": 0},
+]
+HELD_OUT_KTO = [
+    {"prompt": "1 + 1 =", "completion": " 2", "label": True},
+    {"prompt": "1 + 1 =", "completion": " 3", "label": False},
+]
+
+
+@pytest.fixture(scope="module")
+def arithmetic_tokenizer():
+    from rlhf_lab.models.tiny import train_tokenizer
+
+    return train_tokenizer(["1 + 1 = 2 3", "2 + 2 = 4 5", "3 + 3 = 6 7"] * 4, vocab_size=300)
+
+
+def _write(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def _datamodule(
+    tmp_path: Path, tokenizer, train: list[dict], held_out: list[dict], kind: str | None, **kwargs
+) -> PreferenceDataModule:
+    source = LocalFiles(
+        train_path=_write(tmp_path / "train.jsonl", train),
+        eval_path=_write(tmp_path / "eval.jsonl", held_out),
+    )
+    settings = {"batch_size": 4, "eval_batch_size": 4, "max_length": 32, "max_prompt_length": 16, **kwargs}
+    datamodule = PreferenceDataModule(source, **settings)
+    if kind is not None:
+        datamodule.batch_kind = kind
+    datamodule.set_tokenizer(tokenizer)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def _texts(batch: dict, tokenizer) -> list[str]:
+    return [
+        tokenizer.decode(ids[mask.bool()])
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+    ]
+
+
+def test_unpaired_train_batches_from_pairs_and_paired_held_out_batches(
+    tmp_path, arithmetic_tokenizer
+) -> None:
+    datamodule = _datamodule(tmp_path, arithmetic_tokenizer, PAIRS, HELD_OUT_PAIRS, "unpaired")
+    assert datamodule.split_kinds == {"train": "unpaired", "val": "pairs"}
+    # Two pairs become four labelled completions, in pair order: chosen then rejected.
+    texts = {0: "2 + 2 = 4</s>", 1: "2 + 2 = 5</s>", 2: "3 + 3 = 6</s>", 3: "3 + 3 = 7</s>"}
+    prompts = {0: "2 + 2 =", 1: "2 + 2 =", 2: "3 + 3 =", 3: "3 + 3 ="}
+    completions = {0: " 4</s>", 1: " 5</s>", 2: " 6</s>", 3: " 7</s>"}
+    labels = {0: True, 1: False, 2: True, 3: False}
+    assert datamodule.stats["train"] == {
+        "rows": 2,
+        "identical_dropped": 0,
+        "unpaired_from_pairs": 2,
+        "examples": 4,
+        "truncated": 0,
+        "dropped_too_long": 0,
+    }
+    assert datamodule.stats["val"] == {
+        "rows": 1, "identical_dropped": 0, "examples": 1, "truncated": 0, "dropped_too_long": 0,
+    }  # fmt: skip
+
+    (batch,) = list(datamodule.train_dataloader())
+    order = batch["index"].tolist()
+    assert sorted(order) == [0, 1, 2, 3]
+    assert batch["input_ids"].shape[0] == 8
+    assert batch["labels"].tolist() == [labels[i] for i in order]
+    rows = _texts(batch, arithmetic_tokenizer)
+    assert rows[:4] == [texts[i] for i in order]
+    # Row 4 + i: prompt i with the completion of the next example in the batch, wrapping around.
+    assert rows[4:] == [
+        prompts[i] + completions[j] for i, j in zip(order, order[1:] + order[:1], strict=True)
+    ]
+    for row, i in enumerate(order):
+        completion = batch["input_ids"][row][batch["completion_mask"][row]]
+        assert arithmetic_tokenizer.decode(completion) == completions[i]
+
+    (val,) = list(datamodule.val_dataloader())
+    assert "labels" not in val
+    assert _texts(val, arithmetic_tokenizer) == ["1 + 1 = 2</s>", "1 + 1 = 3</s>"]
+    assert val["index"].tolist() == [0]
+
+
+def test_unpaired_data_stays_unpaired_in_both_splits(tmp_path, arithmetic_tokenizer) -> None:
+    datamodule = _datamodule(tmp_path, arithmetic_tokenizer, KTO_ROWS, HELD_OUT_KTO, "unpaired")
+    assert datamodule.split_kinds == {"train": "unpaired", "val": "unpaired"}
+    assert datamodule.stats["train"]["unpaired_from_pairs"] == 0
+    assert datamodule.stats["train"]["examples"] == 3
+    (batch,) = list(datamodule.train_dataloader())
+    labels = {0: True, 1: False, 2: False}
+    assert batch["labels"].tolist() == [labels[i] for i in batch["index"].tolist()]
+    assert batch["input_ids"].shape[0] == 6
+    (val,) = list(datamodule.val_dataloader())
+    assert val["labels"].tolist() == [True, False]
+    assert _texts(val, arithmetic_tokenizer) == [
+        "1 + 1 = 2</s>",
+        "1 + 1 = 3</s>",
+        "1 + 1 = 3</s>",
+        "1 + 1 = 2</s>",
+    ]
+
+
+def test_unpaired_loader_never_ends_with_a_batch_of_one(tmp_path, arithmetic_tokenizer) -> None:
+    # Three labelled rows in batches of 2 would leave a last batch of 1, which KTO cannot use.
+    datamodule = _datamodule(tmp_path, arithmetic_tokenizer, KTO_ROWS, HELD_OUT_KTO, "unpaired", batch_size=2)
+    batches = list(datamodule.train_dataloader())
+    assert [len(batch["index"]) for batch in batches] == [2]
+    assert len(datamodule.train_dataloader()) == 1
+
+
+def test_epoch_sampler_drops_an_index_only_when_the_last_batch_would_hold_one() -> None:
+    assert list(EpochSampler(5, 0, False, avoid_single_last_batch=2)) == [0, 1, 2, 3]
+    assert list(EpochSampler(6, 0, False, avoid_single_last_batch=4)) == [0, 1, 2, 3, 4, 5]
+    assert list(EpochSampler(5, 0, False)) == [0, 1, 2, 3, 4]
+    # Per rank: 10 indices over 2 ranks is 5 each, batches of 2 -> 4 each.
+    ranks = [
+        list(EpochSampler(10, 0, False, rank=r, world_size=2, avoid_single_last_batch=2)) for r in (0, 1)
+    ]
+    assert ranks == [[0, 2, 4, 6], [1, 3, 5, 7]]
+
+
+def test_unpaired_needs_batches_of_two(tmp_path, arithmetic_tokenizer) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _datamodule(tmp_path, arithmetic_tokenizer, PAIRS, HELD_OUT_PAIRS, "unpaired", batch_size=1)
+    assert str(caught.value) == (
+        "KTO needs at least 2 examples per batch (data.batch_size > 1) to estimate its KL term from "
+        "mismatched prompt/completion pairs; data.batch_size=1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "train", "message"),
+    [
+        (
+            "pairs",
+            KTO_ROWS,
+            "train.jsonl:row 0: pairwise objectives (e.g. algo=dpo) need paired data (chosen and rejected); "
+            "this row is unpaired (prompt/completion/label): use an unpaired objective (algo=kto) "
+            "(3 of 3 train rows)",
+        ),
+        (
+            "pairs",
+            [{"prompt": "2 + 2 =", "completion": " 4"}],
+            "train.jsonl:row 0: pairwise objectives (e.g. algo=dpo) need paired data (chosen and rejected); "
+            "this row has no rejected completion (SFT data): use algo=sft, or add rejected completions "
+            "(1 of 1 train rows)",
+        ),
+        (
+            "single",
+            KTO_ROWS,
+            "train.jsonl:row 1: SFT (algo=sft) trains on every completion, but this row is labelled "
+            "undesirable (label=false): use algo=kto, or keep only the desirable rows (2 of 3 train rows)",
+        ),
+        (
+            "unpaired",
+            [{"prompt": "2 + 2 =", "completion": " 4"}],
+            "train.jsonl:row 0: unpaired objectives (algo=kto) need prompt/completion/label rows or "
+            "chosen/rejected pairs; this row has neither a label nor a rejected completion (SFT data) "
+            "(1 of 1 train rows)",
+        ),
+        (
+            "single",
+            [{"prompt": "2 + 2 ="}],
+            "train.jsonl:row 0: this row has a prompt and no completion (prompt_only data, for online RL), "
+            "which no batch kind can train on (batch_kind='single') (1 of 1 train rows)",
+        ),
+    ],
+)
+def test_data_that_cannot_make_the_batch_kind_fails_clearly(
+    tmp_path, arithmetic_tokenizer, kind: str, train: list[dict], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _datamodule(tmp_path, arithmetic_tokenizer, train, HELD_OUT_PAIRS, kind)
+    assert str(caught.value) == f"{tmp_path}/{message}"
+
+
+def test_batch_kind_mismatch_fails_before_the_tokenizer_corpus_is_read(tmp_path) -> None:
+    source = LocalFiles(
+        train_path=_write(tmp_path / "train.jsonl", KTO_ROWS), eval_path=None, eval_fraction=0.3
+    )
+    datamodule = PreferenceDataModule(source)
+    datamodule.batch_kind = "pairs"
+    with pytest.raises(ConfigError, match=r"use an unpaired objective \(algo=kto\)"):
+        list(datamodule.corpus())
+
+
+def test_batch_kind_and_the_pairs_alias(tmp_path, arithmetic_tokenizer) -> None:
+    datamodule = PreferenceDataModule(LocalFiles(train_path="unused.jsonl"))
+    assert (datamodule.batch_kind, datamodule.pairs) == ("pairs", True)
+    datamodule.pairs = False
+    assert (datamodule.batch_kind, datamodule.pairs) == ("single", False)
+    datamodule.pairs = True
+    assert datamodule.batch_kind == "pairs"
+    with pytest.raises(
+        ConfigError, match=r"batch_kind='triples' is not supported; choose one of: pairs, single, "
+    ):
+        datamodule.batch_kind = "triples"
+
+
+def test_fingerprint_changes_with_batch_kind_and_setup_follows_a_new_kind(
+    tmp_path, arithmetic_tokenizer
+) -> None:
+    datamodule = _datamodule(tmp_path, arithmetic_tokenizer, PAIRS, HELD_OUT_PAIRS, None)
+    prints = {"pairs": datamodule.fingerprint()}
+    for kind in ("single", "unpaired", "pairs"):
+        datamodule.batch_kind = kind
+        datamodule.setup("fit")
+        prints.setdefault(kind, datamodule.fingerprint())
+        assert datamodule.fingerprint() == prints[kind]
+        assert datamodule.split_kinds["train"] == kind
+        assert len(datamodule.datasets["train"]) == (4 if kind == "unpaired" else 2)
+    assert len(set(prints.values())) == 3
+    # Back to pairs: the stats lose the unpaired count again.
+    assert "unpaired_from_pairs" not in datamodule.stats["train"]
+
+
+def test_reference_loaders_match_training_rows_and_refuse_unpaired(tmp_path, arithmetic_tokenizer) -> None:
+    datamodule = _datamodule(tmp_path, arithmetic_tokenizer, PAIRS, HELD_OUT_PAIRS, "pairs")
+    loaders = datamodule.reference_loaders()
+    assert [batch["input_ids"].shape[0] for batch in loaders["train"]] == [4]
+    assert _texts(next(iter(loaders["val"])), arithmetic_tokenizer) == ["1 + 1 = 2</s>", "1 + 1 = 3</s>"]
+    datamodule.batch_kind = "unpaired"
+    datamodule.setup("fit")
+    with pytest.raises(ConfigError) as caught:
+        datamodule.reference_loaders()
+    assert str(caught.value) == (
+        "algo.reference=precomputed is not supported for KTO (its KL rows depend on the batch); "
+        "use copy or adapter_off"
+    )
+
+
+def test_margins_reach_paired_batches(tmp_path, arithmetic_tokenizer) -> None:
+    train = [{**PAIRS[0], "margin": 1.5}, {**PAIRS[1], "margin": 0.25}]
+    datamodule = _datamodule(
+        tmp_path, arithmetic_tokenizer, train, [{**HELD_OUT_PAIRS[0], "margin": 3}], "pairs"
+    )
+    (batch,) = list(datamodule.train_dataloader())
+    margins = {0: 1.5, 1: 0.25}
+    assert batch["margin"].tolist() == [margins[i] for i in batch["index"].tolist()]
+    assert next(iter(datamodule.val_dataloader()))["margin"].tolist() == [3.0]
+    # SFT batches carry no margin.
+    datamodule.batch_kind = "single"
+    datamodule.setup("fit")
+    assert "margin" not in next(iter(datamodule.train_dataloader()))
+
+
+def test_margins_in_one_file_of_a_split_only(tmp_path, arithmetic_tokenizer) -> None:
+    source = LocalFiles(
+        train_path=[
+            _write(tmp_path / "a.jsonl", [{**PAIRS[0], "margin": 1.0}]),
+            _write(tmp_path / "b.jsonl", PAIRS),
+        ],
+        eval_path=_write(tmp_path / "eval.jsonl", HELD_OUT_PAIRS),
+    )
+    with pytest.raises(DataError) as caught:
+        PreferenceDataModule(source).load_examples()
+    assert str(caught.value) == (
+        f"{tmp_path}/b.jsonl, field 'margin': the pairs have no margin but those of {tmp_path}/a.jsonl do; "
+        "give every pair of a split a margin or none"
+    )

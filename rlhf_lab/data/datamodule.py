@@ -13,30 +13,39 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rlhf_lab.data.collate import PreferenceCollator
-from rlhf_lab.data.formats import PreferenceExample, convert_rows
+from rlhf_lab.data.collate import PreferenceCollator, UnpairedCollator
+from rlhf_lab.data.formats import DataError, PreferenceExample, convert_rows, to_unpaired
 from rlhf_lab.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_examples
-from rlhf_lab.errors import ConfigError
+from rlhf_lab.errors import ConfigError, check_choice
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
+# What an objective's batches hold: chosen + rejected rows (DPO), chosen rows only (SFT), or labelled
+# completions plus mismatched rows (KTO).
+BATCH_KINDS = ("pairs", "single", "unpaired")
 
 
 class TokenizedDataset(Dataset):
-    """Tokenised examples; items are ``(index, example)`` so batches carry their dataset indices."""
+    """Tokenised examples; items are ``(index, example)`` so batches carry their dataset indices.
 
-    def __init__(self, examples: list[TokenizedExample], pairs: bool = True) -> None:
+    Args:
+        examples: The tokenised examples.
+        kind: One of `BATCH_KINDS`; ``single`` serves pairs as their chosen completion alone.
+    """
+
+    def __init__(self, examples: list[TokenizedExample], kind: str = "pairs") -> None:
+        check_choice("batch kind", kind, BATCH_KINDS)
         self.examples = examples
-        self.pairs = pairs
+        self.kind = kind
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> tuple[int, TokenizedExample]:
         example = self.examples[index]
-        if not self.pairs and example.rejected_ids is not None:
-            example = dataclasses.replace(example, rejected_ids=None)
+        if self.kind == "single" and example.rejected_ids is not None:
+            example = dataclasses.replace(example, rejected_ids=None, margin=None)
         return index, example
 
 
@@ -58,7 +67,9 @@ class EpochSampler(Sampler[int]):
         resume_offset: Callable[[], int] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        avoid_single_last_batch: int | None = None,
     ) -> None:
+        """``avoid_single_last_batch=b`` drops one index per rank when batches of ``b`` would end with one."""
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
@@ -66,6 +77,7 @@ class EpochSampler(Sampler[int]):
         self.resume_offset = resume_offset
         self.rank = rank
         self.world_size = world_size
+        self.avoid_single_last_batch = avoid_single_last_batch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -75,14 +87,20 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(self.size)
-        order = order[: len(self) * self.world_size][self.rank :: self.world_size]
+        per_rank = self.size // self.world_size
+        order = order[: per_rank * self.world_size][self.rank :: self.world_size][: len(self)]
         # Only the first epoch a process runs can be a resumed one.
         skip = self.resume_offset() if self.resume_offset is not None else 0
         self.resume_offset = None
         return iter(order[skip if skip < len(order) else 0 :].tolist())
 
     def __len__(self) -> int:
-        return self.size // self.world_size
+        per_rank = self.size // self.world_size
+        batch = self.avoid_single_last_batch
+        if batch is not None and batch > 1 and per_rank % batch == 1:
+            # KTO's mismatched rows need a second example; the dropped index differs per epoch when shuffled.
+            return per_rank - 1
+        return per_rank
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -93,8 +111,46 @@ def _texts(value: Any) -> Iterator[str]:
             yield message["content"]
 
 
+def _unsuitable(example: PreferenceExample, kind: str) -> str | None:
+    """Why ``example`` cannot go into batches of ``kind``, or None when it can."""
+    if example.chosen is None:
+        return (
+            "this row has a prompt and no completion (prompt_only data, for online RL), which no "
+            f"batch kind can train on (batch_kind={kind!r})"
+        )
+    if kind == "pairs" and not example.is_pair:
+        if example.label is not None:
+            return (
+                "pairwise objectives (e.g. algo=dpo) need paired data (chosen and rejected); this row is "
+                "unpaired (prompt/completion/label): use an unpaired objective (algo=kto)"
+            )
+        return (
+            "pairwise objectives (e.g. algo=dpo) need paired data (chosen and rejected); this row has no "
+            "rejected completion (SFT data): use algo=sft, or add rejected completions"
+        )
+    if kind == "single" and example.label is False:
+        return (
+            "SFT (algo=sft) trains on every completion, but this row is labelled undesirable "
+            "(label=false): use algo=kto, or keep only the desirable rows"
+        )
+    if kind == "unpaired" and not example.is_pair and example.label is None:
+        return (
+            "unpaired objectives (algo=kto) need prompt/completion/label rows or chosen/rejected pairs; "
+            "this row has neither a label nor a rejected completion (SFT data)"
+        )
+    return None
+
+
 class PreferenceDataModule(L.LightningDataModule):
-    """Loads, validates, tokenises and batches preference (or SFT) data.
+    """Loads, validates, tokenises and batches preference (or SFT, or unpaired KTO) data.
+
+    `batch_kind` (set by the training entry point from the objective) says what batches hold:
+
+    - ``pairs``: chosen rows then rejected rows (`PreferenceCollator`), in both splits.
+    - ``single``: chosen rows only (SFT).
+    - ``unpaired``: training batches from `UnpairedCollator` (labelled completions plus mismatched rows,
+      with a ``labels`` key); paired data is split with `to_unpaired` first. The held-out split stays
+      paired when the data is paired, so every objective reports ``val/rewards/accuracies`` on pairs.
 
     Args:
         source: Where rows come from (`SyntheticPreferences`, `LocalFiles`, `HubDataset`).
@@ -135,32 +191,88 @@ class PreferenceDataModule(L.LightningDataModule):
         self.pad_to_multiple_of = pad_to_multiple_of
         self.num_workers = num_workers
         self.seed = seed
-        self.pairs = True
+        self._batch_kind = "pairs"
         self.tokenizer: Any = None
         self.examples: dict[str, list[PreferenceExample]] | None = None
         self.datasets: dict[str, TokenizedDataset] = {}
+        #: Each split's batch kind after `setup` (held-out pairs stay ``pairs`` under ``unpaired``).
+        self.split_kinds: dict[str, str] = {}
         self.stats: dict[str, dict[str, int]] = {}
+        self._row_counts: dict[str, dict[str, int]] = {}
+
+    @property
+    def batch_kind(self) -> str:
+        """``pairs``, ``single`` or ``unpaired``: what the objective's batches hold."""
+        return self._batch_kind
+
+    @batch_kind.setter
+    def batch_kind(self, kind: str) -> None:
+        check_choice("batch_kind", kind, BATCH_KINDS)
+        if kind != self._batch_kind:
+            # Datasets built for another kind hold the wrong rows; `setup` rebuilds them.
+            self.datasets = {}
+            self.split_kinds = {}
+        self._batch_kind = kind
+
+    @property
+    def pairs(self) -> bool:
+        """Backwards-compatible view of `batch_kind`: True for ``pairs``."""
+        return self._batch_kind == "pairs"
+
+    @pairs.setter
+    def pairs(self, value: bool) -> None:
+        self.batch_kind = "pairs" if value else "single"
 
     def load_examples(self) -> dict[str, list[PreferenceExample]]:
         """Read and validate every row once (errors name the file, row and field)."""
         if self.examples is None:
             examples: dict[str, list[PreferenceExample]] = {split: [] for split in SPLITS}
             for split, blocks in self.source.load().items():
+                margin_files: dict[bool, list[str]] = {True: [], False: []}
                 for block in blocks:
                     converted, counts = convert_rows(
                         block.rows, self.format, file=block.name, row_numbers=block.row_numbers
                     )
                     examples[split].extend(converted)
+                    pairs = [example for example in converted if example.is_pair]
+                    if pairs:
+                        margin_files[pairs[0].margin is not None].append(block.name)
                     for key, value in counts.items():
-                        self.stats.setdefault(split, {}).setdefault(key, 0)
-                        self.stats[split][key] += value
+                        self._row_counts.setdefault(split, {}).setdefault(key, 0)
+                        self._row_counts[split][key] += value
+                if margin_files[True] and margin_files[False]:
+                    # `convert_rows` checks within a file; a batch may draw from several.
+                    raise DataError(
+                        f"the pairs have no margin but those of {margin_files[True][0]} do; give every pair "
+                        "of a split a margin or none",
+                        file=margin_files[False][0],
+                        field="margin",
+                    )
             if not examples["train"]:
                 raise ConfigError("the training split is empty: check data.source")
             self.examples = examples
+            self.stats = {split: dict(counts) for split, counts in self._row_counts.items()}
         return self.examples
+
+    def check_batch_kind(self) -> None:
+        """Fail when the data cannot make the batches `batch_kind` asks for.
+
+        Raises:
+            ConfigError: Names the first unsuitable row, what is wrong and which objective fits the data.
+        """
+        for split, examples in self.load_examples().items():
+            problems = [(example, _unsuitable(example, self._batch_kind)) for example in examples]
+            problems = [(example, problem) for example, problem in problems if problem is not None]
+            if problems:
+                example, problem = problems[0]
+                raise ConfigError(
+                    f"{example.source}: {problem} ({len(problems)} of {len(examples)} {split} rows)"
+                )
 
     def corpus(self) -> Iterator[str]:
         """Message contents of the training examples (trains the tiny model's tokenizer)."""
+        # The tiny model is built from this corpus, so a data/objective mismatch fails before it is.
+        self.check_batch_kind()
         for example in self.load_examples()["train"]:
             for value in (example.prompt, example.chosen, example.rejected):
                 yield from _texts(value)
@@ -169,24 +281,56 @@ class PreferenceDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.datasets = {}
 
+    def _split_kind(self, split: str, examples: list[PreferenceExample]) -> str:
+        if self._batch_kind != "unpaired" or split == "train":
+            return self._batch_kind
+        # Held-out pairs stay pairs, so KTO's val/rewards/accuracies compares chosen with rejected.
+        return "pairs" if all(example.is_pair for example in examples) else "unpaired"
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         if self.tokenizer is None:
             raise RuntimeError("call set_tokenizer() before setup()")
+        self.check_batch_kind()
+        if self._batch_kind == "unpaired" and self.batch_size < 2:
+            raise ConfigError(
+                f"KTO needs at least 2 examples per batch (data.batch_size > 1) to estimate its KL term "
+                f"from mismatched prompt/completion pairs; data.batch_size={self.batch_size}"
+            )
         for split, examples in self.load_examples().items():
-            tokenized, stats = tokenize_examples(examples, self.tokenizer, self.settings)
-            self.stats.setdefault(split, {}).update(stats)
-            self.datasets[split] = TokenizedDataset(tokenized, pairs=self.pairs)
+            kind = self._split_kind(split, examples)
+            stats = dict(self._row_counts.get(split, {}))
+            if kind == "unpaired":
+                stats["unpaired_from_pairs"] = sum(example.is_pair for example in examples)
+                examples = to_unpaired(examples)
+            tokenized, token_stats = tokenize_examples(examples, self.tokenizer, self.settings)
+            self.stats[split] = {**stats, **token_stats}
+            self.split_kinds[split] = kind
+            self.datasets[split] = TokenizedDataset(tokenized, kind=kind)
         if not self.datasets["train"]:
             raise ConfigError(
                 f"no training example fits data.max_length={self.settings.max_length} "
                 f"(dropped {self.stats['train'].get('dropped_too_long', 0)})"
             )
+        if self.split_kinds["train"] == "unpaired" and len(self.datasets["train"]) < 2:
+            raise ConfigError("KTO needs at least 2 training examples to estimate its KL term; found 1")
+        if self.split_kinds["val"] == "unpaired" and len(self.datasets["val"]) and self.eval_batch_size < 2:
+            raise ConfigError(
+                "the held-out split is unpaired, and KTO needs at least 2 examples per batch to estimate its "
+                f"KL term; data.eval_batch_size={self.eval_batch_size}"
+            )
         for split in SPLITS:
-            log.info("data[%s]: %s", split, self.stats.get(split, {}))
+            log.info("data[%s] (%s): %s", split, self.split_kinds[split], self.stats.get(split, {}))
 
-    def collator(self) -> PreferenceCollator:
+    def collator(self, split: str = "train") -> PreferenceCollator | UnpairedCollator:
+        """The collator for ``split``'s batch kind (see `split_kinds`)."""
+        if self.split_kinds.get(split) == "unpaired":
+            return UnpairedCollator(
+                pad_token_id=self.tokenizer.pad_token_id,
+                max_length=self.settings.max_length,
+                pad_to_multiple_of=self.pad_to_multiple_of,
+            )
         return PreferenceCollator(
             pad_token_id=self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of
         )
@@ -197,13 +341,20 @@ class PreferenceDataModule(L.LightningDataModule):
         resume_offset = (lambda: self._batches_done_this_epoch() * batch_size) if resumable else None
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer and sharded else (0, 1)
+        unpaired = self.split_kinds.get(split) == "unpaired"
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
             sampler=EpochSampler(
-                len(self.datasets[split]), self.seed, shuffle, resume_offset, rank, world_size
+                len(self.datasets[split]),
+                self.seed,
+                shuffle,
+                resume_offset,
+                rank,
+                world_size,
+                avoid_single_last_batch=batch_size if unpaired else None,
             ),
-            collate_fn=self.collator(),
+            collate_fn=self.collator(split),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -223,7 +374,19 @@ class PreferenceDataModule(L.LightningDataModule):
         return self._loader("val", shuffle=False, batch_size=self.eval_batch_size)
 
     def reference_loaders(self) -> dict[str, DataLoader]:
-        """Unshuffled loaders over every split (precomputing reference log-probs)."""
+        """Unshuffled loaders over every split (precomputing reference log-probs).
+
+        Their batches have the row layout training and validation use for each split.
+
+        Raises:
+            ConfigError: ``batch_kind`` is ``unpaired``: KTO's mismatched rows depend on which examples
+                share a batch, so they cannot be computed once ahead of training.
+        """
+        if self._batch_kind == "unpaired":
+            raise ConfigError(
+                "algo.reference=precomputed is not supported for KTO (its KL rows depend on the batch); "
+                "use copy or adapter_off"
+            )
         return {
             split: self._loader(split, shuffle=False, batch_size=self.eval_batch_size, sharded=False)
             for split, dataset in self.datasets.items()
@@ -231,14 +394,16 @@ class PreferenceDataModule(L.LightningDataModule):
         }
 
     def fingerprint(self) -> str:
-        """Hash of the tokenised data and the tokenisation settings (keys the reference cache)."""
+        """Hash of the tokenised data, tokenisation settings and batch kind (keys the reference cache)."""
         digest = hashlib.sha256()
         digest.update(json.dumps(dataclasses.asdict(self.settings), sort_keys=True).encode())
-        digest.update(str(self.pairs).encode())
+        digest.update(self._batch_kind.encode())
         for split in sorted(self.datasets):
             digest.update(split.encode())
             for example in self.datasets[split].examples:
                 for ids in (example.prompt_ids, example.chosen_ids, example.rejected_ids or []):
                     digest.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
                     digest.update(b"|")
+                if example.label is not None:
+                    digest.update(b"+" if example.label else b"-")
         return digest.hexdigest()[:24]

@@ -6,7 +6,10 @@ index a `datasets`/pandas table would show; blank JSONL lines are not records an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +20,21 @@ logger = logging.getLogger(__name__)
 
 Message = dict[str, str]
 
-FORMATS = ("conversational", "implicit_prompt", "plain", "sft")
+FORMATS = (
+    "conversational",
+    "implicit_prompt",
+    "plain",
+    "sft",
+    "kto",
+    "prompt_only",
+    "swift",
+    "sharegpt",
+    "alpaca",
+)
 ROLES = ("system", "user", "assistant")
+# ShareGPT speaker names (LLaMA-Factory) -> chat roles; tool turns have no role here yet.
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+SHAREGPT_TOOL_ROLES = ("observation", "function_call")
 
 # Columns each format needs; `sft` has two layouts, checked separately.
 REQUIRED_COLUMNS = {
@@ -34,20 +50,36 @@ class PreferenceExample:
 
     Attributes:
         prompt: Conversational: messages ending with a user turn. Plain: a string.
-        chosen: Conversational: the assistant message(s). Plain: a string.
-        rejected: Same type as ``chosen``; None for SFT rows.
+        chosen: Conversational: the assistant message(s). Plain: a string. None for prompt-only rows.
+        rejected: Same type as ``chosen``; None for SFT, unpaired (KTO) and prompt-only rows.
         source: Where the row came from, e.g. ``data/train.jsonl:row 12``, for error messages.
+        label: Unpaired (KTO) rows: True when ``chosen`` is desirable, False when undesirable; None otherwise.
+        margin: Per-pair margin from a ``margin`` column (reward-model training); None when absent.
+        images: The row's ``images`` column, carried for multimodal models (unused so far).
     """
 
     prompt: list[Message] | str
-    chosen: list[Message] | str
+    chosen: list[Message] | str | None
     rejected: list[Message] | str | None
     source: str
+    label: bool | None = None
+    margin: float | None = None
+    images: list | None = None
 
     @property
     def is_conversational(self) -> bool:
         """True when the example is a list of messages to render with the chat template."""
         return isinstance(self.prompt, list)
+
+    @property
+    def is_pair(self) -> bool:
+        """True for a chosen/rejected pair."""
+        return self.rejected is not None
+
+    @property
+    def is_prompt_only(self) -> bool:
+        """True for a row with a prompt and no completion (online RL)."""
+        return self.chosen is None
 
 
 class DataError(ValueError):
@@ -84,6 +116,21 @@ def _kind(value: Any) -> str:
 def detect_format(columns: Iterable[str], first_row: dict, *, file: str = "<data>") -> str:
     """Guess the format from the column names and the value types of the first row.
 
+    The first rule that matches wins:
+
+    1. ``prompt`` + ``chosen`` + ``rejected``: ``plain`` when all three are strings in the first row,
+       else ``conversational``.
+    2. ``conversations`` + ``chosen`` + ``rejected``: ``sharegpt`` (LLaMA-Factory ranking data).
+    3. ``instruction`` + ``chosen`` + ``rejected``: ``alpaca`` (LLaMA-Factory ranking data).
+    4. ``chosen`` + ``rejected``: ``implicit_prompt``.
+    5. ``query`` + ``response``: ``swift`` (ms-swift; paired when it has ``rejected_response``).
+    6. ``prompt`` + ``completion`` + ``label``: ``kto`` (unpaired).
+    7. ``messages``, or ``prompt`` + ``completion``: ``sft``.
+    8. ``prompt`` alone (no completion column): ``prompt_only``.
+
+    Rules 2, 3 and 5 to 8 only claim column sets that rules 1 and 4 either did not match or could not
+    convert, so files that loaded before new formats were added are detected as before.
+
     Args:
         columns: Column names of the table.
         first_row: The first record, used to tell strings from message lists.
@@ -93,18 +140,30 @@ def detect_format(columns: Iterable[str], first_row: dict, *, file: str = "<data
         One of `FORMATS`.
     """
     names = set(columns)
-    if "chosen" in names and "rejected" in names:
-        if "prompt" not in names:
-            return "implicit_prompt"
-        values = [first_row.get(key) for key in ("prompt", "chosen", "rejected")]
-        # Any message list means chat data; mixed types are reported by `to_example` as a type mismatch.
-        return "plain" if all(isinstance(value, str) for value in values) else "conversational"
-    if "messages" in names or ("prompt" in names and "completion" in names):
+    if {"chosen", "rejected"} <= names:
+        if "prompt" in names:
+            values = [first_row.get(key) for key in ("prompt", "chosen", "rejected")]
+            # Any message list means chat data; mixed types are reported by `to_example` as a type mismatch.
+            return "plain" if all(isinstance(value, str) for value in values) else "conversational"
+        if "conversations" in names:
+            return "sharegpt"
+        if "instruction" in names:
+            return "alpaca"
+        return "implicit_prompt"
+    if {"query", "response"} <= names:
+        return "swift"
+    if {"prompt", "completion", "label"} <= names:
+        return "kto"
+    if "messages" in names or {"prompt", "completion"} <= names:
         return "sft"
+    if "prompt" in names:
+        return "prompt_only"
     raise DataError(
         f"cannot detect the data format from columns [{', '.join(sorted(names))}]; expected "
         "prompt/chosen/rejected (conversational or plain), chosen/rejected (implicit_prompt), "
-        "prompt/completion or messages (sft); set data.format to override",
+        "conversations/chosen/rejected (sharegpt), instruction/chosen/rejected (alpaca), "
+        "query/response[/rejected_response] (swift), prompt/completion/label (kto), "
+        "prompt/completion or messages (sft), prompt (prompt_only); set data.format to override",
         file=file,
     )
 
@@ -215,6 +274,63 @@ class _RowContext:
         if not text.strip():
             raise self.error("empty completion", field)
 
+    def optional_text(self, column: str) -> str | None:
+        """An optional string column; null and empty read as absent."""
+        value = self.row.get(column)
+        if value is None or value == "":
+            return None
+        return self.text(value, column)
+
+    def system_prefix(self) -> list[Message]:
+        """The ``system`` column as a one-message prefix, or nothing."""
+        system = self.optional_text("system")
+        return [] if system is None else [{"role": "system", "content": system}]
+
+    def history(self) -> list[Message]:
+        """The ``history`` column (``[[query, response], ...]``, ms-swift / LLaMA-Factory) as chat turns."""
+        value = self.row.get("history")
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(f"expected a list of [query, response] pairs, got {_kind(value)}", "history")
+        turns: list[Message] = []
+        for position, pair in enumerate(value):
+            where = f"history[{position}]"
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise self.error(f"expected a [query, response] pair, got {pair!r}", where)
+            query = self.text(pair[0], f"{where}[0]")
+            response = self.text(pair[1], f"{where}[1]")
+            turns += [{"role": "user", "content": query}, {"role": "assistant", "content": response}]
+        return turns
+
+    def label(self, value: Any) -> bool:
+        """A KTO label: a boolean, or 0/1 as many exports write it."""
+        # bool is an int subclass, so True/False pass the 0/1 test as well.
+        if isinstance(value, numbers.Integral) and value in (0, 1):
+            return bool(value)
+        raise self.error(
+            f"expected a boolean label (true = desirable, false = undesirable; 0/1 also accepted), "
+            f"got {value!r}",
+            "label",
+        )
+
+    def margin(self) -> float | None:
+        """The optional ``margin`` column as a float."""
+        value = self.row.get("margin")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise self.error(f"expected a finite number, got {value!r}", "margin")
+        return float(value)
+
+    def images(self) -> list | None:
+        value = self.row.get("images")
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise self.error(f"expected a list of images, got {_kind(value)}", "images")
+        return list(value)
+
 
 def to_example(row: dict, fmt: str, *, file: str, row_index: int) -> PreferenceExample:
     """Validate one row of a known format and convert it.
@@ -236,17 +352,25 @@ def _to_example(row: dict, fmt: str, *, file: str, row_index: int, fmt_label: st
     context = _RowContext(row, fmt_label, file, row_index)
     if not isinstance(row, dict):
         raise context.error(f"expected an object (column -> value), got {type(row).__name__}", None)
-    source = f"{file}:row {row_index}"
-    if fmt == "conversational":
-        prompt, chosen, rejected = _conversational(context)
-    elif fmt == "implicit_prompt":
-        prompt, chosen, rejected = _implicit_prompt(context)
-    elif fmt == "plain":
-        prompt, chosen, rejected = _plain(context)
+    label = None
+    if fmt == "kto":
+        prompt, chosen, rejected, label = _kto(context)
+    elif fmt == "prompt_only":
+        prompt, chosen, rejected = _prompt_only(context), None, None
+    elif fmt == "sft":
+        (prompt, chosen), rejected = _sft(context), None
     else:
-        prompt, chosen = _sft(context)
-        rejected = None
-    return PreferenceExample(prompt=prompt, chosen=chosen, rejected=rejected, source=source)
+        prompt, chosen, rejected = PAIRED_CONVERTERS[fmt](context)
+    return PreferenceExample(
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        source=f"{file}:row {row_index}",
+        label=label,
+        # A margin belongs to a pair; SFT, KTO and prompt-only rows have nothing to put it on.
+        margin=context.margin() if rejected is not None else None,
+        images=context.images(),
+    )
 
 
 def _check_pair_types(context: _RowContext, prompt: Any, completions: dict[str, Any]) -> None:
@@ -341,6 +465,13 @@ def _sft(context: _RowContext) -> tuple[list[Message] | str, list[Message] | str
         context.check_completion(completion, "messages")
         return prompt, completion
     prompt, completion = context.require("prompt", "completion")
+    return _prompt_completion(context, prompt, completion)
+
+
+def _prompt_completion(
+    context: _RowContext, prompt: Any, completion: Any
+) -> tuple[list[Message] | str, list[Message] | str]:
+    """A prompt and one completion, both strings or both message lists (sft and kto rows)."""
     if isinstance(prompt, str):
         _check_pair_types(context, prompt, {"completion": completion})
         context.check_text_completion(completion, "completion")
@@ -353,6 +484,141 @@ def _sft(context: _RowContext) -> tuple[list[Message] | str, list[Message] | str
     context.check_completion(completion_messages, "completion")
     context.check_order(prompt_messages + completion_messages, "completion", offset=len(prompt_messages))
     return prompt_messages, completion_messages
+
+
+def _kto(context: _RowContext) -> tuple[list[Message] | str, list[Message] | str, None, bool]:
+    prompt, completion, raw_label = context.require("prompt", "completion", "label")
+    label = context.label(raw_label)
+    prompt, completion = _prompt_completion(context, prompt, completion)
+    return prompt, completion, None, label
+
+
+def _prompt_only(context: _RowContext) -> list[Message] | str:
+    (raw,) = context.require("prompt")
+    if isinstance(raw, str):
+        if not raw.strip():
+            raise context.error("empty prompt", "prompt")
+        return raw
+    prompt = context.messages(raw, "prompt")
+    if not any(message["role"] == "system" for message in prompt):
+        prompt = context.system_prefix() + prompt
+    context.check_prompt(prompt, "prompt")
+    context.check_order(prompt, "prompt")
+    return prompt
+
+
+def _assistant_turn(context: _RowContext, column: str) -> list[Message]:
+    text = context.text(context.row[column], column)
+    context.check_text_completion(text, column)
+    return [{"role": "assistant", "content": text}]
+
+
+def _swift(context: _RowContext) -> tuple[list[Message], list[Message], list[Message] | None]:
+    (query, _) = context.require("query", "response")
+    user = {"role": "user", "content": context.text(query, "query")}
+    prompt = [*context.system_prefix(), *context.history(), user]
+    chosen = _assistant_turn(context, "response")
+    rejected = (
+        None
+        if context.row.get("rejected_response") is None
+        else _assistant_turn(context, "rejected_response")
+    )
+    return prompt, chosen, rejected
+
+
+def _sharegpt_turn(context: _RowContext, turn: Any, where: str) -> Message:
+    if not isinstance(turn, dict):
+        raise context.error(f"expected a turn object with 'from' and 'value', got {_kind(turn)}", where)
+    for key in ("from", "value"):
+        if key not in turn:
+            raise context.error(f"turn has no {key!r} (keys: {', '.join(map(str, turn))})", where)
+    speaker = turn["from"]
+    if speaker in SHAREGPT_TOOL_ROLES:
+        raise context.error(
+            f"tool turns ({speaker!r}) are not supported yet; remove observation/function_call turns",
+            f"{where}.from",
+        )
+    if speaker not in SHAREGPT_ROLES:
+        raise context.error(
+            f"unknown speaker {speaker!r}; expected one of: {', '.join(SHAREGPT_ROLES)}", f"{where}.from"
+        )
+    return {"role": SHAREGPT_ROLES[speaker], "content": context.text(turn["value"], f"{where}.value")}
+
+
+def _sharegpt(context: _RowContext) -> tuple[list[Message], list[Message], list[Message]]:
+    raw_conversation, _, _ = context.require("conversations", "chosen", "rejected")
+    if not isinstance(raw_conversation, list):
+        raise context.error(f"expected a list of turns, got {_kind(raw_conversation)}", "conversations")
+    conversation = [
+        _sharegpt_turn(context, turn, f"conversations[{position}]")
+        for position, turn in enumerate(raw_conversation)
+    ]
+    prefix = [] if any(m["role"] == "system" for m in conversation) else context.system_prefix()
+    prompt = prefix + conversation
+    context.check_order(prompt, "conversations", offset=len(prefix))
+    if not conversation or conversation[-1]["role"] != "user":
+        last = "no turns" if not conversation else f"a {raw_conversation[-1]['from']!r} turn"
+        raise context.error(f"the conversation must end with a 'human' turn, not {last}", "conversations")
+    completions = []
+    for column in ("chosen", "rejected"):
+        turn = _sharegpt_turn(context, context.row[column], column)
+        if turn["role"] != "assistant":
+            raise context.error(
+                f"expected a 'gpt' turn, got {context.row[column]['from']!r}", f"{column}.from"
+            )
+        context.check_text_completion(turn["content"], f"{column}.value")
+        completions.append([turn])
+    return prompt, completions[0], completions[1]
+
+
+def _alpaca(context: _RowContext) -> tuple[list[Message], list[Message], list[Message]]:
+    (instruction, _, _) = context.require("instruction", "chosen", "rejected")
+    content = context.text(instruction, "instruction")
+    extra = context.optional_text("input")
+    if extra is not None:
+        # LLaMA-Factory's alpaca converter joins instruction and input with one newline.
+        content = f"{content}\n{extra}"
+    prompt = [*context.system_prefix(), *context.history(), {"role": "user", "content": content}]
+    return prompt, _assistant_turn(context, "chosen"), _assistant_turn(context, "rejected")
+
+
+PAIRED_CONVERTERS = {
+    "conversational": _conversational,
+    "implicit_prompt": _implicit_prompt,
+    "plain": _plain,
+    "swift": _swift,
+    "sharegpt": _sharegpt,
+    "alpaca": _alpaca,
+}
+
+
+def to_unpaired(examples: Iterable[PreferenceExample]) -> list[PreferenceExample]:
+    """Split pairs into labelled completions for unpaired objectives (KTO).
+
+    Each pair becomes ``(prompt, chosen, label=True)`` followed by ``(prompt, rejected, label=False)``;
+    rows that are already unpaired (a label and no rejected) pass through. The per-pair ``margin`` is
+    dropped, since it belongs to neither completion alone.
+
+    Raises:
+        DataError: A row is neither a pair nor labelled (SFT or prompt-only rows).
+    """
+    unpaired = []
+    for example in examples:
+        if example.chosen is not None and example.rejected is not None:
+            unpaired.append(dataclasses.replace(example, rejected=None, label=True, margin=None))
+            unpaired.append(
+                dataclasses.replace(example, chosen=example.rejected, rejected=None, label=False, margin=None)
+            )
+        elif example.chosen is not None and example.label is not None:
+            unpaired.append(example)
+        else:
+            what = "a prompt-only row" if example.chosen is None else "an SFT row (no rejected, no label)"
+            raise DataError(
+                f"{what} cannot be used by an unpaired objective (KTO), which needs chosen/rejected pairs "
+                "or prompt/completion/label rows",
+                file=example.source,
+            )
+    return unpaired
 
 
 def convert_rows(
@@ -394,8 +660,23 @@ def convert_rows(
         label = f"{fmt} (detected)"
     examples = []
     dropped = 0
+    # (row number, has a margin) of the first pair, to report a file that gives margins to some pairs only.
+    first_pair: tuple[int, bool] | None = None
     for row_number, row in zip(row_numbers, rows, strict=True):
         example = _to_example(row, fmt, file=file, row_index=row_number, fmt_label=label)
+        if example.rejected is not None:
+            has_margin = example.margin is not None
+            if first_pair is None:
+                first_pair = (row_number, has_margin)
+            elif has_margin != first_pair[1]:
+                # A batch needs a margin for every pair or for none; fail here rather than mid-training.
+                with_, without = (row_number, first_pair[0]) if has_margin else (first_pair[0], row_number)
+                raise DataError(
+                    f"row {with_} has a margin but row {without} has none; give every pair a margin or none",
+                    file=file,
+                    row=without,
+                    field="margin",
+                )
         if example.rejected is not None and example.chosen == example.rejected:
             dropped += 1
             continue

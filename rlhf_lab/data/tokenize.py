@@ -28,15 +28,19 @@ class TokenizedExample:
 
     Attributes:
         prompt_ids: Prompt tokens, shared by chosen and rejected.
-        chosen_ids: Chosen completion tokens only (the scored tokens).
-        rejected_ids: Rejected completion tokens only; None for SFT examples.
+        chosen_ids: Chosen completion tokens only (the scored tokens); empty for prompt-only examples.
+        rejected_ids: Rejected completion tokens only; None for SFT, unpaired and prompt-only examples.
         truncated: True if the prompt or either completion was truncated.
+        label: Unpaired (KTO) examples: whether ``chosen_ids`` is desirable; None otherwise.
+        margin: The pair's margin from the data, if any.
     """
 
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int] | None
     truncated: bool
+    label: bool | None = None
+    margin: float | None = None
 
 
 @dataclass
@@ -120,6 +124,14 @@ def _split_plain(example: PreferenceExample, completion: str, tokenizer: Any) ->
     return prompt_ids, completion_ids
 
 
+def _prompt_for_generation(example: PreferenceExample, tokenizer: Any) -> list[int]:
+    """Prompt ids as a generation call would see them: the template's generation prompt, or the text."""
+    if isinstance(example.prompt, list):
+        text = _render(tokenizer, example.prompt, example.source, generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(example.prompt, add_special_tokens=True)["input_ids"])
+
+
 def _common_prefix_length(first: list[int], second: list[int]) -> int:
     length = 0
     while length < min(len(first), len(second)) and first[length] == second[length]:
@@ -138,7 +150,8 @@ def tokenize_example(
         settings: Length limits and prompt truncation mode.
 
     Returns:
-        The ids, or None when not even one completion token fits after the prompt within ``max_length``.
+        The ids, or None when not even one completion token fits after the prompt within ``max_length``
+        (for prompt-only examples: when the prompt leaves no room to generate).
 
     Raises:
         ConfigError: Conversational data but the tokenizer has no chat template, or a slow tokenizer.
@@ -153,17 +166,20 @@ def tokenize_example(
         split = _split_conversational
     else:
         split = _split_plain
-    completions = [example.chosen] if example.rejected is None else [example.chosen, example.rejected]
-    splits = [split(example, completion, tokenizer) for completion in completions]  # type: ignore[arg-type]
+    if example.chosen is None:
+        prompt_ids, completion_ids = _prompt_for_generation(example, tokenizer), [[]]
+    else:
+        completions = [example.chosen] if example.rejected is None else [example.chosen, example.rejected]
+        splits = [split(example, text, tokenizer) for text in completions]  # type: ignore[arg-type]
 
-    # The prompt's last token can merge with a completion's first characters differently for chosen and
-    # rejected; the shared prompt is then the common part and the rest moves to each completion, which
-    # keeps every prompt + completion equal to the tokenisation of its full text.
-    shared = len(splits[0][0])
-    for prompt_ids, _ in splits[1:]:
-        shared = min(shared, _common_prefix_length(splits[0][0], prompt_ids))
-    prompt_ids = splits[0][0][:shared]
-    completion_ids = [prompt[shared:] + completion for prompt, completion in splits]
+        # The prompt's last token can merge with a completion's first characters differently for chosen and
+        # rejected; the shared prompt is then the common part and the rest moves to each completion, which
+        # keeps every prompt + completion equal to the tokenisation of its full text.
+        shared = len(splits[0][0])
+        for prompt_ids, _ in splits[1:]:
+            shared = min(shared, _common_prefix_length(splits[0][0], prompt_ids))
+        prompt_ids = splits[0][0][:shared]
+        completion_ids = [prompt[shared:] + completion for prompt, completion in splits]
 
     truncated = False
     limit = settings.max_prompt_length
@@ -185,6 +201,8 @@ def tokenize_example(
         chosen_ids=completion_ids[0],
         rejected_ids=completion_ids[1] if len(completion_ids) > 1 else None,
         truncated=truncated,
+        label=example.label,
+        margin=example.margin,
     )
 
 

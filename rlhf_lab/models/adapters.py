@@ -16,7 +16,7 @@ class Adapter:
 
     is_peft: bool = False
 
-    def apply(self, model: Any) -> Any:
+    def apply(self, model: Any, task: str = "causal_lm") -> Any:
         return model
 
 
@@ -72,7 +72,8 @@ class LoraAdapter(Adapter):
             return [self.target_modules]
         return list(self.target_modules)
 
-    def apply(self, model: Any) -> Any:
+    def apply(self, model: Any, task: str = "causal_lm") -> Any:
+        """Wrap ``model``; for a reward model (``sequence_classification``) the new score head trains in full."""
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(
@@ -82,6 +83,6 @@ class LoraAdapter(Adapter):
             target_modules=self.resolve_targets(model),
             use_dora=self.use_dora,
             bias="none",
-            task_type="CAUSAL_LM",
+            task_type="CAUSAL_LM" if task == "causal_lm" else "SEQ_CLS",
         )
         return get_peft_model(model, config)

@@ -81,11 +81,23 @@ class HubModel:
             return "sdpa"
         return self.attn_implementation
 
-    def load_model(self, **extra: Any) -> Any:
-        """Load the model in train mode (``from_pretrained`` returns eval mode: dropout would be off)."""
-        from transformers import AutoModelForCausalLM
+    def load_model(self, task: str = "causal_lm", **extra: Any) -> Any:
+        """Load the model in train mode (``from_pretrained`` returns eval mode: dropout would be off).
 
-        model = AutoModelForCausalLM.from_pretrained(
+        Args:
+            task: ``causal_lm`` (policies) or ``sequence_classification`` (a reward model: one score per
+                sequence, read at its last non-pad token; the score head is newly initialised).
+            **extra: Further ``from_pretrained`` arguments (quantisation).
+        """
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        check_choice("task", task, ("causal_lm", "sequence_classification"))
+        if task == "sequence_classification":
+            extra = {"num_labels": 1, **extra}
+            if "pad_token_id" not in extra:
+                extra["pad_token_id"] = self.load_tokenizer().pad_token_id
+        auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
+        model = auto.from_pretrained(
             self.name_or_path,
             revision=self.revision,
             dtype=torch_dtype(self.dtype),

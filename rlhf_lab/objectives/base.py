@@ -95,8 +95,11 @@ class AlignmentObjective(L.LightningModule):
 
     #: Whether the objective needs reference log-probs (reference-free objectives set False).
     needs_reference: bool = True
-    #: Whether batches carry chosen and rejected (SFT reads chosen only).
-    needs_pairs: bool = True
+    #: What the training batches hold: ``pairs`` (chosen + rejected), ``single`` (chosen only: SFT) or
+    #: ``unpaired`` (KTO: labelled completions plus mismatched rows).
+    batch_kind: str = "pairs"
+    #: What the model is: ``causal_lm`` (a policy) or ``sequence_classification`` (a reward model).
+    model_task: str = "causal_lm"
 
     def __init__(
         self,
@@ -146,11 +149,16 @@ class AlignmentObjective(L.LightningModule):
         """Build the policy (and reference) late, so sharding strategies can wrap them at init."""
         if self.policy is not None:
             return
-        base = self.model_spec.load_model()
-        frozen = self.model_spec.load_model() if self.reference_mode == "copy" else None
-        self.policy = Policy(self.adapter.apply(base), chunk_size=self.runtime.logps_chunk_size)
+        base = self.model_spec.load_model(task=self.model_task)
+        frozen = self.model_spec.load_model(task=self.model_task) if self.reference_mode == "copy" else None
+        self.policy = Policy(
+            self.adapter.apply(base, task=self.model_task), chunk_size=self.runtime.logps_chunk_size
+        )
         self.policy.train()
         self.reference = Reference(self.reference_mode, self.policy, frozen)
+
+    def check_data(self, datamodule: Any) -> None:
+        """Fail (or warn) before any model loads when the data cannot serve this objective."""
 
     def on_fit_start(self) -> None:
         if self.reference_mode == "precomputed":

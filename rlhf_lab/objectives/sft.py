@@ -14,7 +14,7 @@ class SFT(AlignmentObjective):
     """Maximum likelihood on the target completion (prompt tokens masked out)."""
 
     needs_reference = False
-    needs_pairs = False
+    batch_kind = "single"
 
     def compute(
         self, batch: Mapping[str, torch.Tensor], split: str

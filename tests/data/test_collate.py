@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf_lab.data.collate import PreferenceCollator
+from rlhf_lab.data.collate import PreferenceCollator, UnpairedCollator
 from rlhf_lab.data.tokenize import TokenizedExample
 
 PAD = 0
@@ -102,3 +102,130 @@ def test_mixed_preference_and_sft_examples_rejected():
 def test_empty_batch_rejected():
     with pytest.raises(ValueError, match="empty batch"):
         PreferenceCollator(pad_token_id=PAD)([])
+
+
+# --- margins ----------------------------------------------------------------------------------------
+
+
+def test_margin_tensor_when_every_pair_has_one():
+    items = [
+        (7, TokenizedExample([11], [21], [31], False, margin=0.5)),
+        (3, TokenizedExample([12], [22], [32], False, margin=-2.0)),
+    ]
+    batch = PreferenceCollator(pad_token_id=PAD)(items)
+    assert batch["margin"].dtype == torch.float32
+    assert batch["margin"].tolist() == [0.5, -2.0]
+    assert batch["input_ids"].tolist() == [[11, 21], [12, 22], [11, 31], [12, 32]]
+
+
+def test_no_margin_key_without_margins():
+    assert "margin" not in PreferenceCollator(pad_token_id=PAD)(preference_items())
+
+
+def test_mixed_margins_rejected():
+    items = [*preference_items(), (5, TokenizedExample([1], [2], [3], False, margin=1.0))]
+    with pytest.raises(
+        ValueError, match=r"mixes examples with and without a margin \(none at dataset indices \[7, 3\]\)"
+    ):
+        PreferenceCollator(pad_token_id=PAD)(items)
+
+
+# --- unpaired (KTO) batches ---------------------------------------------------------------------------
+
+
+def unpaired_items() -> list[tuple[int, TokenizedExample]]:
+    return [
+        (4, TokenizedExample([11, 12], [21, 22, 23], None, False, label=True)),
+        (9, TokenizedExample([13], [24], None, False, label=False)),
+        (2, TokenizedExample([14, 15, 16], [25, 26], None, False, label=True)),
+    ]
+
+
+def test_unpaired_batch_matched_rows_then_mismatched_rows_wrapping_around():
+    batch = UnpairedCollator(pad_token_id=PAD, max_length=None)(unpaired_items())
+    assert batch["input_ids"].tolist() == [
+        [11, 12, 21, 22, 23, 0],  # prompt 4 + completion 4
+        [13, 24, 0, 0, 0, 0],  # prompt 9 + completion 9
+        [14, 15, 16, 25, 26, 0],  # prompt 2 + completion 2
+        [11, 12, 24, 0, 0, 0],  # prompt 4 + completion 9
+        [13, 25, 26, 0, 0, 0],  # prompt 9 + completion 2
+        [14, 15, 16, 21, 22, 23],  # prompt 2 + completion 4: the last prompt takes the first completion
+    ]
+    assert batch["attention_mask"].tolist() == [
+        [1, 1, 1, 1, 1, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1],
+    ]
+    assert batch["completion_mask"].int().tolist() == [
+        [0, 0, 1, 1, 1, 0],
+        [0, 1, 0, 0, 0, 0],
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 1, 0, 0, 0],
+        [0, 1, 1, 0, 0, 0],
+        [0, 0, 0, 1, 1, 1],
+    ]
+    assert batch["labels"].dtype == torch.bool
+    assert batch["labels"].tolist() == [True, False, True]
+    assert batch["index"].dtype == torch.long
+    assert batch["index"].tolist() == [4, 9, 2]
+    assert set(batch) == {"input_ids", "attention_mask", "completion_mask", "labels", "index"}
+
+
+def test_unpaired_mismatched_row_over_max_length_loses_its_completion_end():
+    batch = UnpairedCollator(pad_token_id=PAD, max_length=5)(unpaired_items())
+    assert batch["input_ids"].tolist() == [
+        [11, 12, 21, 22, 23],
+        [13, 24, 0, 0, 0],
+        [14, 15, 16, 25, 26],
+        [11, 12, 24, 0, 0],
+        [13, 25, 26, 0, 0],
+        [14, 15, 16, 21, 22],  # completion 4 cut from 3 tokens to 2
+    ]
+    assert batch["completion_mask"].int().tolist()[5] == [0, 0, 0, 1, 1]
+    assert batch["attention_mask"].tolist()[5] == [1, 1, 1, 1, 1]
+
+
+def test_unpaired_two_examples_swap_completions_and_pad_to_multiple():
+    items = [
+        (0, TokenizedExample([1], [2, 3], None, False, label=False)),
+        (1, TokenizedExample([4, 5], [6], None, False, label=False)),
+    ]
+    batch = UnpairedCollator(pad_token_id=-1, max_length=3, pad_to_multiple_of=4)(items)
+    assert batch["input_ids"].tolist() == [
+        [1, 2, 3, -1],
+        [4, 5, 6, -1],
+        [1, 6, -1, -1],
+        [4, 5, 2, -1],  # [2, 3] cut to fit max_length=3 after the 2-token prompt
+    ]
+    assert batch["completion_mask"].int().tolist() == [[0, 1, 1, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
+    assert batch["labels"].tolist() == [False, False]
+
+
+def test_unpaired_batch_of_one_explains_batch_size():
+    with pytest.raises(ValueError) as caught:
+        UnpairedCollator(pad_token_id=PAD, max_length=None)(unpaired_items()[:1])
+    assert str(caught.value) == (
+        "KTO needs at least 2 examples per batch (data.batch_size > 1) to estimate its KL term from "
+        "mismatched prompt/completion pairs; got a batch of 1"
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        TokenizedExample([1], [2], None, False),
+        TokenizedExample([1], [2], [3], False, label=True),
+    ],
+    ids=["unlabelled", "paired"],
+)
+def test_unpaired_rejects_unlabelled_or_paired_examples(bad: TokenizedExample):
+    with pytest.raises(ValueError, match=r"dataset indices \[8\] are not\); convert pairs with"):
+        UnpairedCollator(pad_token_id=PAD, max_length=None)([*unpaired_items(), (8, bad)])
+
+
+def test_unpaired_empty_batch_rejected():
+    with pytest.raises(ValueError, match="empty batch"):
+        UnpairedCollator(pad_token_id=PAD, max_length=None)([])

@@ -1,0 +1,158 @@
+"""KTO (Ethayarajh et al., 2024) on unpaired labelled completions; evaluated on pairs like every objective."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from rlhf_lab.errors import ConfigError, check_range
+from rlhf_lab.losses.kto import kto_kl_estimate, kto_loss
+from rlhf_lab.objectives.base import AlignmentObjective, pairwise_metrics
+
+log = logging.getLogger(__name__)
+
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "completion_mask")
+# Sec. 3.3 of the paper: keep lambda_D * n_D / (lambda_U * n_U) in [1, 4/3].
+RECOMMENDED_RATIO = (1.0, 4.0 / 3.0)
+
+
+def _rows(batch: Mapping[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    return {key: batch[key][rows] for key in SEQUENCE_KEYS}
+
+
+def _mean_where(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    return values[mask].mean() if bool(mask.any()) else None
+
+
+class KTO(AlignmentObjective):
+    """KTO on ``prompt``/``completion``/``label`` rows (paired data is split into desirable/undesirable).
+
+    Training batches hold B labelled completions and, for the KL reference point, the same B prompts with
+    the completion of the next row (mismatched pairs). Held-out pairs are scored with the implicit reward
+    ``beta * log(pi/pi_ref)``, so ``val/rewards/accuracies`` means what it means for DPO; the held-out loss
+    treats chosen as desirable and rejected as undesirable, with the last training KL estimate as ``z0``.
+
+    Args:
+        beta: Inverse temperature.
+        desirable_weight: ``lambda_D``.
+        undesirable_weight: ``lambda_U``.
+        **kwargs: `AlignmentObjective` arguments.
+    """
+
+    batch_kind = "unpaired"
+
+    def __init__(
+        self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0, **kwargs: Any
+    ) -> None:
+        check_range("algo.beta", beta, 0.0, None, low_inclusive=False)
+        check_range("algo.desirable_weight", desirable_weight, 0.0, None)
+        check_range("algo.undesirable_weight", undesirable_weight, 0.0, None)
+        super().__init__(**kwargs)
+        if self.reference_mode == "precomputed":
+            raise ConfigError(
+                "algo.reference=precomputed is not supported for KTO (its KL rows depend on the "
+                "batch); use algo.reference=copy or adapter_off"
+            )
+        self.beta = beta
+        self.desirable_weight = desirable_weight
+        self.undesirable_weight = undesirable_weight
+        self.register_buffer("last_kl", torch.zeros(()), persistent=False)
+
+    def check_data(self, datamodule: Any) -> None:
+        if datamodule.batch_size < 2:
+            raise ConfigError(
+                f"algo=kto needs data.batch_size > 1 to estimate its KL term from mismatched pairs "
+                f"in the batch; got data.batch_size={datamodule.batch_size}"
+            )
+        labels = [example.label for example in datamodule.datasets["train"].examples]
+        desirable = sum(1 for label in labels if label)
+        undesirable = len(labels) - desirable
+        if not desirable or not undesirable:
+            log.warning(
+                "KTO training data has %d desirable and %d undesirable rows: one class is missing",
+                desirable,
+                undesirable,
+            )
+            return
+        ratio = (self.desirable_weight * desirable) / (self.undesirable_weight * undesirable)
+        low, high = RECOMMENDED_RATIO
+        if not low <= ratio <= high:
+            log.warning(
+                "KTO: desirable_weight * n_desirable / (undesirable_weight * n_undesirable) = %.3f "
+                "(%d desirable, %d undesirable) is outside the paper's recommended [1, 4/3]; "
+                "adjust algo.desirable_weight / algo.undesirable_weight",
+                ratio,
+                desirable,
+                undesirable,
+            )
+
+    def compute(
+        self, batch: Mapping[str, torch.Tensor], split: str
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if "labels" in batch:
+            return self._unpaired(batch, split)
+        return self._paired(batch, split)
+
+    def _kl(self, policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:
+        kl = kto_kl_estimate(policy_logps, reference_logps)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # One reference point for the global batch, as the paper estimates it.
+            kl = self.all_gather(kl).mean()
+        return kl
+
+    def _unpaired(
+        self, batch: Mapping[str, torch.Tensor], split: str
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        size = batch["index"].numel()
+        completions = self.policy(_rows(batch, slice(None, size)))
+        reference = self.reference_logps(batch, split)
+        with torch.no_grad():
+            mismatched = self.policy(_rows(batch, slice(size, None)))
+        kl = self._kl(mismatched.logps, reference[size:])
+        self.last_kl = kl.detach()
+        desirable = batch["labels"].bool()
+        out = kto_loss(
+            completions.logps,
+            reference[:size],
+            desirable,
+            kl,
+            beta=self.beta,
+            desirable_weight=self.desirable_weight,
+            undesirable_weight=self.undesirable_weight,
+        )
+        metrics: dict[str, torch.Tensor] = {"kl": kl}
+        per_class = {
+            "rewards/chosen": _mean_where(out.rewards, desirable),
+            "rewards/rejected": _mean_where(out.rewards, ~desirable),
+            "logps/chosen": _mean_where(completions.logps.detach(), desirable),
+            "logps/rejected": _mean_where(completions.logps.detach(), ~desirable),
+            "logits/chosen": _mean_where(completions.mean_logits, desirable),
+            "logits/rejected": _mean_where(completions.mean_logits, ~desirable),
+        }
+        metrics.update({name: value for name, value in per_class.items() if value is not None})
+        if per_class["rewards/chosen"] is not None and per_class["rewards/rejected"] is not None:
+            metrics["rewards/margins"] = per_class["rewards/chosen"] - per_class["rewards/rejected"]
+        return out.losses.mean(), metrics
+
+    def _paired(
+        self, batch: Mapping[str, torch.Tensor], split: str
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        size = batch["index"].numel()
+        chosen, rejected = self.policy(batch).split(size)
+        reference = self.reference_logps(batch, split)
+        labels = torch.cat([torch.ones(size, dtype=torch.bool), torch.zeros(size, dtype=torch.bool)])
+        out = kto_loss(
+            torch.cat([chosen.logps, rejected.logps]),
+            reference,
+            labels.to(reference.device),
+            self.last_kl,
+            beta=self.beta,
+            desirable_weight=self.desirable_weight,
+            undesirable_weight=self.undesirable_weight,
+        )
+        metrics = pairwise_metrics(chosen, rejected, out.rewards[:size], out.rewards[size:])
+        metrics["kl"] = self.last_kl
+        return out.losses.mean(), metrics

@@ -1,0 +1,187 @@
+"""Every objective: a smoke run per conf/algo/*.yaml, and its logged metrics recomputed independently."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from rlhf_lab.policy import naive_completion_logps
+from rlhf_lab.train import build, run
+from tests.conftest import compose_config
+
+ALGO_DIR = Path(__file__).resolve().parents[1] / "conf" / "algo"
+ALGOS = sorted(path.stem for path in ALGO_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_algo_config_trains(algo: str, tmp_path: Path) -> None:
+    """A few steps of each objective: finite losses, the weights move, paired held-out metrics exist."""
+    result = run(
+        compose_config(
+            [f"algo={algo}", "trainer.max_steps=3", "trainer.limit_val_batches=1", "optim.lr=1e-3"],
+            run_dir=tmp_path,
+        )
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert math.isfinite(summary["train/loss"]) and math.isfinite(summary["val/loss"])
+    assert summary["trainer/global_step"] == 3
+    if algo != "sft":
+        # Every preference objective reports held-out accuracy and margin on paired data, on one scale.
+        assert {"val/rewards/accuracies", "val/rewards/margins"} <= set(summary)
+    trained = dict(result.objective.policy.model.named_parameters())
+    from safetensors.torch import load_file
+
+    initial = load_file(str(Path(result.objective.model_spec.name_or_path) / "model.safetensors"))
+    moved = [
+        name
+        for name, p in trained.items()
+        if name.endswith("q_proj.weight")
+        and not torch.equal(p.detach(), initial[name.removeprefix("model.").join(["model.", ""])])
+    ]
+    assert moved, "no attention weight changed"
+
+
+def naive_policy_logps(objective, batch: dict[str, torch.Tensor], score_prompt: bool = False) -> torch.Tensor:
+    with torch.no_grad():
+        logits = objective.policy.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+    mask = batch["completion_mask"]
+    if score_prompt:
+        mask = batch["attention_mask"].bool()
+    return naive_completion_logps(logits, batch["input_ids"], mask)
+
+
+def perturbed(overrides: list[str]):
+    objective, datamodule, _ = build(compose_config(overrides))
+    objective.configure_model()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for parameter in objective.policy.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    batch = next(iter(datamodule.val_dataloader()))
+    return objective, batch
+
+
+def check_pairwise(metrics, chosen_rewards, rejected_rewards, logps, pairs) -> None:
+    expected = {
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "logps/chosen": logps[:pairs].mean(),
+        "logps/rejected": logps[pairs:].mean(),
+    }
+    for name, value in expected.items():
+        assert_close(metrics[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_cpo_metrics_and_loss() -> None:
+    objective, batch = perturbed(["algo=cpo", "algo.beta=0.5", "algo.cpo_alpha=0.7"])
+    loss, metrics = objective.compute(batch, "val")
+    pairs = batch["index"].numel()
+    logps = naive_policy_logps(objective, batch)
+    lengths = batch["completion_mask"][:, 1:].sum(1)
+    c, r = logps[:pairs], logps[pairs:]
+    nll = -c / lengths[:pairs]
+    expected_loss = (-F.logsigmoid(0.5 * (c - r)) + 0.7 * nll).mean()
+    assert_close(loss, expected_loss, rtol=1e-4, atol=1e-5)
+    assert_close(metrics["nll_loss"], nll.mean(), rtol=1e-4, atol=1e-5)
+    check_pairwise(metrics, 0.5 * c, 0.5 * r, logps, pairs)
+
+
+def test_simpo_metrics_and_loss() -> None:
+    objective, batch = perturbed(["algo=cpo_simpo", "algo.beta=2.0", "algo.gamma=0.5", "algo.cpo_alpha=0.3"])
+    loss, metrics = objective.compute(batch, "val")
+    pairs = batch["index"].numel()
+    logps = naive_policy_logps(objective, batch)
+    lengths = batch["completion_mask"][:, 1:].sum(1).float()
+    mean = logps / lengths
+    nll = -mean[:pairs]
+    expected_loss = (-F.logsigmoid(2.0 * (mean[:pairs] - mean[pairs:]) - 0.5) + 0.3 * nll).mean()
+    assert_close(loss, expected_loss, rtol=1e-4, atol=1e-5)
+    check_pairwise(metrics, 2.0 * mean[:pairs], 2.0 * mean[pairs:], logps, pairs)
+
+
+@pytest.mark.parametrize("nll_on_prompt", [False, True])
+def test_orpo_metrics_and_loss(nll_on_prompt: bool) -> None:
+    objective, batch = perturbed(["algo=orpo", "algo.lambda=0.25", f"algo.nll_on_prompt={nll_on_prompt}"])
+    loss, metrics = objective.compute(batch, "val")
+    pairs = batch["index"].numel()
+    logps = naive_policy_logps(objective, batch)
+    lengths = batch["completion_mask"][:, 1:].sum(1).float()
+    mean = logps / lengths
+    c, r = mean[:pairs], mean[pairs:]
+    log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+    if nll_on_prompt:
+        full = naive_policy_logps(objective, batch, score_prompt=True)[:pairs]
+        nll = -full / batch["attention_mask"][:pairs, 1:].sum(1)
+    else:
+        nll = -c
+    expected_loss = (nll - 0.25 * F.logsigmoid(log_odds)).mean()
+    assert_close(loss, expected_loss, rtol=1e-4, atol=1e-5)
+    assert_close(metrics["log_odds_chosen"], log_odds.mean(), rtol=1e-4, atol=1e-5)
+    assert_close(metrics["log_odds_ratio"], F.logsigmoid(log_odds).mean(), rtol=1e-4, atol=1e-5)
+    assert_close(metrics["nll_loss"], nll.mean(), rtol=1e-4, atol=1e-5)
+    check_pairwise(metrics, 0.25 * c, 0.25 * r, logps, pairs)
+
+
+def test_dpo_weighted_loss_types() -> None:
+    """loss_type=[sigmoid, hinge] with weights [1, 0.5]: the weighted sum of the two DPO losses."""
+    objective, batch = perturbed(
+        ["algo.beta=0.5", "algo.loss_type=[sigmoid,hinge]", "algo.loss_weights=[1.0,0.5]"]
+    )
+    loss, metrics = objective.compute(batch, "val")
+    pairs = batch["index"].numel()
+    policy = naive_policy_logps(objective, batch)
+    with torch.no_grad():
+        logits = objective.reference.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+    reference = naive_completion_logps(logits, batch["input_ids"], batch["completion_mask"])
+    h = (policy[:pairs] - reference[:pairs]) - (policy[pairs:] - reference[pairs:])
+    sigmoid, hinge = -F.logsigmoid(0.5 * h), torch.relu(1 - 0.5 * h)
+    assert_close(loss, (sigmoid + 0.5 * hinge).mean(), rtol=1e-4, atol=1e-5)
+    assert_close(metrics["loss/sigmoid"], sigmoid.mean(), rtol=1e-4, atol=1e-5)
+    assert_close(metrics["loss/hinge"], hinge.mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_reward_model_metrics_and_loss() -> None:
+    objective, batch = perturbed(["algo=reward", "algo.center_rewards_coefficient=0.01"])
+    loss, metrics = objective.compute(batch, "val")
+    pairs = batch["index"].numel()
+    with torch.no_grad():
+        # HF's own pooling (last non-pad id) agrees here: the tiny tokenizer's pad is not EOS.
+        scores = objective.policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        scores = scores.logits.squeeze(-1)
+    c, r = scores[:pairs], scores[pairs:]
+    assert_close(loss, (-F.logsigmoid(c - r) + 0.01 * (c + r) ** 2).mean(), rtol=1e-4, atol=1e-5)
+    expected = {
+        "rewards/chosen": c.mean(),
+        "rewards/rejected": r.mean(),
+        "rewards/accuracies": (c > r).float().mean(),
+        "rewards/margins": (c - r).mean(),
+        "rewards/mean": scores.mean(),
+        "rewards/min": scores.min(),
+        "rewards/max": scores.max(),
+    }
+    for name, value in expected.items():
+        assert_close(metrics[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_reward_model_reads_the_last_real_token() -> None:
+    """Changing a padded position changes nothing; changing the last real token changes the score."""
+    objective, batch = perturbed(["algo=reward"])
+    scores = objective.policy.scores(batch)
+    lengths = batch["attention_mask"].sum(1)
+    row = int(torch.argmin(lengths))  # the shortest row has padding after it
+    assert lengths[row] < batch["input_ids"].shape[1]
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["input_ids"][row, -1] = (changed["input_ids"][row, -1] + 5) % 50
+    assert_close(objective.policy.scores(changed)[row], scores[row])
