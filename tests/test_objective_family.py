@@ -185,3 +185,73 @@ def test_reward_model_reads_the_last_real_token() -> None:
     changed = {k: v.clone() for k, v in batch.items()}
     changed["input_ids"][row, -1] = (changed["input_ids"][row, -1] + 5) % 50
     assert_close(objective.policy.scores(changed)[row], scores[row])
+
+
+def test_kto_unpaired_metrics_and_loss() -> None:
+    """One unpaired batch: z0 from the mismatched rows, per-class rewards, the weighted loss."""
+    objective, datamodule, _ = build(
+        compose_config(["algo=kto", "algo.beta=0.5", "algo.desirable_weight=1.5"])
+    )
+    objective.configure_model()
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for parameter in objective.policy.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    # The first batch with both classes (the seed's first one happens to hold only desirable rows).
+    batch = next(b for b in datamodule.train_dataloader() if 0 < int(b["labels"].sum()) < len(b["labels"]))
+    loss, metrics = objective.compute(batch, "train")
+
+    size = batch["index"].numel()
+    policy = naive_policy_logps(objective, batch)
+    with torch.no_grad():
+        logits = objective.reference.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+    reference = naive_completion_logps(logits, batch["input_ids"], batch["completion_mask"])
+    ratio = policy - reference
+    z0 = ratio[size:].mean().clamp(min=0)
+    desirable = batch["labels"].bool()
+    r = ratio[:size]
+    losses = torch.where(
+        desirable, 1.5 * (1 - torch.sigmoid(0.5 * (r - z0))), 1 - torch.sigmoid(0.5 * (z0 - r))
+    )
+    assert_close(loss, losses.mean(), rtol=1e-4, atol=1e-5)
+    assert_close(metrics["kl"], z0, rtol=1e-4, atol=1e-5)
+    assert_close(metrics["rewards/chosen"], 0.5 * r[desirable].mean(), rtol=1e-4, atol=1e-5)
+    assert_close(metrics["rewards/rejected"], 0.5 * r[~desirable].mean(), rtol=1e-4, atol=1e-5)
+    assert_close(metrics["logps/chosen"], policy[:size][desirable].mean(), rtol=1e-4, atol=1e-5)
+    assert_close(metrics["logps/rejected"], policy[:size][~desirable].mean(), rtol=1e-4, atol=1e-5)
+    assert_close(metrics["rewards/margins"], metrics["rewards/chosen"] - metrics["rewards/rejected"])
+
+
+def test_kto_held_out_pairs_use_the_implicit_reward() -> None:
+    objective, datamodule, _ = build(compose_config(["algo=kto", "algo.beta=0.5"]))
+    objective.configure_model()
+    batch = next(iter(datamodule.val_dataloader()))
+    assert "labels" not in batch
+    _, metrics = objective.compute(batch, "val")
+    # Policy equals reference before training: every implicit reward is zero.
+    assert_close(metrics["rewards/margins"], torch.tensor(0.0), atol=1e-6, rtol=0)
+    assert "rewards/accuracies" in metrics
+
+
+def test_kto_batch_of_one_fails_before_the_model_loads() -> None:
+    from rlhf_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.batch_size"):
+        build(compose_config(["algo=kto", "data.batch_size=1"]))
+
+
+def test_log_probs_are_float32_under_half_precision() -> None:
+    """fp16 hidden states and head: log-probs come out float32 and match the float32 computation."""
+    from rlhf_lab.policy import completion_logps
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 6, 16)
+    head = torch.nn.Linear(16, 300, bias=False)
+    ids = torch.randint(0, 300, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    reference = completion_logps(hidden, ids, mask, head).logps
+    half = completion_logps(hidden.half(), ids, mask, head.half()).logps
+    assert half.dtype == torch.float32
+    assert_close(half, reference, atol=0.05, rtol=0.01)

@@ -1,7 +1,22 @@
 """Preference data: formats, tokenisation, collation and the DataModule."""
 
+from rlhf_lab.data.collate import PreferenceCollator, UnpairedCollator
 from rlhf_lab.data.datamodule import PreferenceDataModule
+from rlhf_lab.data.formats import FORMATS, DataError, PreferenceExample, convert_rows, to_unpaired
 from rlhf_lab.data.sources import HubDataset, LocalFiles, RowBlock
 from rlhf_lab.data.synthetic import SyntheticPreferences
 
-__all__ = ["HubDataset", "LocalFiles", "PreferenceDataModule", "RowBlock", "SyntheticPreferences"]
+__all__ = [
+    "FORMATS",
+    "DataError",
+    "HubDataset",
+    "LocalFiles",
+    "PreferenceCollator",
+    "PreferenceDataModule",
+    "PreferenceExample",
+    "RowBlock",
+    "SyntheticPreferences",
+    "UnpairedCollator",
+    "convert_rows",
+    "to_unpaired",
+]

@@ -98,7 +98,7 @@ class KTO(AlignmentObjective):
 
     def _kl(self, policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:
         kl = kto_kl_estimate(policy_logps, reference_logps)
-        if self.trainer is not None and self.trainer.world_size > 1:
+        if self._trainer is not None and self._trainer.world_size > 1:
             # One reference point for the global batch, as the paper estimates it.
             kl = self.all_gather(kl).mean()
         return kl
