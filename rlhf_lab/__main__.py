@@ -36,6 +36,12 @@ def main(cfg: DictConfig) -> float | None:
     from rlhf_lab.train import train
 
     try:
+        if "leaderboard" in cfg:
+            # experiment=leaderboard: many runs and a table, not one training run.
+            from rlhf_lab.leaderboard import run_leaderboard
+
+            run_leaderboard(cfg)
+            return None
         summary = train(cfg)
     except (DataError, ConfigError) as error:
         # The message names the file/row/field or the config key; a traceback would bury it.

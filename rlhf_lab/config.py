@@ -105,7 +105,7 @@ def schema_for(target: type, exclude: tuple[str, ...] = ()) -> Any:
     return node
 
 
-OBJECTIVE_RUNTIME_ARGS = ("model", "adapter", "optim", "runtime")
+OBJECTIVE_RUNTIME_ARGS = ("model", "adapter", "optim", "runtime", "quant")
 
 
 def register_schemas() -> None:

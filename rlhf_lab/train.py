@@ -21,6 +21,9 @@ from rlhf_lab.errors import ConfigError
 from rlhf_lab.export import export_model
 from rlhf_lab.loggers import truncate_metrics
 from rlhf_lab.objectives.base import AlignmentObjective, RuntimeConfig
+from rlhf_lab.quant import check_compatible
+from rlhf_lab.strategies import fsdp_options
+from rlhf_lab.strategies import resolve as resolve_strategy
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +89,21 @@ def build(cfg: DictConfig) -> tuple[AlignmentObjective, Any, Any]:
     Data comes first: a bad file fails before any model loads, and the tiny model's tokenizer trains on it.
     The model itself is built later, in the objective's `configure_model`.
     """
-    model_spec = instantiate(cfg.model, _convert_="all")
-    adapter = instantiate(cfg.adapter, _convert_="all")
-    optim = instantiate(cfg.optim, _convert_="all")
-    instantiate(cfg.quant)  # validates the group; full precision only until the scale issue lands
-    datamodule = instantiate(cfg.data, _convert_="all")
+    model_spec = _instantiate(cfg.model)
+    adapter = _instantiate(cfg.adapter)
+    optim = _instantiate(cfg.optim)
+    quant = _instantiate(cfg.quant)
+    check_compatible(quant, adapter, _instantiate(cfg.strategy))
+    datamodule = _instantiate(cfg.data)
     runtime = RuntimeConfig(cache_dir=cfg.paths.cache_dir, logps_chunk_size=cfg.logps_chunk_size)
     # Built objects go in after instantiation: Hydra would merge them into the config otherwise.
     make_objective = instantiate(cfg.algo, _partial_=True, _convert_="all")
-    objective: AlignmentObjective = make_objective(
-        model=model_spec, adapter=adapter, optim=optim, runtime=runtime
-    )
+    try:
+        objective: AlignmentObjective = make_objective(
+            model=model_spec, adapter=adapter, optim=optim, runtime=runtime, quant=quant
+        )
+    except TypeError as error:
+        raise ConfigError(f"algo: {error}") from error
     datamodule.batch_kind = objective.batch_kind
     model_spec.prepare(datamodule.corpus)
     tokenizer = model_spec.load_tokenizer()
@@ -143,7 +150,7 @@ def run(cfg: DictConfig) -> Run:
         logger.log_hyperparams(hparams)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        strategy=instantiate(cfg.strategy),
+        strategy=resolve_strategy(_instantiate(cfg.strategy), cfg.trainer, cfg.data.batch_size),
         logger=loggers or False,
         callbacks=build_callbacks(cfg, run_dir),
     )
@@ -159,12 +166,44 @@ def run(cfg: DictConfig) -> Run:
         {f"data/{split}/{k}": float(v) for split, stats in datamodule.stats.items() for k, v in stats.items()}
     )
 
+    # Sharded weights are gathered collectively: every rank takes part, rank zero writes.
+    state_dict = gathered_state_dict(objective.policy.model, trainer.strategy) if cfg.export.enabled else None
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         if cfg.export.enabled:
-            export_model(objective.policy.model, tokenizer, run_dir / "export", cfg.export.merge_adapter)
+            export_model(
+                objective.policy.model, tokenizer, run_dir / "export", cfg.export.merge_adapter, state_dict
+            )
+        write_curves(run_dir)
         report(run_dir, summary)
     return Run(summary, objective, datamodule, tokenizer, trainer, run_dir)
+
+
+def write_curves(run_dir: Path) -> None:
+    """``<run dir>/curves.png`` from metrics.csv; a plotting problem only warns, the run has finished."""
+    try:
+        from rlhf_lab.analysis import plot_run_curves
+
+        plot_run_curves(run_dir)
+    except Exception as error:
+        log.warning("could not write %s: %s", run_dir / "curves.png", error)
+
+
+def gathered_state_dict(model: torch.nn.Module, strategy: Any) -> dict[str, Any] | None:
+    """The full state dict of a sharded model (FSDP2, ZeRO-3), or None when every rank holds full weights.
+
+    Collective: every rank must call it; the result is meaningful on rank zero.
+    """
+    if fsdp_options(strategy) is not None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if getattr(strategy, "zero_stage_3", False):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    return None
 
 
 def report(run_dir: Path, summary: dict[str, float]) -> None:

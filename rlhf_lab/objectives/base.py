@@ -21,10 +21,13 @@ from rlhf_lab.errors import ConfigError, check_choice, check_range
 from rlhf_lab.models.adapters import Adapter, FullFinetune
 from rlhf_lab.models.hub import HubModel, default_cache_dir
 from rlhf_lab.policy import REFERENCE_MODES, Policy, Reference, SequenceLogps, cache_key
+from rlhf_lab.quant import NoQuantization
+from rlhf_lab.strategies import fsdp_options, shard_fsdp2
 
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 
 
 @dataclass
@@ -32,6 +35,8 @@ class OptimConfig:
     """AdamW and its learning-rate schedule.
 
     Attributes:
+        name: ``adamw`` (torch), ``adamw_8bit`` or ``paged_adamw_8bit`` (bitsandbytes; paged falls back to
+            unpaged on CPU).
         lr: Peak learning rate.
         weight_decay: Decoupled weight decay.
         betas: Adam betas.
@@ -42,6 +47,7 @@ class OptimConfig:
         min_lr_ratio: Final learning rate of the cosine schedule, as a share of ``lr``.
     """
 
+    name: str = "adamw"
     lr: float = 5e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -52,6 +58,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:
+        check_choice("optim.name", self.name, OPTIMIZERS)
         check_choice("optim.scheduler", self.scheduler, SCHEDULERS)
         check_range("optim.lr", self.lr, 0.0, None, low_inclusive=False)
         check_range("optim.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
@@ -91,6 +98,7 @@ class AlignmentObjective(L.LightningModule):
         reference: Reference mode (``auto``: ``adapter_off`` under LoRA/DoRA, else ``copy``; reference-free
             objectives force ``none``).
         runtime: Cache directory and log-prob chunking.
+        quant: Quantisation of the base weights (`rlhf_lab.quant`).
     """
 
     #: Whether the objective needs reference log-probs (reference-free objectives set False).
@@ -108,10 +116,12 @@ class AlignmentObjective(L.LightningModule):
         optim: OptimConfig | None = None,
         reference: str = "auto",
         runtime: RuntimeConfig | None = None,
+        quant: Any = None,
     ) -> None:
         super().__init__()
         self.model_spec = model
         self.adapter = adapter or FullFinetune()
+        self.quant = quant or NoQuantization()
         self.optim = optim or OptimConfig()
         self.runtime = runtime or RuntimeConfig()
         self.reference_mode = self._resolve_reference(reference)
@@ -149,11 +159,29 @@ class AlignmentObjective(L.LightningModule):
         """Build the policy (and reference) late, so sharding strategies can wrap them at init."""
         if self.policy is not None:
             return
-        base = self.model_spec.load_model(task=self.model_task)
-        frozen = self.model_spec.load_model(task=self.model_task) if self.reference_mode == "copy" else None
-        self.policy = Policy(
-            self.adapter.apply(base, task=self.model_task), chunk_size=self.runtime.logps_chunk_size
-        )
+        load_kwargs = self.quant.load_kwargs()
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if strategy is not None and getattr(strategy, "zero_stage_3", False):
+            # Tell transformers that ZeRO-3 is on: it then builds each model partitioned and loads its
+            # weights shard by shard (this object must stay alive while models load).
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_deepspeed_config = HfDeepSpeedConfig(strategy.config)
+        base = self.model_spec.load_model(task=self.model_task, **load_kwargs)
+        base = self.quant.prepare(base, self.model_spec.gradient_checkpointing)
+        frozen = None
+        if self.reference_mode == "copy":
+            frozen = self.model_spec.load_model(task=self.model_task, **load_kwargs)
+            if getattr(frozen, "is_gradient_checkpointing", False):
+                frozen.gradient_checkpointing_disable()  # no backward runs through the reference
+        policy_model = self.adapter.apply(base, task=self.model_task)
+        options = fsdp_options(self._trainer.strategy) if self._trainer is not None else None
+        if options is not None:
+            # Shard the policy and the frozen reference alike: no rank holds a full reference.
+            policy_model = shard_fsdp2(policy_model, self.device_mesh, options)
+            if frozen is not None:
+                frozen = shard_fsdp2(frozen, self.device_mesh, options)
+        self.policy = Policy(policy_model, chunk_size=self.runtime.logps_chunk_size)
         self.policy.train()
         self.reference = Reference(self.reference_mode, self.policy, frozen)
 
@@ -206,9 +234,14 @@ class AlignmentObjective(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Before clipping: the gradient of the (accumulated) loss as the optimiser receives it.
-        grads = [p.grad.detach().norm(2) for p in self.policy.parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.stack(grads).norm(2), on_step=True, on_epoch=False)
+        norms = []
+        for parameter in self.policy.parameters():
+            if parameter.grad is not None:
+                norm = parameter.grad.detach().norm(2)
+                # A sharded (FSDP2) gradient's norm is a DTensor: materialise the global value.
+                norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if norms:
+            self.log("train/grad_norm", torch.stack(norms).norm(2), on_step=True, on_epoch=False)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics = self.compute(batch, "val")
@@ -238,11 +271,23 @@ class AlignmentObjective(L.LightningModule):
             raise ConfigError("the policy has no trainable parameters (check adapter.*)")
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [
+        optimizer_cls: Any = torch.optim.AdamW
+        if self.optim.name != "adamw":
+            import bitsandbytes as bnb
+
+            optimizer_cls = (
+                bnb.optim.AdamW8bit if self.optim.name == "adamw_8bit" else bnb.optim.PagedAdamW8bit
+            )
+        # One group unless decay needs two: DeepSpeed ZeRO-3 regroups parameters, and a schedule built for
+        # two groups would then no longer match its optimiser.
+        groups: list[dict[str, Any]] = [{"params": params, "weight_decay": 0.0}]
+        if self.optim.weight_decay:
+            groups = [
                 {"params": decay, "weight_decay": self.optim.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0},
-            ],
+            ]
+        optimizer = optimizer_cls(
+            groups,
             lr=self.optim.lr,
             betas=self.optim.betas,
             eps=self.optim.eps,

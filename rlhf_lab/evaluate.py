@@ -1,0 +1,353 @@
+"""Held-out metrics and greedy samples for a finished run.
+
+    python -m rlhf_lab.evaluate run_dir=outputs/2026-11-22/10-00-00 [samples=4] [max_new_tokens=48]
+        [weights=auto|export|checkpoint|<file.ckpt>|<export dir>] [validate=true] [out_dir=...]
+        [data=jsonl data.source.eval_path=held_out.jsonl] [any.other=override]
+
+The objective is rebuilt from the run's resolved ``config.yaml`` (the same model spec, so the same
+reference: the base model the run started from), the trained weights are loaded, and Lightning validates
+on the held-out split: policies report their implicit-reward accuracy and margins, reward models their
+pairwise accuracy, all named as in training (``val/rewards/accuracies``). Greedy generations for the
+first ``samples`` held-out prompts are printed (reward models: the chosen and rejected scores instead).
+Writes ``<run_dir>/eval/metrics.json`` and ``<run_dir>/eval/samples.jsonl``.
+
+Other ``key=value`` arguments override the run's config: ``group=option`` swaps a whole config group
+(``data=jsonl``), dotted keys set values. With ``model=tiny`` the tokenizer and initial weights derive
+from the run's training data, so they are rebuilt from it whatever the evaluation data.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+WEIGHT_SOURCES = ("auto", "export", "checkpoint")
+
+
+@dataclass
+class EvalOptions:
+    """What `evaluate` does besides the config overrides.
+
+    Attributes:
+        run_dir: The run directory (holds ``config.yaml`` and ``export/`` or ``checkpoints/last.ckpt``).
+        weights: ``auto`` (the export for full fine-tuning, else ``checkpoints/last.ckpt``), ``export``,
+            ``checkpoint``, or a path to a ``.ckpt`` file or an exported model directory.
+        samples: Held-out prompts to generate for (reward models: pairs to score).
+        max_new_tokens: Longest greedy generation.
+        validate: Run the held-out validation (off: samples only).
+        out_dir: Where metrics.json and samples.jsonl go (default ``<run_dir>/eval``).
+        overrides: Config overrides (``group=option`` or ``dotted.key=value``).
+    """
+
+    run_dir: Path
+    weights: str = "auto"
+    samples: int = 4
+    max_new_tokens: int = 48
+    validate: bool = True
+    out_dir: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- config
+def _config_groups() -> set[str]:
+    return {path.name for path in CONFIG_DIR.iterdir() if path.is_dir() and path.name != "hydra"}
+
+
+def _compose_groups(choices: list[str]) -> DictConfig:
+    """The composed config with ``choices`` (``group=option``), for lifting whole groups out of it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rlhf_lab.config import register_schemas
+
+    register_schemas()
+    if GlobalHydra.instance().is_initialized():
+        # Inside a Hydra app (the leaderboard) the app's own config search path is already set.
+        return compose("config", overrides=choices)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose("config", overrides=choices)
+
+
+def load_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The run's resolved config with ``overrides`` applied (``data=jsonl`` swaps the group)."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: run_dir must be a run directory of rlhf_lab")
+    cfg = OmegaConf.load(config_file)
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"{config_file} is not a run config (a mapping)")
+    groups = _config_groups()
+    choices: list[str] = []
+    dotted: list[str] = []
+    for override in overrides:
+        key, sep, _ = override.lstrip("+").partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {override!r}")
+        (choices if key in groups else dotted).append(override.lstrip("+"))
+    with open_dict(cfg):
+        if choices:
+            composed = _compose_groups(choices)
+            for choice in choices:
+                group = choice.partition("=")[0]
+                cfg[group] = composed[group]
+        if dotted:
+            cfg.merge_with(OmegaConf.from_dotlist(dotted))
+        # The run may have moved since it was written.
+        cfg.paths.run_dir = str(run_dir)
+    return cfg
+
+
+# -------------------------------------------------------------------------------------------- weights
+def _is_tiny(cfg: DictConfig) -> bool:
+    return "tiny" in str(cfg.model.get("_target_", "")).lower()
+
+
+def build_for_eval(cfg: DictConfig, run_cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """The objective, held-out DataModule and tokenizer for ``cfg`` (the run's config plus overrides)."""
+    from hydra.utils import instantiate
+
+    from rlhf_lab.train import build
+
+    if cfg.data == run_cfg.data or not _is_tiny(run_cfg):
+        return build(cfg)
+    # The tiny model's tokenizer and initial weights (the reference) come from the training corpus.
+    objective, _, tokenizer = build(run_cfg)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.batch_kind = objective.batch_kind
+    datamodule.set_tokenizer(tokenizer)
+    datamodule.setup("fit")
+    objective.check_data(datamodule)
+    return objective, datamodule, tokenizer
+
+
+def _resolve_weights(run_dir: Path, weights: str, peft: bool) -> Path:
+    export, checkpoint = run_dir / "export", run_dir / "checkpoints" / "last.ckpt"
+    if weights not in WEIGHT_SOURCES:
+        path = Path(weights)
+        if not path.exists():
+            raise FileNotFoundError(f"weights={weights} does not exist")
+        return path
+    if weights == "export" or (weights == "auto" and not peft and (export / "config.json").is_file()):
+        if not (export / "config.json").is_file():
+            raise FileNotFoundError(f"{export} holds no exported model")
+        return export
+    if not checkpoint.is_file():
+        raise FileNotFoundError(
+            f"{checkpoint} not found"
+            + (" (a LoRA/DoRA run is evaluated from its checkpoint, which keeps the adapter)" if peft else "")
+        )
+    return checkpoint
+
+
+def load_weights(objective: Any, source: Path) -> None:
+    """Load trained weights into the built objective: a Lightning checkpoint, or an HF export (full models)."""
+    objective.configure_model()
+    if source.is_file():
+        state = torch.load(source, map_location="cpu", weights_only=False)["state_dict"]
+        result = objective.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"{source} does not match the run's model: {result.unexpected_keys[:3]} ...")
+        return
+    if objective.adapter.is_peft:
+        raise ValueError(
+            f"{source}: an exported (merged) model cannot be loaded under adapter=lora/dora; use weights=checkpoint"
+        )
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForSequenceClassification if objective.model_task == "sequence_classification" else None
+    trained = (auto or AutoModelForCausalLM).from_pretrained(source)
+    result = objective.policy.model.load_state_dict(trained.state_dict(), strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{source} does not match the run's model: {result.unexpected_keys[:3]} ...")
+    if result.missing_keys:
+        log.warning("weights missing from %s (left as built): %s", source, result.missing_keys[:5])
+
+
+# ---------------------------------------------------------------------------------------------- steps
+def validate(cfg: DictConfig, objective: Any, datamodule: Any) -> dict[str, float]:
+    """Lightning's validation loop over the held-out split, on one device, with no logger or checkpoints."""
+    from hydra.utils import instantiate
+
+    from rlhf_lab.train import _floats
+
+    if not len(datamodule.datasets.get("val", [])):
+        log.warning("the held-out split is empty: no validation metrics")
+        return {}
+    trainer = instantiate(
+        cfg.trainer,
+        strategy="auto",
+        devices=1,
+        num_nodes=1,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        fast_dev_run=False,
+    )
+    results = trainer.validate(objective, datamodule=datamodule, verbose=False)
+    return _floats(results[0] if results else {}, "val/")
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    wants_gpu = str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def generate_samples(
+    objective: Any, datamodule: Any, tokenizer: Any, count: int, max_new_tokens: int, device: torch.device
+) -> list[dict[str, Any]]:
+    """Greedy completions of the first ``count`` held-out prompts (reward models: pair scores).
+
+    Each record has ``prompt``, ``chosen`` (the reference completion), ``rejected`` if any, and either
+    ``completion`` and ``new_tokens`` (tokens before EOS) or ``chosen_score`` and ``rejected_score``.
+    """
+    examples = list(datamodule.datasets["val"].examples[:count]) if "val" in datamodule.datasets else []
+    if not examples:
+        return []
+    model = objective.policy.model.to(device).eval()
+    records = []
+    if objective.model_task == "sequence_classification":
+        batch = datamodule.collator("val")(list(enumerate(examples)))
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        scores = objective.policy.scores(batch).cpu()
+    eos = tokenizer.eos_token_id
+    for index, example in enumerate(examples):
+        record: dict[str, Any] = {
+            "index": index,
+            "prompt": tokenizer.decode(example.prompt_ids),
+            "chosen": tokenizer.decode(example.chosen_ids, skip_special_tokens=True),
+        }
+        if example.rejected_ids is not None:
+            record["rejected"] = tokenizer.decode(example.rejected_ids, skip_special_tokens=True)
+        if objective.model_task == "sequence_classification":
+            record["chosen_score"] = float(scores[index])
+            if example.rejected_ids is not None:
+                record["rejected_score"] = float(scores[len(examples) + index])
+        else:
+            prompt = torch.tensor([example.prompt_ids], device=device)
+            output = model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+            )
+            new = output[0, prompt.shape[1] :].tolist()
+            if eos in new:
+                new = new[: new.index(eos)]
+            record["completion"] = tokenizer.decode(new, skip_special_tokens=True)
+            record["new_tokens"] = len(new)
+        records.append(record)
+    return records
+
+
+def evaluate(options: EvalOptions) -> dict[str, Any]:
+    """Validate and sample one run; writes ``metrics.json`` and ``samples.jsonl``; returns the metrics.
+
+    Besides the ``val/`` metrics: ``generation/samples`` and ``generation/mean_new_tokens`` (mean length
+    in tokens of the greedy completions, EOS excluded; capped at ``max_new_tokens``) for policies.
+    """
+    run_dir = Path(options.run_dir)
+    run_cfg = load_config(run_dir)
+    cfg = load_config(run_dir, options.overrides)
+    objective, datamodule, tokenizer = build_for_eval(cfg, run_cfg)
+    source = _resolve_weights(run_dir, options.weights, objective.adapter.is_peft)
+    load_weights(objective, source)
+    metrics: dict[str, Any] = validate(cfg, objective, datamodule) if options.validate else {}
+    samples = generate_samples(
+        objective, datamodule, tokenizer, options.samples, options.max_new_tokens, _device(cfg)
+    )
+    if samples and "new_tokens" in samples[0]:
+        metrics["generation/samples"] = float(len(samples))
+        metrics["generation/mean_new_tokens"] = sum(s["new_tokens"] for s in samples) / len(samples)
+
+    out_dir = Path(options.out_dir) if options.out_dir else run_dir / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    with (out_dir / "samples.jsonl").open("w") as file:
+        for record in samples:
+            file.write(json.dumps(record) + "\n")
+    _print_report(run_dir, source, metrics, samples, out_dir)
+    # A leaderboard evaluates many runs in one process: free this one's model now.
+    del objective, datamodule
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return metrics
+
+
+def _print_report(
+    run_dir: Path, source: Path, metrics: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path
+) -> None:
+    lines = [f"run directory: {run_dir.resolve()}", f"weights: {source}", "held-out metrics:"]
+    lines += [f"  {key:<28} {value:.4f}" for key, value in sorted(metrics.items())]
+    for record in samples:
+        lines.append(f"--- sample {record['index']}")
+        lines.append(f"prompt: {record['prompt']!r}")
+        if "completion" in record:
+            lines.append(f"completion: {record['completion']!r}")
+        else:
+            lines.append(
+                f"scores: chosen {record['chosen_score']:.3f}, rejected {record.get('rejected_score')}"
+            )
+    lines.append(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'samples.jsonl'}")
+    print("\n".join(lines), flush=True)
+
+
+def parse_args(argv: Sequence[str]) -> EvalOptions:
+    """``key=value`` arguments -> options; keys other than the options' are config overrides."""
+    options: dict[str, Any] = {}
+    overrides = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {arg!r} (see python -m rlhf_lab.evaluate --help)")
+        if key in ("run_dir", "weights", "out_dir"):
+            options[key] = value
+        elif key in ("samples", "max_new_tokens"):
+            options[key] = int(value)
+        elif key == "validate":
+            options[key] = value.lower() in ("1", "true", "yes")
+        else:
+            overrides.append(arg)
+    if "run_dir" not in options:
+        raise ValueError("run_dir=<run directory> is required")
+    options["run_dir"] = Path(options["run_dir"])
+    return EvalOptions(**options, overrides=overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__)
+        return {}
+    from rlhf_lab.__main__ import _quiet_libraries
+    from rlhf_lab.data.formats import DataError
+    from rlhf_lab.errors import ConfigError
+
+    _quiet_libraries()
+    try:
+        return evaluate(parse_args(argv))
+    except (DataError, ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""python -m rlhf_lab.evaluate: the run's own held-out numbers, reproduced from its saved weights, plus samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from rlhf_lab.evaluate import EvalOptions, evaluate, load_config, parse_args
+from rlhf_lab.train import run
+from tests.conftest import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = ["trainer.max_steps=4", "trainer.limit_val_batches=1"]
+
+
+def test_parse_args_splits_options_from_overrides() -> None:
+    options = parse_args(
+        ["run_dir=out/r", "samples=2", "validate=false", "data.eval_batch_size=4", "data=jsonl"]
+    )
+    assert options.run_dir == Path("out/r")
+    assert (options.samples, options.validate, options.weights) == (2, False, "auto")
+    assert options.overrides == ["data.eval_batch_size=4", "data=jsonl"]
+    with pytest.raises(ValueError, match="run_dir"):
+        parse_args(["samples=2"])
+
+
+def test_load_config_applies_overrides_to_the_saved_config(tmp_path: Path) -> None:
+    OmegaConf.save(compose_config(["algo.beta=0.3"], run_dir=Path("/elsewhere")), tmp_path / "config.yaml")
+    cfg = load_config(tmp_path, ["data.eval_batch_size=4", "data=jsonl", "data.source.eval_path=x.jsonl"])
+    assert cfg.algo.beta == 0.3  # from the run
+    assert cfg.paths.run_dir == str(tmp_path)  # the run moved
+    assert cfg.data.source._target_.endswith("LocalFiles")  # the group swapped
+    assert cfg.data.source.eval_path == "x.jsonl"
+    assert cfg.data.eval_batch_size == 4
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        load_config(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+def test_evaluate_cli_reproduces_the_runs_held_out_accuracy(tmp_path: Path) -> None:
+    run(compose_config(SHORT, run_dir=tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhf_lab.evaluate", f"run_dir={tmp_path}", "samples=3", "max_new_tokens=8"],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    # Same data, same weights (the export), same reference: the same numbers.
+    for key in ("val/rewards/accuracies", "val/rewards/margins", "val/loss"):
+        assert metrics[key] == pytest.approx(summary[key], abs=1e-5), key
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3
+    assert all(s["completion"].strip() and 0 < s["new_tokens"] <= 8 for s in samples)
+    assert all(s["prompt"] and s["chosen"] and s["rejected"] for s in samples)
+    assert metrics["generation/samples"] == 3
+    assert metrics["generation/mean_new_tokens"] == pytest.approx(sum(s["new_tokens"] for s in samples) / 3)
+    assert "val/rewards/accuracies" in result.stdout and "completion:" in result.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_reward_model_from_its_checkpoint(tmp_path: Path) -> None:
+    run(compose_config(["algo=reward", "optim.lr=2e-3", *SHORT], run_dir=tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    metrics = evaluate(EvalOptions(run_dir=tmp_path, weights="checkpoint", samples=2))
+    # Pairwise accuracy of the scores; the checkpoint of the last validation holds the final weights.
+    assert metrics["val/rewards/accuracies"] == pytest.approx(summary["val/rewards/accuracies"], abs=1e-6)
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2
+    assert all(
+        isinstance(s["chosen_score"], float) and isinstance(s["rejected_score"], float) for s in samples
+    )
+    assert "generation/mean_new_tokens" not in metrics  # a reward model does not generate
