@@ -47,7 +47,8 @@ def main(cfg: DictConfig) -> float | None:
         # The message names the file/row/field or the config key; a traceback would bury it.
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    return summary.get("val/loss")
+    # What a Hydra sweeper (Optuna) optimises: `optimized_metric` from +hparams_search, else val/loss.
+    return summary.get(cfg.get("optimized_metric") or "val/loss")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,7 +330,8 @@ class Reference(nn.Module):
         self.tables = tables
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            staging = cache_file.with_suffix(".tmp")
+            # Per-process staging name: jobs of a parallel sweep may finish the same table together.
+            staging = cache_file.with_suffix(f".{os.getpid()}.tmp")
             torch.save(tables, staging)
             staging.replace(cache_file)
             log.info("reference log-probs cached at %s", cache_file)
