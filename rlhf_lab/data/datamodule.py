@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -402,7 +403,7 @@ class PreferenceDataModule(L.LightningDataModule):
             digest.update(split.encode())
             for example in self.datasets[split].examples:
                 for ids in (example.prompt_ids, example.chosen_ids, example.rejected_ids or []):
-                    digest.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
+                    digest.update(array("q", ids).tobytes())
                     digest.update(b"|")
                 if example.label is not None:
                     digest.update(b"+" if example.label else b"-")

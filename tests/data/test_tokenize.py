@@ -6,12 +6,12 @@ import copy
 import logging
 
 import pytest
-from tokenizers import processors
 
 from rlhf_lab.data.formats import DataError, PreferenceExample
 from rlhf_lab.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_example, tokenize_examples
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models.tiny import CHAT_TEMPLATE, train_tokenizer
+from tests.data.tokens import ids, with_bos
 
 # Each string repeats so every pair reaches min_frequency; "end\n\n" puts the merge "ĊĊ" in the vocabulary.
 CORPUS = [
@@ -29,22 +29,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def bos_tokenizer(tokenizer):
-    """The same vocabulary, but ``add_special_tokens=True`` prepends ``<s>`` as Llama-style tokenizers do."""
-    with_bos = copy.deepcopy(tokenizer)
-    with_bos.backend_tokenizer.post_processor = processors.Sequence(
-        [
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", with_bos.bos_token_id)]),
-        ]
-    )
-    return with_bos
-
-
-def ids(tokenizer, *tokens: str) -> list[int]:
-    """Ids of hand-written token strings, failing loudly on a token the vocabulary lacks."""
-    result = tokenizer.convert_tokens_to_ids(list(tokens))
-    assert tokenizer.unk_token_id not in result, tokens
-    return result
+    return with_bos(tokenizer)
 
 
 def user(content: str) -> dict[str, str]:

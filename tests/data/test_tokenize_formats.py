@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
-from tokenizers import processors
 
 from rlhf_lab.data.formats import PreferenceExample, convert_rows
 from rlhf_lab.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_example, tokenize_examples
 from rlhf_lab.models.tiny import train_tokenizer
+from tests.data.tokens import ids, with_bos
 
 CORPUS = [
     "hi there", "hello", "be brief", "what is two plus two", "four", "five", "Add the numbers.\n2 and 2",
@@ -34,22 +32,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def bos_tokenizer(tokenizer):
-    """``add_special_tokens=True`` prepends ``<s>``, as Llama-style tokenizers do."""
-    with_bos = copy.deepcopy(tokenizer)
-    with_bos.backend_tokenizer.post_processor = processors.Sequence(
-        [
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", with_bos.bos_token_id)]),
-        ]
-    )
-    return with_bos
-
-
-def ids(tokenizer, *tokens: str) -> list[int]:
-    """Ids of hand-written token strings, failing loudly on a token the vocabulary lacks."""
-    result = tokenizer.convert_tokens_to_ids(list(tokens))
-    assert tokenizer.unk_token_id not in result, tokens
-    return result
+    return with_bos(tokenizer)
 
 
 def text_ids(tokenizer, text: str) -> list[int]:
