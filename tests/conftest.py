@@ -65,3 +65,12 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config(overrides, run_dir=tmp_path / "run", tiny=tiny)
 
     return make
+
+
+@pytest.fixture
+def no_wandb_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No W&B API key anywhere (environment, netrc, home): `logger=wandb` must go offline by itself."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -22,12 +22,8 @@ def test_tensorboard_writes_event_files_beside_the_csv(tmp_path: Path) -> None:
 
 
 def test_wandb_without_a_key_runs_offline_inside_the_run_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_wandb_login: None
 ) -> None:
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     caller_cwd = tmp_path / "cwd"
     caller_cwd.mkdir()
     monkeypatch.chdir(caller_cwd)

@@ -348,13 +348,7 @@ def _wandb_offline_config(wandb_file: Path, timeout: float = 60.0) -> dict[str, 
     return config
 
 
-def test_wandb_offline_run_logs_the_flat_config_without_secrets(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+def test_wandb_offline_run_logs_the_flat_config_without_secrets(tmp_path: Path, no_wandb_login: None) -> None:
     run_dir = tmp_path / "run"
     overrides = ["logger=wandb", "algo.beta=0.2", "+wandb_api_key=hunter2", *SHORT]
     run(compose_config(overrides, run_dir=run_dir))
