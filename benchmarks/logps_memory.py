@@ -53,9 +53,10 @@ def logps_of(variant: str, model, batch, args: argparse.Namespace):
             (1, 2)
         )
     if variant == "rlhf_lab":
+        from rlhf_lab.data.batches import Sequences
         from rlhf_lab.policy import sequence_logps
 
-        return sequence_logps(model, batch, chunk_size=args.chunk).logps
+        return sequence_logps(model, Sequences(**batch), chunk_size=args.chunk).logps
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["input_ids"][:, 1:]
     mask = batch["completion_mask"][:, 1:]

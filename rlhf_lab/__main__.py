@@ -2,51 +2,31 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import warnings
-from pathlib import Path
-
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from rlhf_lab.config import register_schemas
+from rlhf_lab.config import CONF_DIR, config_groups_help, register_schemas
 
 register_schemas()
-
-# Absolute, so the entry point works however the module is imported (python -m, console script, tests).
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    # The frozen reference is in eval mode on purpose.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# `--help` lists the option groups from conf/ itself (Hydra's own list would include the schema/* groups).
+OmegaConf.register_new_resolver("rlhf_lab_config_groups", config_groups_help, replace=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    _quiet_libraries()
-    from rlhf_lab.data.formats import DataError
-    from rlhf_lab.errors import ConfigError
-    from rlhf_lab.train import train
+    from rlhf_lab.cli import quiet_libraries, reported_errors
 
-    try:
+    quiet_libraries()
+    with reported_errors():
         if "leaderboard" in cfg:
             # experiment=leaderboard: many runs and a table, not one training run.
             from rlhf_lab.leaderboard import run_leaderboard
 
             run_leaderboard(cfg)
             return None
+        from rlhf_lab.train import train
+
         summary = train(cfg)
-    except (DataError, ConfigError) as error:
-        # The message names the file/row/field or the config key; a traceback would bury it.
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
     # What a Hydra sweeper (Optuna) optimises: `optimized_metric` from +hparams_search, else val/loss.
     return summary.get(cfg.get("optimized_metric") or "val/loss")
 

@@ -90,13 +90,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def objective_name(run_dir: Path, config: Mapping[str, Any] | None = None) -> str | None:
-    """The run's ``algo`` config name (Hydra's runtime choice), else its objective class name lowercased."""
+    """The run's ``algo`` config name (Hydra's runtime choice), else its pairwise loss's name
+    (``rlhf_lab.losses.simpo_loss``: ``simpo``), else its objective class name lowercased."""
     choices = _read_yaml(run_dir / ".hydra" / "hydra.yaml").get("hydra", {}).get("runtime", {})
     choice = (choices.get("choices") or {}).get("algo")
     if choice:
         return str(choice)
     config = config if config is not None else _read_yaml(run_dir / "config.yaml")
-    target = (config.get("algo") or {}).get("_target_")
+    return objective_from_algo(config.get("algo") or {})
+
+
+def objective_from_algo(algo: Mapping[str, Any]) -> str | None:
+    """An objective's name from its ``algo`` config alone (no Hydra choice recorded)."""
+    loss = algo.get("loss")
+    if isinstance(loss, str):
+        return loss.rsplit(".", 1)[-1].removesuffix("_loss")
+    target = algo.get("_target_")
     return str(target).rsplit(".", 1)[-1].lower() if target else None
 
 
@@ -219,8 +228,8 @@ def load_wandb_runs(
     for run in api.runs(f"{entity}/{project}", filters=dict(filters or {})):
         run_dir = f"wandb:{entity}/{project}/{run.id}"
         config = flatten(_unwrap_wandb_config(run.config or {}))
-        target = config.get("algo._target_")
-        objective = config.get("objective") or (str(target).rsplit(".", 1)[-1].lower() if target else None)
+        algo = {key.removeprefix("algo."): value for key, value in config.items() if key.startswith("algo.")}
+        objective = config.get("objective") or objective_from_algo(algo)
         row = {"run_dir": run_dir, "objective": objective, "run_id": run.id, "run_name": run.name}
         row.update(config)
         row.update(_wandb_summary(run))

@@ -1,10 +1,12 @@
 """Typed config schemas, derived from the classes the YAML files instantiate.
 
 Every ``conf/<group>/<option>.yaml`` names a ``_target_`` and starts from the schema of that target
-(``defaults: [/schema/<group>/<name>@_here_]``). The schema is generated from the target's constructor
-or dataclass fields, so types and defaults are written once, in Python: a typo'd key or a value of the
+(``defaults: [/schema/<group>/<name>@_here_]``). `register_schemas` reads those two lines from the YAML
+files themselves (no second list in Python) and generates each schema from the target's constructor or
+dataclass fields, so types and defaults are written once, in Python: a typo'd key or a value of the
 wrong type fails at composition with the key in the message, and required fields are ``???``.
-Choices and ranges are checked by the constructors (`rlhf_lab.errors.check_choice`).
+Choices and ranges are checked by the constructors (`rlhf_lab.errors.check_choice`, and for losses
+`rlhf_lab.losses.hyperparameters`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import inspect
 import keyword
 import types
 import typing
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf, open_dict
+
+from rlhf_lab.errors import ConfigError
 
 _SIMPLE = (int, float, bool, str)
 
@@ -48,12 +54,20 @@ def _default_of(value: Any) -> Any:
     return value
 
 
-def schema_for(target: type, exclude: tuple[str, ...] = ()) -> Any:
+def schema_for(
+    target: Any,
+    exclude: tuple[str, ...] = (),
+    extra: Iterable[tuple[str, Any, Any]] = (),
+    title: str | None = None,
+) -> Any:
     """A dataclass with ``_target_`` plus one typed field per constructor argument of ``target``.
 
     Args:
-        target: The class the config instantiates.
+        target: The class (or factory function) the config instantiates.
         exclude: Constructor arguments that are passed at instantiation time, not configured.
+        extra: ``(name, annotation, default)`` of arguments the constructor takes through ``**kwargs``
+            (a pairwise objective's loss hyperparameters).
+        title: The schema's name in messages (``AlgoDpoSchema``); default ``<target name>Schema``.
     """
     fields: list[tuple[str, Any, Any]] = [("_target_", str, f"{target.__module__}.{target.__qualname__}")]
     hints: dict[str, Any] = {}
@@ -79,6 +93,9 @@ def schema_for(target: type, exclude: tuple[str, ...] = ()) -> Any:
             ]
             if not any(p.kind is p.VAR_KEYWORD for p in signature):
                 break
+    for name, annotation, default in extra:
+        hints.setdefault(name, annotation)
+        params.append((name, default))
     keyword_fields = []
     for name, default in params:
         if name in exclude:
@@ -92,7 +109,7 @@ def schema_for(target: type, exclude: tuple[str, ...] = ()) -> Any:
     specs = [
         (n, t, d if isinstance(d, dataclasses.Field) else dataclasses.field(default=d)) for n, t, d in ordered
     ]
-    schema = dataclasses.make_dataclass(f"{target.__name__}Schema", specs)
+    schema = dataclasses.make_dataclass(title or f"{target.__name__}Schema", specs)
     if not keyword_fields:
         return schema
     # A paper name that is a Python keyword (ORPO's `lambda`) is `lambda_` in Python: rename the typed node.
@@ -105,41 +122,81 @@ def schema_for(target: type, exclude: tuple[str, ...] = ()) -> Any:
     return node
 
 
-OBJECTIVE_RUNTIME_ARGS = ("model", "adapter", "optim", "runtime", "quant")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+SCHEMA_PREFIX = "/schema/"
 
 
-def register_schemas() -> None:
-    """Store every schema under ``schema/<group>/<name>`` in Hydra's ConfigStore."""
-    from rlhf_lab.data.datamodule import PreferenceDataModule
-    from rlhf_lab.data.sources import HubDataset, LocalFiles
-    from rlhf_lab.data.synthetic import SyntheticPreferences
-    from rlhf_lab.models.adapters import FullFinetune, LoraAdapter
-    from rlhf_lab.models.hub import HubModel
-    from rlhf_lab.models.tiny import TinyModel
-    from rlhf_lab.objectives import CPO, DPO, KTO, ORPO, SFT, OptimConfig, RewardModel, SimPO
+@dataclasses.dataclass
+class SchemaEntry:
+    """One ``/schema/<group>/<name>`` a YAML file builds on, and the ``_target_`` it describes."""
+
+    group: str
+    name: str
+    target: str
+    node: dict[str, Any]
+    file: Path
+
+
+def schema_entries(conf_dir: Path = CONF_DIR) -> dict[str, SchemaEntry]:
+    """Every schema the YAML files name, by ``<group>/<name>``, read from the files themselves.
+
+    A YAML file that builds on a schema names it in its defaults list (``/schema/algo/dpo@_here_``, or
+    ``/schema/source/files@source`` for a nested node) and sets ``_target_`` in that node; nothing else
+    lists the schemas, so adding a config option that needs a new schema is adding its YAML file.
+
+    Raises:
+        ConfigError: A file names a schema but sets no ``_target_`` in its node, or two files give one
+            schema different targets.
+    """
+    entries: dict[str, SchemaEntry] = {}
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        if "hydra" in path.relative_to(conf_dir).parts:
+            continue
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        if not isinstance(raw, dict):
+            continue
+        for default in raw.get("defaults") or []:
+            if not (isinstance(default, str) and default.startswith(SCHEMA_PREFIX)):
+                continue
+            schema, _, package = default[len(SCHEMA_PREFIX) :].partition("@")
+            group, _, name = schema.rpartition("/")
+            node: Any = raw
+            for part in [] if package in ("", "_here_") else package.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            target = node.get("_target_") if isinstance(node, dict) else None
+            if not target:
+                raise ConfigError(f"{path}: builds on {default} but sets no _target_ in its {package!r} node")
+            entry = SchemaEntry(group, name, target, node, path)
+            previous = entries.setdefault(schema, entry)
+            if previous.target != target or previous.node.get("loss") != node.get("loss"):
+                raise ConfigError(
+                    f"{path} and {previous.file} both build on {default} but describe different targets "
+                    f"({target} and {previous.target}); give one of them its own schema name"
+                )
+    return entries
+
+
+def register_schemas(conf_dir: Path = CONF_DIR) -> None:
+    """Store the schema of every ``_target_`` the YAML files build on under ``schema/<group>/<name>``."""
+    from hydra.utils import get_object
 
     store = ConfigStore.instance()
-    objectives = {
-        "dpo": DPO,
-        "sft": SFT,
-        "cpo": CPO,
-        "simpo": SimPO,
-        "orpo": ORPO,
-        "kto": KTO,
-        "reward": RewardModel,
-    }
-    entries: dict[str, dict[str, Any]] = {
-        "algo": {name: schema_for(cls, OBJECTIVE_RUNTIME_ARGS) for name, cls in objectives.items()},
-        "model": {"hub": schema_for(HubModel), "tiny": schema_for(TinyModel)},
-        "adapter": {"full": schema_for(FullFinetune), "lora": schema_for(LoraAdapter)},
-        "data": {"datamodule": schema_for(PreferenceDataModule)},
-        "source": {
-            "synthetic": schema_for(SyntheticPreferences),
-            "files": schema_for(LocalFiles),
-            "hub": schema_for(HubDataset),
-        },
-        "optim": {"adamw": schema_for(OptimConfig)},
-    }
-    for group, schemas in entries.items():
-        for name, schema in schemas.items():
-            store.store(group=f"schema/{group}", name=name, node=schema)
+    for entry in schema_entries(conf_dir).values():
+        target = get_object(entry.target)
+        exclude = tuple(getattr(target, "RUNTIME_ARGS", ()))
+        extend = getattr(target, "schema_parameters", None)
+        extra = extend(entry.node) if callable(extend) else []
+        # Named after the option (AlgoDpoSchema), since several options share one target class.
+        title = "".join(part.capitalize() for part in f"{entry.group}_{entry.name}".split("_")) + "Schema"
+        store.store(
+            group=f"schema/{entry.group}", name=entry.name, node=schema_for(target, exclude, extra, title)
+        )
+
+
+def config_groups_help(conf_dir: Path = CONF_DIR) -> str:
+    """``group: option, option, ...`` for every config group a run selects (what ``--help`` lists)."""
+    lines = []
+    for group in sorted(path for path in conf_dir.iterdir() if path.is_dir() and path.name != "hydra"):
+        options = sorted(path.stem for path in group.glob("*.yaml"))
+        lines.append(f"{group.name}: {', '.join(options)}")
+    return "\n".join(lines)

@@ -12,8 +12,10 @@ first ``samples`` held-out prompts are printed (reward models: the chosen and re
 Writes ``<run_dir>/eval/metrics.json`` and ``<run_dir>/eval/samples.jsonl``.
 
 Other ``key=value`` arguments override the run's config: ``group=option`` swaps a whole config group
-(``data=jsonl``), dotted keys set values. With ``model=tiny`` the tokenizer and initial weights derive
-from the run's training data, so they are rebuilt from it whatever the evaluation data.
+(``data=jsonl``), dotted keys set values (``algo.reference=copy``). With ``model=tiny`` the tokenizer and
+initial weights derive from the run's training data, so they are rebuilt from it whatever the evaluation
+data. The reference is always the initial policy: a ``precomputed`` reference on new data is computed from a
+freshly loaded base model (LoRA/DoRA: the base with adapters off), never from the trained weights.
 """
 
 from __future__ import annotations
@@ -117,20 +119,11 @@ def _is_tiny(cfg: DictConfig) -> bool:
 
 def build_for_eval(cfg: DictConfig, run_cfg: DictConfig) -> tuple[Any, Any, Any]:
     """The objective, held-out DataModule and tokenizer for ``cfg`` (the run's config plus overrides)."""
-    from hydra.utils import instantiate
-
     from rlhf_lab.train import build
 
-    if cfg.data == run_cfg.data or not _is_tiny(run_cfg):
-        return build(cfg)
-    # The tiny model's tokenizer and initial weights (the reference) come from the training corpus.
-    objective, _, tokenizer = build(run_cfg)
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.batch_kind = objective.batch_kind
-    datamodule.set_tokenizer(tokenizer)
-    datamodule.setup("fit")
-    objective.check_data(datamodule)
-    return objective, datamodule, tokenizer
+    # The tiny model's tokenizer and initial weights (the reference) come from the run's training corpus.
+    corpus_data = run_cfg.data if cfg.data != run_cfg.data and _is_tiny(run_cfg) else None
+    return build(cfg, corpus_data=corpus_data)
 
 
 def _resolve_weights(run_dir: Path, weights: str, peft: bool) -> Path:
@@ -156,10 +149,8 @@ def load_weights(objective: Any, source: Path) -> None:
     """Load trained weights into the built objective: a Lightning checkpoint, or an HF export (full models)."""
     objective.configure_model()
     if source.is_file():
-        state = torch.load(source, map_location="cpu", weights_only=False)["state_dict"]
-        result = objective.load_state_dict(state, strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"{source} does not match the run's model: {result.unexpected_keys[:3]} ...")
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+        objective.load_trained_state(checkpoint["state_dict"], str(source))
         return
     if objective.adapter.is_peft:
         raise ValueError(
@@ -170,10 +161,12 @@ def load_weights(objective: Any, source: Path) -> None:
     auto = AutoModelForSequenceClassification if objective.model_task == "sequence_classification" else None
     trained = (auto or AutoModelForCausalLM).from_pretrained(source)
     result = objective.policy.model.load_state_dict(trained.state_dict(), strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"{source} does not match the run's model: {result.unexpected_keys[:3]} ...")
-    if result.missing_keys:
-        log.warning("weights missing from %s (left as built): %s", source, result.missing_keys[:5])
+    if result.unexpected_keys or result.missing_keys:
+        raise ValueError(
+            f"{source} does not match the run's model: missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+    objective.policy.at_initial_weights = False
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -181,7 +174,7 @@ def validate(cfg: DictConfig, objective: Any, datamodule: Any) -> dict[str, floa
     """Lightning's validation loop over the held-out split, on one device, with no logger or checkpoints."""
     from hydra.utils import instantiate
 
-    from rlhf_lab.train import _floats
+    from rlhf_lab.train import metric_values
 
     if not len(datamodule.datasets.get("val", [])):
         log.warning("the held-out split is empty: no validation metrics")
@@ -199,7 +192,7 @@ def validate(cfg: DictConfig, objective: Any, datamodule: Any) -> dict[str, floa
         fast_dev_run=False,
     )
     results = trainer.validate(objective, datamodule=datamodule, verbose=False)
-    return _floats(results[0] if results else {}, "val/")
+    return metric_values(results[0] if results else {}, "val/")
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -216,16 +209,26 @@ def generate_samples(
     Each record has ``prompt``, ``chosen`` (the reference completion), ``rejected`` if any, and either
     ``completion`` and ``new_tokens`` (tokens before EOS) or ``chosen_score`` and ``rejected_score``.
     """
+    from rlhf_lab.data.collate import PreferenceCollator, PromptCollator
+    from rlhf_lab.generation import SamplingConfig
+
     examples = list(datamodule.datasets["val"].examples[:count]) if "val" in datamodule.datasets else []
     if not examples:
         return []
-    model = objective.policy.model.to(device).eval()
-    records = []
+    objective.to(device).eval()
+    items = list(enumerate(examples))
     if objective.model_task == "sequence_classification":
-        batch = datamodule.collator("val")(list(enumerate(examples)))
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        scores = objective.policy.scores(batch).cpu()
-    eos = tokenizer.eos_token_id
+        batch = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)(items)
+        scores = objective.policy.scores(batch.sequences.to(device)).cpu()
+    else:
+        prompts = PromptCollator(pad_token_id=tokenizer.pad_token_id)(items).sequences.to(device)
+        generation = objective.policy.generate(
+            prompts,
+            SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False),
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    records = []
     for index, example in enumerate(examples):
         record: dict[str, Any] = {
             "index": index,
@@ -239,18 +242,9 @@ def generate_samples(
             if example.rejected_ids is not None:
                 record["rejected_score"] = float(scores[len(examples) + index])
         else:
-            prompt = torch.tensor([example.prompt_ids], device=device)
-            output = model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos,
-            )
-            new = output[0, prompt.shape[1] :].tolist()
-            if eos in new:
-                new = new[: new.index(eos)]
+            new = generation.completion_ids[index][generation.completion_mask[index]].tolist()
+            if new and new[-1] == tokenizer.eos_token_id:
+                new = new[:-1]
             record["completion"] = tokenizer.decode(new, skip_special_tokens=True)
             record["new_tokens"] = len(new)
         records.append(record)
@@ -337,16 +331,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
         return {}
-    from rlhf_lab.__main__ import _quiet_libraries
-    from rlhf_lab.data.formats import DataError
-    from rlhf_lab.errors import ConfigError
+    from rlhf_lab.cli import quiet_libraries, reported_errors
 
-    _quiet_libraries()
-    try:
+    quiet_libraries()
+    with reported_errors(ValueError, FileNotFoundError):
         return evaluate(parse_args(argv))
-    except (DataError, ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

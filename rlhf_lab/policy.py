@@ -1,202 +1,121 @@
-"""The policy/reference wrapper shared by every objective.
+"""The policy and its companions: the reference, frozen models (teacher, reward models) and a value model.
 
-`Policy` owns the trainable model (with its adapter) and turns a collated batch into per-sequence
-completion log-probs. The output head runs only at completion positions, in chunks, and the
-full-vocabulary log-softmax is never materialised: each chunk gathers the target logit and subtracts
-``logsumexp``. Under autograd each chunk is checkpointed, so only ``[tokens, hidden]`` activations are
-kept for backward and ``[batch, seq, vocab]`` never exists.
+`Policy` owns the trainable model (with its adapter) and turns `Sequences` into log-probs through the
+chunked path of `rlhf_lab.logprobs` (per sequence, per token, entropies, top-k), scores sequences with a
+classification head, and samples completions (`rlhf_lab.generation`).
 
-`Reference` gives the reference log-probs in one of four modes: ``copy`` (a frozen copy), ``adapter_off``
-(the policy's base with adapters disabled), ``precomputed`` (a table filled by one pass before training,
-cached on disk) or ``none`` (reference-free objectives).
+`FrozenModel` wraps a model built beside the policy from its own spec (`rlhf_lab.models.build`): eval mode,
+no gradients, its own tokenizer. `ValueModel` wraps a trainable sequence classifier read at every position.
+
+`Reference` gives reference log-probs in one of four modes: ``copy`` (a frozen model loaded from the
+policy's spec), ``adapter_off`` (the policy's base with adapters disabled), ``precomputed`` (a table
+filled by one pass before training, cached on disk and kept in checkpoints) or ``none``. The reference is
+always the *initial* policy: a precomputed table is computed from the policy only while its weights are
+still the initial ones, and otherwise from a freshly loaded base model, never from trained weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from rlhf_lab.data.batches import Batch, Sequences
 from rlhf_lab.errors import ConfigError, check_choice
+from rlhf_lab.generation import Generation, SamplingConfig, generate
+from rlhf_lab.logprobs import (
+    SequenceLogps,
+    backbone_and_score_head,
+    completion_logps,
+    decoder_and_head,
+    last_hidden_state,
+    position_ids,
+    unwrap_model,
+)
 
 log = logging.getLogger(__name__)
 
 REFERENCE_MODES = ("copy", "adapter_off", "precomputed", "none")
 
 
-@dataclass
-class SequenceLogps:
-    """Per-sequence statistics of the completion tokens.
-
-    Attributes:
-        logps: ``[N]`` summed log-probs of the completion tokens.
-        lengths: ``[N]`` number of completion tokens scored.
-        mean_logits: ``[N]`` mean logit over the vocabulary and the completion tokens (detached).
-    """
-
-    logps: torch.Tensor
-    lengths: torch.Tensor
-    mean_logits: torch.Tensor
-    prompt_logps: torch.Tensor | None = None
-    prompt_lengths: torch.Tensor | None = None
-
-    def split(self, size: int) -> tuple[SequenceLogps, SequenceLogps]:
-        """Split a chosen-then-rejected batch into its two halves."""
-        halves = []
-        for part in (slice(None, size), slice(size, None)):
-            halves.append(
-                SequenceLogps(
-                    self.logps[part],
-                    self.lengths[part],
-                    self.mean_logits[part],
-                    None if self.prompt_logps is None else self.prompt_logps[part],
-                    None if self.prompt_lengths is None else self.prompt_lengths[part],
-                )
-            )
-        return halves[0], halves[1]
-
-
-def _token_logps_and_logit_sums(
-    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return target_logits - torch.logsumexp(logits, dim=-1), logits.sum(-1).detach()
-
-
-def completion_logps(
-    hidden_states: torch.Tensor,
-    input_ids: torch.Tensor,
-    completion_mask: torch.Tensor,
-    head: nn.Module,
-    *,
-    chunk_size: int = 256,
-    logit_softcap: float | None = None,
-    prompt_mask: torch.Tensor | None = None,
-) -> SequenceLogps:
-    """Summed log-probs of the completion tokens, computing the head only where needed.
-
-    Token ``t`` is predicted from the hidden state at ``t - 1``; a position counts when
-    ``completion_mask[:, t]`` is set (the first position has no prediction and never counts).
-
-    Args:
-        hidden_states: ``[N, T, H]`` final hidden states (after the final norm).
-        input_ids: ``[N, T]`` token ids.
-        completion_mask: ``[N, T]`` bool, True at completion tokens.
-        head: The output projection (``lm_head``).
-        chunk_size: Tokens per head call; bounds the ``[chunk, vocab]`` logits alive at once.
-        logit_softcap: Final logit soft-capping (Gemma 2), if the model uses it.
-        prompt_mask: ``[N, T]`` bool, prompt tokens to score as well (summed apart, in ``prompt_logps``).
-
-    Returns:
-        `SequenceLogps` with ``[N]`` tensors.
-    """
-    num_sequences = hidden_states.shape[0]
-    target_mask = completion_mask[:, 1:].bool()
-    scored_mask = target_mask if prompt_mask is None else target_mask | prompt_mask[:, 1:].bool()
-    rows, cols = scored_mask.nonzero(as_tuple=True)
-    is_completion = target_mask[rows, cols]
-    selected_hidden = hidden_states[:, :-1][rows, cols]
-    targets = input_ids[:, 1:][rows, cols]
-    token_logps, logit_sums = [], []
-    for start in range(0, targets.numel(), chunk_size):
-        chunk_hidden = selected_hidden[start : start + chunk_size]
-        chunk_targets = targets[start : start + chunk_size]
-        if torch.is_grad_enabled() and chunk_hidden.requires_grad:
-            chunk_logps, chunk_sums = checkpoint(
-                _token_logps_and_logit_sums,
-                chunk_hidden,
-                chunk_targets,
-                head,
-                logit_softcap,
-                use_reentrant=False,
-            )
-        else:
-            chunk_logps, chunk_sums = _token_logps_and_logit_sums(
-                chunk_hidden, chunk_targets, head, logit_softcap
-            )
-        token_logps.append(chunk_logps)
-        logit_sums.append(chunk_sums)
-    device = hidden_states.device
-    if token_logps:
-        all_logps = torch.cat(token_logps)
-        all_sums = torch.cat(logit_sums)
-    else:
-        all_logps = hidden_states.new_zeros(0, dtype=torch.float32)
-        all_sums = hidden_states.new_zeros(0, dtype=torch.float32)
-    zeros = torch.zeros(num_sequences, device=device, dtype=torch.float32)
-    logps = zeros.index_add(0, rows, torch.where(is_completion, all_logps, 0.0))
-    lengths = target_mask.sum(1)
-    sums = zeros.index_add(0, rows, torch.where(is_completion, all_sums, 0.0))
-    vocab_size = head.weight.shape[0] if hasattr(head, "weight") else 1
-    mean_logits = sums / (lengths.clamp(min=1).float() * vocab_size)
-    result = SequenceLogps(logps=logps, lengths=lengths, mean_logits=mean_logits)
-    if prompt_mask is not None:
-        result.prompt_logps = zeros.index_add(0, rows, torch.where(is_completion, 0.0, all_logps))
-        result.prompt_lengths = (scored_mask & ~target_mask).sum(1)
-    return result
-
-
-def naive_completion_logps(
-    logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
-) -> torch.Tensor:
-    """Reference implementation with a full log-softmax (tests only: it materialises ``[N, T, V]``)."""
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    token_logps = log_probs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return (token_logps * completion_mask[:, 1:]).sum(-1)
-
-
-def unwrap_causal_lm(model: nn.Module) -> nn.Module:
-    """The underlying ``*ForCausalLM`` (peft wraps it; its LoRA layers stay injected)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    causal_lm = unwrap_causal_lm(model)
-    head = causal_lm.get_output_embeddings()
-    decoder = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else causal_lm.model
-    if head is None or decoder is None:
-        raise ConfigError(f"{type(causal_lm).__name__} exposes no decoder/output head; it is not a causal LM")
-    return decoder, head
-
-
 def sequence_logps(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], chunk_size: int = 256, score_prompt: bool = False
+    model: nn.Module,
+    sequences: Sequences,
+    chunk_size: int = 256,
+    *,
+    score_prompt: bool = False,
+    per_token: bool = False,
+    entropy: bool = False,
+    top_k: int = 0,
+    temperature: float = 1.0,
 ) -> SequenceLogps:
-    """Run the decoder once over the batch and score its completion (and, if asked, prompt) tokens."""
+    """Run the decoder once over ``sequences`` and score their completion (and, if asked, prompt) tokens."""
     decoder, head = decoder_and_head(model)
-    outputs = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    hidden = outputs[0] if isinstance(outputs, tuple) else outputs.last_hidden_state
-    softcap = getattr(unwrap_causal_lm(model).config, "final_logit_softcapping", None)
-    prompt_mask = batch["attention_mask"].bool() & ~batch["completion_mask"].bool() if score_prompt else None
+    outputs = decoder(
+        input_ids=sequences.input_ids,
+        attention_mask=sequences.attention_mask,
+        position_ids=position_ids(sequences.attention_mask),
+        use_cache=False,
+    )
     return completion_logps(
-        hidden,
-        batch["input_ids"],
-        batch["completion_mask"],
+        last_hidden_state(outputs),
+        sequences.input_ids,
+        sequences.completion_mask,
         head,
         chunk_size=chunk_size,
-        logit_softcap=softcap,
-        prompt_mask=prompt_mask,
+        logit_softcap=getattr(unwrap_model(model).config, "final_logit_softcapping", None),
+        prompt_mask=sequences.prompt_mask if score_prompt else None,
+        per_token=per_token,
+        entropy=entropy,
+        top_k=top_k,
+        temperature=temperature,
     )
+
+
+def classifier_outputs(model: nn.Module, sequences: Sequences) -> torch.Tensor:
+    """``[N, T]`` scores of a one-label sequence classifier at every position."""
+    backbone, score = backbone_and_score_head(model)
+    outputs = backbone(
+        input_ids=sequences.input_ids,
+        attention_mask=sequences.attention_mask,
+        position_ids=position_ids(sequences.attention_mask),
+        use_cache=False,
+    )
+    return score(last_hidden_state(outputs)).squeeze(-1).float()
+
+
+def sequence_scores(model: nn.Module, sequences: Sequences) -> torch.Tensor:
+    """``[N]`` scores of a one-label sequence classifier (reward model) at each row's last real token.
+
+    The last token comes from the attention mask (rows are right-padded), not from searching for pad ids
+    as HF's own pooling does: with pad = EOS (Mistral, Llama) that search stops at the wrong token.
+    """
+    backbone, score = backbone_and_score_head(model)
+    outputs = backbone(
+        input_ids=sequences.input_ids,
+        attention_mask=sequences.attention_mask,
+        position_ids=position_ids(sequences.attention_mask),
+        use_cache=False,
+    )
+    hidden = last_hidden_state(outputs)
+    last = sequences.attention_mask.sum(1) - 1
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return score(pooled).squeeze(-1).float()
 
 
 class Policy(nn.Module):
     """The trainable model with its adapter.
 
     Args:
-        model: A causal LM, possibly wrapped by peft.
+        model: A causal LM (or, for reward-model training, a sequence classifier), possibly peft-wrapped.
         chunk_size: Completion tokens per output-head call.
     """
 
@@ -204,29 +123,39 @@ class Policy(nn.Module):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        #: True while the weights are the initial ones (cleared once training starts or weights are loaded).
+        self.at_initial_weights = True
 
     @property
     def is_peft(self) -> bool:
         return hasattr(self.model, "disable_adapter")
 
-    def forward(self, batch: Mapping[str, torch.Tensor], score_prompt: bool = False) -> SequenceLogps:
-        return sequence_logps(self.model, batch, self.chunk_size, score_prompt)
+    def forward(self, sequences: Sequences, **options: Any) -> SequenceLogps:
+        """Log-probs of ``sequences``; ``options`` as `sequence_logps` (``per_token``, ``entropy``...)."""
+        return sequence_logps(self.model, sequences, self.chunk_size, **options)
 
-    def scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``[N]`` scalar scores of a sequence-classification model (reward models), at each row's last token.
+    def scores(self, sequences: Sequences) -> torch.Tensor:
+        """``[N]`` scalar scores of a sequence-classification policy (reward-model training)."""
+        return sequence_scores(self.model, sequences)
 
-        The last token comes from the attention mask (batches are right-padded), not from searching for pad
-        ids as HF's own pooling does: with pad = EOS (Mistral, Llama) that search stops at the wrong token.
-        """
-        classifier = unwrap_causal_lm(self.model)
-        decoder = getattr(classifier, classifier.base_model_prefix)
-        outputs = decoder(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    def generate(
+        self,
+        prompts: Sequences,
+        sampling: SamplingConfig,
+        *,
+        eos_token_id: int | list[int],
+        pad_token_id: int,
+        generator: torch.Generator | None = None,
+    ) -> Generation:
+        """Sample completions of left-padded ``prompts`` (KV cache, EOS stop; see `rlhf_lab.generation`)."""
+        return generate(
+            self.model,
+            prompts,
+            sampling,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            generator=generator,
         )
-        hidden = outputs[0] if isinstance(outputs, tuple) else outputs.last_hidden_state
-        last = batch["attention_mask"].sum(1) - 1
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return classifier.score(pooled).squeeze(-1).float()
 
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:
@@ -236,20 +165,97 @@ class Policy(nn.Module):
             yield
 
 
+class FrozenModel(nn.Module):
+    """A model built beside the policy from its own spec: eval mode, no gradients, its own tokenizer.
+
+    The teacher of a distillation run, a reward model, the ``copy`` reference.
+
+    Args:
+        model: The loaded model (a causal LM or a sequence classifier).
+        tokenizer: Its tokenizer (reward models may tokenise differently from the policy).
+        chunk_size: Completion tokens per output-head call.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, chunk_size: int = 256) -> None:
+        super().__init__()
+        self.model = model.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+        self.chunk_size = chunk_size
+
+    def train(self, mode: bool = True) -> FrozenModel:
+        # Stays in eval mode whatever the trainer asks (no dropout in a frozen model).
+        super().train(False)
+        return self
+
+    @torch.no_grad()
+    def forward(self, sequences: Sequences, **options: Any) -> SequenceLogps:
+        return sequence_logps(self.model, sequences, self.chunk_size, **options)
+
+    @torch.no_grad()
+    def scores(self, sequences: Sequences) -> torch.Tensor:
+        """``[N]`` scores of a sequence classifier at each row's last token."""
+        return sequence_scores(self.model, sequences)
+
+    @torch.no_grad()
+    def score_examples(self, examples: list[Any], max_length: int | None = None) -> torch.Tensor:
+        """Score `PreferenceExample` rows with this model's own tokenizer and chat template.
+
+        Text from another tokenizer (the policy's completions) is decoded first and passed here as
+        examples, so a reward model with a different vocabulary scores exactly what a user would see.
+
+        Returns:
+            ``[N]`` scores of the chosen (or only) completions, then ``[N]`` of the rejected ones if any.
+        """
+        from rlhf_lab.data.collate import PreferenceCollator
+        from rlhf_lab.data.tokenize import TokenizeSettings, tokenize_examples
+
+        settings = TokenizeSettings(max_length=max_length, max_prompt_length=None)
+        tokenized, stats = tokenize_examples(examples, self.tokenizer, settings)
+        if stats["dropped_too_long"]:
+            raise ValueError(f"{stats['dropped_too_long']} examples do not fit max_length={max_length}")
+        batch = PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id)(list(enumerate(tokenized)))
+        device = next(self.model.parameters()).device
+        return self.scores(batch.sequences.to(device))
+
+
+class ValueModel(nn.Module):
+    """A trainable one-label sequence classifier read at every position (PPO's critic).
+
+    Args:
+        model: The loaded classifier.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, sequences: Sequences) -> torch.Tensor:
+        """``[N, T]`` value estimates: position ``t`` values the state after token ``t``."""
+        return classifier_outputs(self.model, sequences)
+
+
 class Reference(nn.Module):
     """Reference log-probs for one of the modes in `REFERENCE_MODES`.
 
     Args:
         mode: ``copy``, ``adapter_off``, ``precomputed`` or ``none``.
-        policy: The policy (``adapter_off`` and ``precomputed`` run through it).
-        frozen_model: For ``copy``: a separately loaded copy of the initial weights (loaded, not deep-copied,
-            so a sharding strategy can partition it at init like the policy).
+        policy: The policy (``adapter_off`` runs through it, and ``precomputed`` while it is initial).
+        frozen: For ``copy``: the frozen model loaded from the policy's spec (loaded, not deep-copied, so a
+            sharding strategy partitions it at init like the policy).
+        load_initial: For ``precomputed`` with full fine-tuning: loads a fresh copy of the initial weights,
+            used when the policy's own weights are no longer the initial ones (resume, evaluation).
     """
 
-    def __init__(self, mode: str, policy: Policy, frozen_model: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        policy: Policy,
+        frozen: FrozenModel | None = None,
+        load_initial: Callable[[], nn.Module] | None = None,
+    ) -> None:
         super().__init__()
         check_choice("algo.reference", mode, REFERENCE_MODES)
-        if mode == "copy" and frozen_model is None:
+        if mode == "copy" and frozen is None:
             raise ValueError("algo.reference=copy needs the frozen reference model")
         if mode == "adapter_off" and not policy.is_peft:
             raise ConfigError(
@@ -259,34 +265,45 @@ class Reference(nn.Module):
         self.mode = mode
         # Held in a list so the policy is not registered twice (state dict, device moves).
         self._policy = [policy]
-        self.model = frozen_model if mode == "copy" else None
-        if self.model is not None:
-            self.model.requires_grad_(False)
-            self.model.eval()
+        self.model = frozen if mode == "copy" else None
+        self._load_initial = load_initial
+        #: Precomputed tables per split (``[examples, rows_per_example]``) and the key they were computed for.
         self.tables: dict[str, torch.Tensor] = {}
+        self.tables_key: str | None = None
 
-    def train(self, mode: bool = True) -> Reference:
-        # The frozen copy stays in eval mode whatever the trainer asks.
-        super().train(mode)
-        if self.model is not None:
-            self.model.eval()
-        return self
+    @contextlib.contextmanager
+    def _initial_weights(self) -> Iterator[Callable[[Sequences], torch.Tensor]]:
+        """A scorer running the initial weights (for ``precomputed``), never the trained ones."""
+        policy = self._policy[0]
+        if policy.is_peft:
+            with policy.adapters_disabled():
+                yield lambda sequences: policy(sequences).logps
+            return
+        if policy.at_initial_weights:
+            yield lambda sequences: policy(sequences).logps
+            return
+        if self._load_initial is None:
+            raise RuntimeError(
+                "the precomputed reference must be computed from the initial weights, but the policy has "
+                "been trained and no base model loader was given"
+            )
+        log.info("computing reference log-probs from a freshly loaded base model (the policy has trained)")
+        base = self._load_initial()  # released when the caller's `with` block ends
+        yield lambda sequences: sequence_logps(base, sequences, policy.chunk_size).logps
 
     @torch.no_grad()
-    def compute(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Summed reference log-probs ``[N]`` for every sequence of the batch, computed now."""
+    def compute(self, sequences: Sequences) -> torch.Tensor:
+        """Summed reference log-probs ``[N]`` of every row, computed now."""
         policy = self._policy[0]
         if self.mode == "copy":
             assert self.model is not None
-            return sequence_logps(self.model, batch, policy.chunk_size).logps
-        if self.mode in ("adapter_off", "precomputed") and policy.is_peft:
+            return self.model(sequences).logps
+        if self.mode == "adapter_off":
             with policy.adapters_disabled():
-                return policy(batch).logps
-        if self.mode == "precomputed":
-            return policy(batch).logps
+                return policy(sequences).logps
         raise ConfigError(f"algo.reference={self.mode} has no reference model to run")
 
-    def logps(self, batch: Mapping[str, torch.Tensor], split: str) -> torch.Tensor | None:
+    def logps(self, batch: Batch, split: str) -> torch.Tensor | None:
         """Reference log-probs ``[N]`` in the batch's row order, or None for ``none``."""
         if self.mode == "none":
             return None
@@ -294,40 +311,51 @@ class Reference(nn.Module):
             table = self.tables.get(split)
             if table is None:
                 raise RuntimeError(f"no precomputed reference log-probs for split {split!r}")
-            rows = table.to(batch["index"].device)[batch["index"]]  # [B, S]
-            return rows.t().reshape(-1).to(torch.float32)  # chosen block, then rejected block
-        return self.compute(batch)
+            return batch.per_row(table.to(batch.index.device)[batch.index]).to(torch.float32)
+        return self.compute(batch.sequences)
 
-    def precompute(self, loaders: Mapping[str, Any], device: torch.device, cache_file: Path | None) -> bool:
-        """Fill the tables with one pass over each loader (unshuffled); load/save ``cache_file``.
+    @torch.no_grad()
+    def precompute(
+        self,
+        loaders: Mapping[str, Any],
+        device: torch.device,
+        key: str,
+        cache_file: Path | None,
+        forward_context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    ) -> str:
+        """Fill the tables for ``key`` with one pass over each loader (unshuffled), from the initial weights.
+
+        Tables already held for ``key`` (restored from a checkpoint) are kept; otherwise ``cache_file`` is
+        loaded if it exists, else the tables are computed and saved there.
 
         Returns:
-            True if the tables were computed, False if they came from the cache.
+            Where the tables came from: ``held``, ``cache`` or ``computed``.
         """
+        if self.tables and self.tables_key == key:
+            return "held"
         if cache_file is not None and cache_file.exists():
-            self.tables = torch.load(cache_file, map_location="cpu")
+            self.tables = torch.load(cache_file, map_location="cpu", weights_only=True)
+            self.tables_key = key
             log.info("reference log-probs loaded from cache %s", cache_file)
-            return False
+            return "cache"
         policy = self._policy[0]
         was_training = policy.training
         policy.eval()
         tables: dict[str, torch.Tensor] = {}
         try:
-            for split, loader in loaders.items():
-                size = len(loader.dataset)
-                table: torch.Tensor | None = None
-                for batch in loader:
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    values = self.compute(batch).float().cpu()
-                    per_example = values.view(-1, batch["index"].numel()).t()  # [B, S]
-                    if table is None:
-                        table = torch.full((size, per_example.shape[1]), float("nan"))
-                    table[batch["index"].cpu()] = per_example
-                if table is not None:
-                    tables[split] = table
+            with self._initial_weights() as score, forward_context():
+                for split, loader in loaders.items():
+                    table: torch.Tensor | None = None
+                    for batch in loader:
+                        values = score(batch.sequences.to(device)).float().cpu()
+                        if table is None:
+                            table = torch.full((len(loader.dataset), batch.rows_per_example), float("nan"))
+                        table[batch.index] = batch.per_example(values)
+                    if table is not None:
+                        tables[split] = table
         finally:
             policy.train(was_training)
-        self.tables = tables
+        self.tables, self.tables_key = tables, key
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             # Per-process staging name: jobs of a parallel sweep may finish the same table together.
@@ -335,12 +363,19 @@ class Reference(nn.Module):
             torch.save(tables, staging)
             staging.replace(cache_file)
             log.info("reference log-probs cached at %s", cache_file)
-        return True
+        return "computed"
+
+    def state_for_checkpoint(self) -> dict[str, Any] | None:
+        """The precomputed tables and their key (a resume then needs neither the cache nor the base)."""
+        if self.mode != "precomputed" or not self.tables:
+            return None
+        return {"key": self.tables_key, "tables": self.tables}
+
+    def restore(self, state: Mapping[str, Any] | None) -> None:
+        if state is not None and self.mode == "precomputed":
+            self.tables, self.tables_key = dict(state["tables"]), state["key"]
 
 
-def cache_key(*parts: str) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode())
-        digest.update(b"\x00")
-    return digest.hexdigest()[:24]
+def cache_key(**parts: Any) -> str:
+    """A short hash of everything that changes a cached value (JSON-serialisable parts, order-free)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -22,6 +22,10 @@ class NoQuantization:
     def load_kwargs(self) -> dict[str, Any]:
         return {}
 
+    def identity(self) -> dict[str, Any]:
+        """What changes the quantised weights (keys caches of values computed from them)."""
+        return {"name": self.name}
+
     def prepare(self, model: Any, gradient_checkpointing: bool) -> Any:
         return model
 
@@ -48,6 +52,14 @@ class BitsAndBytes(NoQuantization):
         check_choice("quant.quant_type", self.quant_type, ("nf4", "fp4"))
         check_choice("quant.compute_dtype", self.compute_dtype, ("bfloat16", "float16", "float32"))
         self.name = "nf4" if self.bits == 4 else "int8"
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "bits": self.bits,
+            "quant_type": self.quant_type,
+            "double_quant": self.double_quant,
+            "compute_dtype": self.compute_dtype,
+        }
 
     def load_kwargs(self) -> dict[str, Any]:
         from transformers import BitsAndBytesConfig

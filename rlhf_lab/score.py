@@ -22,7 +22,7 @@ from rlhf_lab.data.collate import PreferenceCollator
 from rlhf_lab.data.formats import PreferenceExample, convert_rows
 from rlhf_lab.data.io import read_rows
 from rlhf_lab.data.tokenize import TokenizeSettings, tokenize_examples
-from rlhf_lab.policy import Policy
+from rlhf_lab.policy import FrozenModel
 
 
 class RewardScorer:
@@ -43,8 +43,8 @@ class RewardScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
-        self.policy = Policy(model)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
+        self.model = FrozenModel(model, self.tokenizer)
         self.settings = TokenizeSettings(max_length=max_length, max_prompt_length=None)
         self.batch_size = batch_size
         self.device = device
@@ -61,9 +61,9 @@ class RewardScorer:
         chosen_scores, rejected_scores = [], []
         for start in range(0, len(tokenized), self.batch_size):
             items = list(enumerate(tokenized[start : start + self.batch_size], start))
-            batch = {k: v.to(self.device) for k, v in collate(items).items()}
-            scores = self.policy.scores(batch).cpu()
-            size = len(items)
+            batch = collate(items)
+            scores = self.model.scores(batch.sequences.to(self.device)).cpu()
+            size = batch.size
             chosen_scores.append(scores[:size])
             if scores.numel() > size:
                 rejected_scores.append(scores[size:])

@@ -91,7 +91,7 @@ def shard_fsdp2(model: torch.nn.Module, mesh: Any, options: dict[str, Any]) -> t
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     if options["cpu_offload"]:
         kwargs["offload_policy"] = CPUOffloadPolicy()
-    from rlhf_lab.policy import decoder_and_head, unwrap_causal_lm
+    from rlhf_lab.logprobs import backbone_and_score_head, decoder_and_head
 
     layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
     if not layers:
@@ -103,9 +103,8 @@ def shard_fsdp2(model: torch.nn.Module, mesh: Any, options: dict[str, Any]) -> t
     # forward is called, so the decoder and the head are the two roots; the model itself is not wrapped.
     try:
         decoder, head = decoder_and_head(model)
-    except ConfigError:  # a sequence classifier (reward model): decoder plus its score head
-        causal = unwrap_causal_lm(model)
-        decoder, head = getattr(causal, causal.base_model_prefix), causal.score
+    except ConfigError:  # a sequence classifier (reward or value model): decoder plus its score head
+        decoder, head = backbone_and_score_head(model)
     fully_shard(decoder, **kwargs)
     fully_shard(head, **kwargs)
     return model
@@ -261,7 +260,3 @@ def resolve(strategy: Any, trainer_cfg: Any, micro_batch_size: int) -> Any:
     if isinstance(strategy, FSDPSpec):
         return strategy.build(trainer_cfg)
     return strategy
-
-
-def is_deepspeed(strategy: Any) -> bool:
-    return type(strategy).__name__.endswith("DeepSpeedStrategy")

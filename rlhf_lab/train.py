@@ -62,14 +62,25 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
-def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
-    out = {}
-    for key, value in metrics.items():
-        if key.startswith(prefix):
-            number = float(value.item() if isinstance(value, torch.Tensor) else value)
-            if math.isfinite(number):
-                out[key] = number
-    return out
+def metric_values(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The ``prefix*`` metrics as floats, non-finite ones (a diverged run's NaN loss) included."""
+    return {
+        key: float(value.item() if isinstance(value, torch.Tensor) else value)
+        for key, value in metrics.items()
+        if key.startswith(prefix)
+    }
+
+
+def non_finite(summary: dict[str, Any]) -> list[str]:
+    """The keys of ``summary`` whose values are NaN or infinite."""
+    return sorted(k for k, v in summary.items() if isinstance(v, float) and not math.isfinite(v))
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """``summary.json``, with NaN/inf metrics kept as ``null`` (JSON has no NaN)."""
+    diverged = non_finite(summary)
+    values = {k: None if k in diverged else v for k, v in summary.items()}
+    path.write_text(json.dumps(values, indent=2, sort_keys=True))
 
 
 def _instantiate(node: DictConfig) -> Any:
@@ -83,11 +94,17 @@ def _instantiate(node: DictConfig) -> Any:
         raise
 
 
-def build(cfg: DictConfig) -> tuple[AlignmentObjective, Any, Any]:
+def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[AlignmentObjective, Any, Any]:
     """Instantiate the objective and the DataModule (tokenised) from a composed config.
 
     Data comes first: a bad file fails before any model loads, and the tiny model's tokenizer trains on it.
     The model itself is built later, in the objective's `configure_model`.
+
+    Args:
+        cfg: The composed config.
+        corpus_data: A ``data`` config whose training texts build the tiny models' tokenizer and weights
+            instead of ``cfg.data``'s (evaluating a tiny-model run on other data: its tokenizer and initial
+            weights came from its own training data).
     """
     model_spec = _instantiate(cfg.model)
     adapter = _instantiate(cfg.adapter)
@@ -105,7 +122,15 @@ def build(cfg: DictConfig) -> tuple[AlignmentObjective, Any, Any]:
     except TypeError as error:
         raise ConfigError(f"algo: {error}") from error
     datamodule.batch_kind = objective.batch_kind
-    model_spec.prepare(datamodule.corpus)
+    corpus = datamodule
+    if corpus_data is not None:
+        corpus = _instantiate(corpus_data)
+        corpus.batch_kind = objective.batch_kind
+    prepared: set[int] = set()
+    for spec in objective.model_specs():
+        if id(spec) not in prepared:
+            spec.prepare(corpus.corpus)
+            prepared.add(id(spec))
     tokenizer = model_spec.load_tokenizer()
     datamodule.set_tokenizer(tokenizer)
     datamodule.setup("fit")
@@ -155,13 +180,15 @@ def run(cfg: DictConfig) -> Run:
         callbacks=build_callbacks(cfg, run_dir),
     )
     trainer.fit(objective, datamodule=datamodule, ckpt_path=ckpt_path)
-    summary = _floats(trainer.callback_metrics, "train/")
+    summary = metric_values(trainer.callback_metrics, "train/")
     if cfg.trainer.get("fast_dev_run"):
-        summary.update(_floats(trainer.callback_metrics, "val/"))  # its single validation batch
+        summary.update(metric_values(trainer.callback_metrics, "val/"))  # its single validation batch
     else:
         results = trainer.validate(objective, datamodule=datamodule, verbose=False)
-        summary.update(_floats(results[0] if results else {}, "val/"))
+        summary.update(metric_values(results[0] if results else {}, "val/"))
     summary["trainer/global_step"] = float(trainer.global_step)
+    # A metric that went NaN/inf is kept (null in summary.json), and the run says it diverged.
+    summary["run/diverged"] = 1.0 if non_finite(summary) else 0.0
     summary.update(
         {f"data/{split}/{k}": float(v) for split, stats in datamodule.stats.items() for k, v in stats.items()}
     )
@@ -169,7 +196,7 @@ def run(cfg: DictConfig) -> Run:
     # Sharded weights are gathered collectively: every rank takes part, rank zero writes.
     state_dict = gathered_state_dict(objective.policy.model, trainer.strategy) if cfg.export.enabled else None
     if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        write_summary(run_dir / "summary.json", summary)
         if cfg.export.enabled:
             export_model(
                 objective.policy.model, tokenizer, run_dir / "export", cfg.export.merge_adapter, state_dict
@@ -210,4 +237,7 @@ def report(run_dir: Path, summary: dict[str, float]) -> None:
     held_out = {k: v for k, v in summary.items() if k.startswith("val/")}
     lines = [f"run directory: {run_dir.resolve()}", "held-out metrics:"]
     lines += [f"  {key:<28} {value:.4f}" for key, value in sorted(held_out.items())]
+    diverged = non_finite(summary)
+    if diverged:
+        lines.append(f"the run diverged: non-finite {', '.join(diverged)} (null in summary.json)")
     print("\n".join(lines), flush=True)

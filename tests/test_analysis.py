@@ -278,5 +278,5 @@ def test_every_run_writes_curves_png(tmp_path: Path) -> None:
         history["metric"]
     )
     runs = analysis.load_runs(tmp_path)
-    assert runs.loc[0, "objective"] == "dpo"  # compose_config has no hydra.yaml: from algo._target_
+    assert runs.loc[0, "objective"] == "dpo"  # compose_config has no hydra.yaml: from algo.loss (dpo_loss)
     assert runs.loc[0, "trainer.max_steps"] == 2

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_lab.data.datamodule import EpochSampler, PreferenceDataModule
+from rlhf_lab.data.batches import PairBatch, SingleBatch
+from rlhf_lab.data.datamodule import EpochSampler, PreferenceDataModule, mismatched_partners
 from rlhf_lab.data.formats import DataError
 from rlhf_lab.data.sources import LocalFiles
 from rlhf_lab.data.synthetic import ANSWER, CATEGORIES, SyntheticPreferences
+from rlhf_lab.data.tokenize import TokenizedExample
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.train import build
 
@@ -149,19 +151,19 @@ def test_preference_batch_is_chosen_rows_then_rejected_rows(make_config) -> None
     assert datamodule.stats["train"]["examples"] == 64
     batch = next(iter(datamodule.train_dataloader()))
     pairs = 8  # data.batch_size
-    assert batch["input_ids"].shape[0] == 2 * pairs
-    assert batch["index"].shape == (pairs,)
+    assert batch.sequences.input_ids.shape[0] == 2 * pairs
+    assert batch.index.shape == (pairs,)
     examples = datamodule.datasets["train"].examples
     source = datamodule.load_examples()["train"]
-    for row, index in enumerate(batch["index"].tolist()):
+    for row, index in enumerate(batch.index.tolist()):
         example = examples[index]
         for offset, completion_ids, text in (
             (0, example.chosen_ids, _answer(source[index].chosen)),
             (pairs, example.rejected_ids, _answer(source[index].rejected)),
         ):
-            ids = batch["input_ids"][row + offset]
-            mask = batch["completion_mask"][row + offset]
-            attention = batch["attention_mask"][row + offset]
+            ids = batch.sequences.input_ids[row + offset]
+            mask = batch.sequences.completion_mask[row + offset]
+            attention = batch.sequences.attention_mask[row + offset]
             length = len(example.prompt_ids) + len(completion_ids)
             # The same prompt tokens in both rows; the mask covers exactly the completion.
             assert ids[: len(example.prompt_ids)].tolist() == example.prompt_ids
@@ -182,13 +184,13 @@ def test_sft_batches_have_only_chosen_rows(make_config) -> None:
     objective, datamodule, tokenizer = build(make_config("algo=sft"))
     assert objective.batch_kind == "single"
     batch = next(iter(datamodule.train_dataloader()))
-    assert batch["input_ids"].shape[0] == 8
+    assert batch.sequences.input_ids.shape[0] == 8
     source = datamodule.load_examples()["train"]
-    for row, index in enumerate(batch["index"].tolist()):
-        completion = batch["input_ids"][row][batch["completion_mask"][row]]
+    for row, index in enumerate(batch.index.tolist()):
+        completion = batch.sequences.input_ids[row][batch.sequences.completion_mask[row]]
         assert tokenizer.decode(completion) == _answer(source[index].chosen) + tokenizer.eos_token
     val = next(iter(datamodule.val_dataloader()))
-    assert val["input_ids"].shape[0] == val["index"].shape[0] == 32
+    assert val.sequences.input_ids.shape[0] == val.index.shape[0] == 32
 
 
 def test_fingerprint_tracks_tokenisation_settings_only(make_config) -> None:
@@ -249,10 +251,10 @@ def _datamodule(
     return datamodule
 
 
-def _texts(batch: dict, tokenizer) -> list[str]:
+def _texts(batch, tokenizer) -> list[str]:
     return [
         tokenizer.decode(ids[mask.bool()])
-        for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+        for ids, mask in zip(batch.sequences.input_ids, batch.sequences.attention_mask, strict=True)
     ]
 
 
@@ -279,24 +281,24 @@ def test_unpaired_train_batches_from_pairs_and_paired_held_out_batches(
     }  # fmt: skip
 
     (batch,) = list(datamodule.train_dataloader())
-    order = batch["index"].tolist()
+    order = batch.index.tolist()
     assert sorted(order) == [0, 1, 2, 3]
-    assert batch["input_ids"].shape[0] == 8
-    assert batch["labels"].tolist() == [labels[i] for i in order]
+    assert batch.sequences.input_ids.shape[0] == 8
+    assert batch.labels.tolist() == [labels[i] for i in order]
     rows = _texts(batch, arithmetic_tokenizer)
     assert rows[:4] == [texts[i] for i in order]
-    # Row 4 + i: prompt i with the completion of the next example in the batch, wrapping around.
-    assert rows[4:] == [
-        prompts[i] + completions[j] for i, j in zip(order, order[1:] + order[:1], strict=True)
-    ]
+    # Row 4 + i: prompt i with the completion of its fixed partner, which answers the other prompt.
+    partners = datamodule.datasets["train"].partners
+    assert rows[4:] == [prompts[i] + completions[partners[i]] for i in order]
+    assert all(prompts[partners[i]] != prompts[i] for i in order)
     for row, i in enumerate(order):
-        completion = batch["input_ids"][row][batch["completion_mask"][row]]
+        completion = batch.sequences.input_ids[row][batch.sequences.completion_mask[row]]
         assert arithmetic_tokenizer.decode(completion) == completions[i]
 
     (val,) = list(datamodule.val_dataloader())
-    assert "labels" not in val
+    assert isinstance(val, PairBatch)
     assert _texts(val, arithmetic_tokenizer) == ["1 + 1 = 2</s>", "1 + 1 = 3</s>"]
-    assert val["index"].tolist() == [0]
+    assert val.index.tolist() == [0]
 
 
 def test_unpaired_data_stays_unpaired_in_both_splits(tmp_path, arithmetic_tokenizer) -> None:
@@ -306,10 +308,10 @@ def test_unpaired_data_stays_unpaired_in_both_splits(tmp_path, arithmetic_tokeni
     assert datamodule.stats["train"]["examples"] == 3
     (batch,) = list(datamodule.train_dataloader())
     labels = {0: True, 1: False, 2: False}
-    assert batch["labels"].tolist() == [labels[i] for i in batch["index"].tolist()]
-    assert batch["input_ids"].shape[0] == 6
+    assert batch.labels.tolist() == [labels[i] for i in batch.index.tolist()]
+    assert batch.sequences.input_ids.shape[0] == 6
     (val,) = list(datamodule.val_dataloader())
-    assert val["labels"].tolist() == [True, False]
+    assert val.labels.tolist() == [True, False]
     assert _texts(val, arithmetic_tokenizer) == [
         "1 + 1 = 2</s>",
         "1 + 1 = 3</s>",
@@ -318,32 +320,37 @@ def test_unpaired_data_stays_unpaired_in_both_splits(tmp_path, arithmetic_tokeni
     ]
 
 
-def test_unpaired_loader_never_ends_with_a_batch_of_one(tmp_path, arithmetic_tokenizer) -> None:
-    # Three labelled rows in batches of 2 would leave a last batch of 1, which KTO cannot use.
+def test_unpaired_batches_of_any_size_have_mismatched_rows(tmp_path, arithmetic_tokenizer) -> None:
+    """Partners belong to examples, so a last batch of one still has its mismatched row."""
     datamodule = _datamodule(tmp_path, arithmetic_tokenizer, KTO_ROWS, HELD_OUT_KTO, "unpaired", batch_size=2)
     batches = list(datamodule.train_dataloader())
-    assert [len(batch["index"]) for batch in batches] == [2]
-    assert len(datamodule.train_dataloader()) == 1
+    assert [batch.size for batch in batches] == [2, 1]
+    assert all(batch.sequences.num_rows == 2 * batch.size for batch in batches)
 
 
-def test_epoch_sampler_drops_an_index_only_when_the_last_batch_would_hold_one() -> None:
-    assert list(EpochSampler(5, 0, False, avoid_single_last_batch=2)) == [0, 1, 2, 3]
-    assert list(EpochSampler(6, 0, False, avoid_single_last_batch=4)) == [0, 1, 2, 3, 4, 5]
+def test_epoch_sampler_shards_one_permutation_over_ranks() -> None:
     assert list(EpochSampler(5, 0, False)) == [0, 1, 2, 3, 4]
-    # Per rank: 10 indices over 2 ranks is 5 each, batches of 2 -> 4 each.
-    ranks = [
-        list(EpochSampler(10, 0, False, rank=r, world_size=2, avoid_single_last_batch=2)) for r in (0, 1)
+    # 11 indices over 2 ranks: 5 each, every other index; the tail that does not divide is dropped.
+    assert [list(EpochSampler(11, 0, False, rank=r, world_size=2)) for r in (0, 1)] == [
+        [0, 2, 4, 6, 8],
+        [1, 3, 5, 7, 9],
     ]
-    assert ranks == [[0, 2, 4, 6], [1, 3, 5, 7]]
 
 
-def test_unpaired_needs_batches_of_two(tmp_path, arithmetic_tokenizer) -> None:
-    with pytest.raises(ConfigError) as caught:
-        _datamodule(tmp_path, arithmetic_tokenizer, PAIRS, HELD_OUT_PAIRS, "unpaired", batch_size=1)
-    assert str(caught.value) == (
-        "KTO needs at least 2 examples per batch (data.batch_size > 1) to estimate its KL term from "
-        "mismatched prompt/completion pairs; data.batch_size=1"
-    )
+def test_mismatched_partners_answer_other_prompts_and_are_fixed_by_the_seed() -> None:
+    def example(prompt: int, completion: int) -> TokenizedExample:
+        return TokenizedExample([prompt], [completion], None, False, label=True)
+
+    # Paired data split for KTO: each prompt's two completions sit next to each other.
+    examples = [example(p, 10 * p + k) for p in range(5) for k in range(2)]
+    partners = mismatched_partners(examples, seed=3)
+    assert partners == mismatched_partners(examples, seed=3)
+    assert partners != mismatched_partners(examples, seed=4)
+    assert all(examples[j].prompt_ids != examples[i].prompt_ids for i, j in enumerate(partners))
+    # One prompt only: any other completion will do.
+    assert mismatched_partners([example(1, 2), example(1, 3)], seed=0) == [1, 0]
+    with pytest.raises(ConfigError, match="at least 2 training examples"):
+        mismatched_partners([example(1, 2)], seed=0)
 
 
 @pytest.mark.parametrize(
@@ -402,12 +409,8 @@ def test_batch_kind_mismatch_fails_before_the_tokenizer_corpus_is_read(tmp_path)
         list(datamodule.corpus())
 
 
-def test_batch_kind_and_the_pairs_alias(tmp_path, arithmetic_tokenizer) -> None:
+def test_batch_kind_is_checked(tmp_path, arithmetic_tokenizer) -> None:
     datamodule = PreferenceDataModule(LocalFiles(train_path="unused.jsonl"))
-    assert (datamodule.batch_kind, datamodule.pairs) == ("pairs", True)
-    datamodule.pairs = False
-    assert (datamodule.batch_kind, datamodule.pairs) == ("single", False)
-    datamodule.pairs = True
     assert datamodule.batch_kind == "pairs"
     with pytest.raises(
         ConfigError, match=r"batch_kind='triples' is not supported; choose one of: pairs, single, "
@@ -432,19 +435,28 @@ def test_fingerprint_changes_with_batch_kind_and_setup_follows_a_new_kind(
     assert "unpaired_from_pairs" not in datamodule.stats["train"]
 
 
-def test_reference_loaders_match_training_rows_and_refuse_unpaired(tmp_path, arithmetic_tokenizer) -> None:
+def test_reference_loaders_match_training_rows_unpaired_included(tmp_path, arithmetic_tokenizer) -> None:
     datamodule = _datamodule(tmp_path, arithmetic_tokenizer, PAIRS, HELD_OUT_PAIRS, "pairs")
     loaders = datamodule.reference_loaders()
-    assert [batch["input_ids"].shape[0] for batch in loaders["train"]] == [4]
+    assert [batch.sequences.input_ids.shape[0] for batch in loaders["train"]] == [4]
     assert _texts(next(iter(loaders["val"])), arithmetic_tokenizer) == ["1 + 1 = 2</s>", "1 + 1 = 3</s>"]
+    # KTO: every example's mismatched row is fixed by the dataset, so it can be precomputed too.
     datamodule.batch_kind = "unpaired"
     datamodule.setup("fit")
-    with pytest.raises(ConfigError) as caught:
-        datamodule.reference_loaders()
-    assert str(caught.value) == (
-        "algo.reference=precomputed is not supported for KTO (its KL rows depend on the batch); "
-        "use copy or adapter_off"
+    (reference,) = list(datamodule.reference_loaders()["train"])
+    (training,) = list(datamodule.train_dataloader())
+    assert reference.index.tolist() == [0, 1, 2, 3]
+    row_of = {index: row for row, index in enumerate(training.index.tolist())}
+    reference_rows = [reference.per_example(torch.arange(8))[i] for i in range(4)]
+    training_rows = [training.per_example(torch.arange(8))[row_of[i]] for i in range(4)]
+    reference_texts, training_texts = (
+        _texts(reference, arithmetic_tokenizer),
+        _texts(training, arithmetic_tokenizer),
     )
+    for i in range(4):
+        assert [reference_texts[r] for r in reference_rows[i]] == [
+            training_texts[r] for r in training_rows[i]
+        ]
 
 
 def test_margins_reach_paired_batches(tmp_path, arithmetic_tokenizer) -> None:
@@ -454,12 +466,12 @@ def test_margins_reach_paired_batches(tmp_path, arithmetic_tokenizer) -> None:
     )
     (batch,) = list(datamodule.train_dataloader())
     margins = {0: 1.5, 1: 0.25}
-    assert batch["margin"].tolist() == [margins[i] for i in batch["index"].tolist()]
-    assert next(iter(datamodule.val_dataloader()))["margin"].tolist() == [3.0]
+    assert batch.margin.tolist() == [margins[i] for i in batch.index.tolist()]
+    assert next(iter(datamodule.val_dataloader())).margin.tolist() == [3.0]
     # SFT batches carry no margin.
     datamodule.batch_kind = "single"
     datamodule.setup("fit")
-    assert "margin" not in next(iter(datamodule.train_dataloader()))
+    assert isinstance(next(iter(datamodule.train_dataloader())), SingleBatch)
 
 
 def test_margins_in_one_file_of_a_split_only(tmp_path, arithmetic_tokenizer) -> None:

@@ -86,7 +86,9 @@ def reload_logits(export_dir: Path, batch: dict[str, torch.Tensor]) -> torch.Ten
 
     model = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32)
     with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return model(
+            input_ids=batch.sequences.input_ids, attention_mask=batch.sequences.attention_mask
+        ).logits
 
 
 @pytest.mark.parametrize(
@@ -107,12 +109,14 @@ def test_export_reloads_with_the_trained_logits(tmp_path: Path, overrides: tuple
     model = result.objective.policy.model.eval()
     batch = next(iter(result.datamodule.val_dataloader()))
     with torch.no_grad():
-        trained = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        trained = model(
+            input_ids=batch.sequences.input_ids, attention_mask=batch.sequences.attention_mask
+        ).logits
     initial = reload_logits(Path(result.objective.model_spec.name_or_path), batch)
     assert not torch.allclose(trained, initial, atol=1e-3)  # training moved the model
 
     export_model(model, result.tokenizer, tmp_path / "export", merge_adapter=True)
-    mask = batch["attention_mask"].bool()
+    mask = batch.sequences.attention_mask.bool()
     assert_close(reload_logits(tmp_path / "export", batch)[mask], trained[mask], atol=1e-4, rtol=1e-4)
     assert not (tmp_path / "export" / "adapter_config.json").exists()
 
@@ -135,9 +139,13 @@ def test_adapter_only_export_reloads_with_peft(tmp_path: Path) -> None:
     model = result.objective.policy.model.eval()
     reloaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "export").eval()
     with torch.no_grad():
-        expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        got = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    mask = batch["attention_mask"].bool()
+        expected = model(
+            input_ids=batch.sequences.input_ids, attention_mask=batch.sequences.attention_mask
+        ).logits
+        got = reloaded(
+            input_ids=batch.sequences.input_ids, attention_mask=batch.sequences.attention_mask
+        ).logits
+    mask = batch.sequences.attention_mask.bool()
     assert_close(got[mask], expected[mask], atol=1e-5, rtol=1e-5)
 
 

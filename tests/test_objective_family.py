@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from rlhf_lab.policy import naive_completion_logps
+from rlhf_lab.data.batches import Sequences
 from rlhf_lab.train import build, run
 from tests.conftest import compose_config
+from tests.naive import full_logits, naive_logps
 
 ALGO_DIR = Path(__file__).resolve().parents[1] / "conf" / "algo"
 ALGOS = sorted(path.stem for path in ALGO_DIR.glob("*.yaml"))
@@ -47,15 +48,8 @@ def test_every_algo_config_trains(algo: str, tmp_path: Path) -> None:
     assert moved, "no attention weight changed"
 
 
-def naive_policy_logps(objective, batch: dict[str, torch.Tensor], score_prompt: bool = False) -> torch.Tensor:
-    with torch.no_grad():
-        logits = objective.policy.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-    mask = batch["completion_mask"]
-    if score_prompt:
-        mask = batch["attention_mask"].bool()
-    return naive_completion_logps(logits, batch["input_ids"], mask)
+def naive_policy_logps(objective, batch, score_prompt: bool = False) -> torch.Tensor:
+    return naive_logps(objective.policy.model, batch.sequences, score_prompt)
 
 
 def perturbed(overrides: list[str]):
@@ -85,9 +79,9 @@ def check_pairwise(metrics, chosen_rewards, rejected_rewards, logps, pairs) -> N
 def test_cpo_metrics_and_loss() -> None:
     objective, batch = perturbed(["algo=cpo", "algo.beta=0.5", "algo.cpo_alpha=0.7"])
     loss, metrics = objective.compute(batch, "val")
-    pairs = batch["index"].numel()
+    pairs = batch.size
     logps = naive_policy_logps(objective, batch)
-    lengths = batch["completion_mask"][:, 1:].sum(1)
+    lengths = batch.sequences.completion_mask[:, 1:].sum(1)
     c, r = logps[:pairs], logps[pairs:]
     nll = -c / lengths[:pairs]
     expected_loss = (-F.logsigmoid(0.5 * (c - r)) + 0.7 * nll).mean()
@@ -99,9 +93,9 @@ def test_cpo_metrics_and_loss() -> None:
 def test_simpo_metrics_and_loss() -> None:
     objective, batch = perturbed(["algo=cpo_simpo", "algo.beta=2.0", "algo.gamma=0.5", "algo.cpo_alpha=0.3"])
     loss, metrics = objective.compute(batch, "val")
-    pairs = batch["index"].numel()
+    pairs = batch.size
     logps = naive_policy_logps(objective, batch)
-    lengths = batch["completion_mask"][:, 1:].sum(1).float()
+    lengths = batch.sequences.completion_mask[:, 1:].sum(1).float()
     mean = logps / lengths
     nll = -mean[:pairs]
     expected_loss = (-F.logsigmoid(2.0 * (mean[:pairs] - mean[pairs:]) - 0.5) + 0.3 * nll).mean()
@@ -113,15 +107,15 @@ def test_simpo_metrics_and_loss() -> None:
 def test_orpo_metrics_and_loss(nll_on_prompt: bool) -> None:
     objective, batch = perturbed(["algo=orpo", "algo.lambda=0.25", f"algo.nll_on_prompt={nll_on_prompt}"])
     loss, metrics = objective.compute(batch, "val")
-    pairs = batch["index"].numel()
+    pairs = batch.size
     logps = naive_policy_logps(objective, batch)
-    lengths = batch["completion_mask"][:, 1:].sum(1).float()
+    lengths = batch.sequences.completion_mask[:, 1:].sum(1).float()
     mean = logps / lengths
     c, r = mean[:pairs], mean[pairs:]
     log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
     if nll_on_prompt:
         full = naive_policy_logps(objective, batch, score_prompt=True)[:pairs]
-        nll = -full / batch["attention_mask"][:pairs, 1:].sum(1)
+        nll = -full / batch.sequences.attention_mask[:pairs, 1:].sum(1)
     else:
         nll = -c
     expected_loss = (nll - 0.25 * F.logsigmoid(log_odds)).mean()
@@ -138,13 +132,9 @@ def test_dpo_weighted_loss_types() -> None:
         ["algo.beta=0.5", "algo.loss_type=[sigmoid,hinge]", "algo.loss_weights=[1.0,0.5]"]
     )
     loss, metrics = objective.compute(batch, "val")
-    pairs = batch["index"].numel()
+    pairs = batch.size
     policy = naive_policy_logps(objective, batch)
-    with torch.no_grad():
-        logits = objective.reference.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-    reference = naive_completion_logps(logits, batch["input_ids"], batch["completion_mask"])
+    reference = naive_logps(objective.reference.model.model, batch.sequences)
     h = (policy[:pairs] - reference[:pairs]) - (policy[pairs:] - reference[pairs:])
     sigmoid, hinge = -F.logsigmoid(0.5 * h), torch.relu(1 - 0.5 * h)
     assert_close(loss, (sigmoid + 0.5 * hinge).mean(), rtol=1e-4, atol=1e-5)
@@ -155,11 +145,9 @@ def test_dpo_weighted_loss_types() -> None:
 def test_reward_model_metrics_and_loss() -> None:
     objective, batch = perturbed(["algo=reward", "algo.center_rewards_coefficient=0.01"])
     loss, metrics = objective.compute(batch, "val")
-    pairs = batch["index"].numel()
-    with torch.no_grad():
-        # HF's own pooling (last non-pad id) agrees here: the tiny tokenizer's pad is not EOS.
-        scores = objective.policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        scores = scores.logits.squeeze(-1)
+    pairs = batch.size
+    # HF's own pooling (last non-pad id) agrees here: the tiny tokenizer's pad is not EOS.
+    scores = full_logits(objective.policy.model, batch.sequences).squeeze(-1)
     c, r = scores[:pairs], scores[pairs:]
     assert_close(loss, (-F.logsigmoid(c - r) + 0.01 * (c + r) ** 2).mean(), rtol=1e-4, atol=1e-5)
     expected = {
@@ -178,13 +166,17 @@ def test_reward_model_metrics_and_loss() -> None:
 def test_reward_model_reads_the_last_real_token() -> None:
     """Changing a padded position changes nothing; changing the last real token changes the score."""
     objective, batch = perturbed(["algo=reward"])
-    scores = objective.policy.scores(batch)
-    lengths = batch["attention_mask"].sum(1)
+    sequences = batch.sequences
+    scores = objective.policy.scores(sequences)
+    lengths = sequences.attention_mask.sum(1)
     row = int(torch.argmin(lengths))  # the shortest row has padding after it
-    assert lengths[row] < batch["input_ids"].shape[1]
-    changed = {k: v.clone() for k, v in batch.items()}
-    changed["input_ids"][row, -1] = (changed["input_ids"][row, -1] + 5) % 50
+    assert lengths[row] < sequences.input_ids.shape[1]
+    changed = Sequences(sequences.input_ids.clone(), sequences.attention_mask, sequences.completion_mask)
+    changed.input_ids[row, -1] = (changed.input_ids[row, -1] + 5) % 50
     assert_close(objective.policy.scores(changed)[row], scores[row])
+    last = lengths[row] - 1
+    changed.input_ids[row, last] = (changed.input_ids[row, last] + 5) % 50
+    assert not torch.isclose(objective.policy.scores(changed)[row], scores[row])
 
 
 def test_kto_unpaired_metrics_and_loss() -> None:
@@ -198,19 +190,15 @@ def test_kto_unpaired_metrics_and_loss() -> None:
         for parameter in objective.policy.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     # The first batch with both classes (the seed's first one happens to hold only desirable rows).
-    batch = next(b for b in datamodule.train_dataloader() if 0 < int(b["labels"].sum()) < len(b["labels"]))
+    batch = next(b for b in datamodule.train_dataloader() if 0 < int(b.labels.sum()) < b.size)
     loss, metrics = objective.compute(batch, "train")
 
-    size = batch["index"].numel()
+    size = batch.size
     policy = naive_policy_logps(objective, batch)
-    with torch.no_grad():
-        logits = objective.reference.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-    reference = naive_completion_logps(logits, batch["input_ids"], batch["completion_mask"])
+    reference = naive_logps(objective.reference.model.model, batch.sequences)
     ratio = policy - reference
     z0 = ratio[size:].mean().clamp(min=0)
-    desirable = batch["labels"].bool()
+    desirable = batch.labels.bool()
     r = ratio[:size]
     losses = torch.where(
         desirable, 1.5 * (1 - torch.sigmoid(0.5 * (r - z0))), 1 - torch.sigmoid(0.5 * (z0 - r))
@@ -228,7 +216,7 @@ def test_kto_held_out_pairs_use_the_implicit_reward() -> None:
     objective, datamodule, _ = build(compose_config(["algo=kto", "algo.beta=0.5"]))
     objective.configure_model()
     batch = next(iter(datamodule.val_dataloader()))
-    assert "labels" not in batch
+    assert batch.kind == "pairs"
     _, metrics = objective.compute(batch, "val")
     # Policy equals reference before training: every implicit reward is zero.
     assert_close(metrics["rewards/margins"], torch.tensor(0.0), atol=1e-6, rtol=0)
@@ -244,7 +232,7 @@ def test_kto_batch_of_one_fails_before_the_model_loads() -> None:
 
 def test_log_probs_are_float32_under_half_precision() -> None:
     """fp16 hidden states and head: log-probs come out float32 and match the float32 computation."""
-    from rlhf_lab.policy import completion_logps
+    from rlhf_lab.logprobs import completion_logps
 
     torch.manual_seed(0)
     hidden = torch.randn(2, 6, 16)

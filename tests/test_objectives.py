@@ -10,12 +10,12 @@ import torch
 from omegaconf import DictConfig
 from torch.testing import assert_close
 
+from rlhf_lab.logprobs import SequenceLogps, naive_completion_logps
 from rlhf_lab.objectives import pairwise_metrics
-from rlhf_lab.policy import SequenceLogps, naive_completion_logps
 from rlhf_lab.train import build, run
 
 
-def first_batch(datamodule, split: str = "train") -> dict[str, torch.Tensor]:
+def first_batch(datamodule, split: str = "train"):
     loader = datamodule.train_dataloader() if split == "train" else datamodule.val_dataloader()
     return next(iter(loader))
 
@@ -62,13 +62,15 @@ def test_dpo_metrics_match_a_naive_recomputation(make_config: Callable[..., Dict
     batch = first_batch(datamodule)
     loss, metrics = objective.compute(batch, "train")
 
-    pairs = batch["index"].numel()
-    ids, mask = batch["input_ids"], batch["completion_mask"]
+    pairs = batch.size
+    ids, mask, attention = (
+        batch.sequences.input_ids,
+        batch.sequences.completion_mask,
+        batch.sequences.attention_mask,
+    )
     with torch.no_grad():
-        policy_logits = objective.policy.model(input_ids=ids, attention_mask=batch["attention_mask"]).logits
-        reference_logits = objective.reference.model(
-            input_ids=ids, attention_mask=batch["attention_mask"]
-        ).logits
+        policy_logits = objective.policy.model(input_ids=ids, attention_mask=attention).logits
+        reference_logits = objective.reference.model.model(input_ids=ids, attention_mask=attention).logits
     policy_logps = naive_completion_logps(policy_logits, ids, mask)
     reference_logps = naive_completion_logps(reference_logits, ids, mask)
     lengths = mask[:, 1:].sum(1).float()
@@ -139,18 +141,18 @@ def test_reference_modes_agree_with_each_other(make_config) -> None:
 def test_precomputed_reference_is_cached_on_disk(make_config) -> None:
     """A second objective over the same model and data (a sweep over beta) loads the cached table."""
     first, datamodule = built(make_config("algo.reference=precomputed", "data.source.seed=77"))
-    assert first.precompute_reference(datamodule) is True
+    assert first.precompute_reference(datamodule) == "computed"
     second, datamodule = built(
         make_config("algo.reference=precomputed", "data.source.seed=77", "algo.beta=0.5")
     )
-    assert second.precompute_reference(datamodule) is False
+    assert second.precompute_reference(datamodule) == "cache"
     assert_close(second.reference.tables["train"], first.reference.tables["train"])
     assert not torch.isnan(first.reference.tables["train"]).any()
     # Other data (another max_length) is another key.
     third, datamodule = built(
         make_config("algo.reference=precomputed", "data.source.seed=77", "data.max_length=40")
     )
-    assert third.precompute_reference(datamodule) is True
+    assert third.precompute_reference(datamodule) == "computed"
 
 
 def exported_state(run_dir) -> dict[str, torch.Tensor]:

@@ -52,7 +52,7 @@ def test_logged_lr_and_tokens_per_sec(tmp_path: Path, monkeypatch: pytest.Monkey
     original = base.AlignmentObjective.on_train_batch_end
 
     def record(self, outputs, batch, batch_idx):
-        seen_tokens.append(int(batch["attention_mask"].sum()))
+        seen_tokens.append(int(batch.sequences.attention_mask.sum()))
         return original(self, outputs, batch, batch_idx)
 
     monkeypatch.setattr(base.AlignmentObjective, "on_train_batch_end", record)

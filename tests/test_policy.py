@@ -1,4 +1,5 @@
-"""Log-prob computation: chunked, head-only-at-completions, against the naive full log-softmax."""
+"""Log-prob computation: chunked, head-only-at-completions, against the naive full log-softmax
+(per sequence, per token, entropies and top-k; values and gradients)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from rlhf_lab.policy import SequenceLogps, completion_logps, naive_completion_logps
+from rlhf_lab.logprobs import SequenceLogps, completion_logps, naive_completion_logps, naive_token_logps
 
 
 def identity_head(vocab: int) -> nn.Linear:
@@ -86,8 +87,82 @@ def test_hidden_gradient_is_zero_outside_completion_predictors() -> None:
     assert grad[0, [1, 2]].abs().sum() > 0
 
 
-def test_split_into_chosen_and_rejected() -> None:
+def test_rows_select_the_chosen_and_rejected_blocks() -> None:
     stats = SequenceLogps(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1, 2, 3, 4]), torch.zeros(4))
-    chosen, rejected = stats.split(2)
+    stats.token_logps = torch.arange(8.0).view(4, 2)
+    chosen, rejected = stats.rows(slice(None, 2)), stats.rows(slice(2, None))
     assert_close(chosen.logps, torch.tensor([1.0, 2.0]))
     assert_close(rejected.lengths, torch.tensor([3, 4]))
+    assert_close(rejected.token_logps, torch.tensor([[4.0, 5.0], [6.0, 7.0]]))
+    assert rejected.prompt_logps is None
+
+
+def random_case(seed: int = 0) -> tuple[torch.Tensor, nn.Linear, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    batch, seq, width, vocab = 4, 9, 16, 50
+    hidden = torch.randn(batch, seq, width, requires_grad=True)
+    head = nn.Linear(width, vocab, bias=False)
+    ids = torch.randint(0, vocab, (batch, seq))
+    mask = torch.zeros(batch, seq, dtype=torch.bool)
+    mask[0, 3:] = True
+    mask[1, 5:7] = True
+    mask[2, 1:] = True  # row 3 has no completion at all
+    return hidden, head, ids, mask
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 1024])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_per_token_logps_match_naive_values_and_gradients(chunk_size: int, temperature: float) -> None:
+    hidden, head, ids, mask = random_case()
+    fast = completion_logps(
+        hidden, ids, mask, head, chunk_size=chunk_size, per_token=True, temperature=temperature
+    )
+    assert fast.token_logps is not None and fast.token_logps.shape == ids.shape
+    weights = torch.randn(ids.shape)  # a per-token loss, as online RL computes
+    fast_grads = torch.autograd.grad((fast.token_logps * weights).sum(), (hidden, head.weight))
+
+    naive = naive_token_logps(head(hidden) / temperature, ids, mask)
+    naive_grads = torch.autograd.grad((naive * weights).sum(), (hidden, head.weight))
+    assert_close(fast.token_logps, naive)
+    assert (fast.token_logps[~mask] == 0).all()
+    assert_close(fast.token_logps.sum(1), fast.logps)
+    for got, expected in zip(fast_grads, naive_grads, strict=True):
+        assert_close(got, expected)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 1024])
+def test_entropy_and_top_k_match_the_full_distribution(chunk_size: int) -> None:
+    hidden, head, ids, mask = random_case(1)
+    fast = completion_logps(hidden, ids, mask, head, chunk_size=chunk_size, entropy=True, top_k=4)
+    log_probs = torch.log_softmax(head(hidden)[:, :-1].float(), dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    top_values, top_ids = log_probs.topk(4, dim=-1)
+    scored = mask[:, 1:]
+    assert_close(fast.token_entropy[:, 1:][scored], entropy[scored])
+    assert_close(fast.top_k_logps[:, 1:][scored], top_values[scored])
+    assert torch.equal(fast.top_k_ids[:, 1:][scored], top_ids[scored])
+    assert (fast.token_entropy[~mask] == 0).all() and (fast.top_k_ids[~mask] == 0).all()
+    # Entropy is differentiable too (an entropy bonus trains through it).
+    (grad,) = torch.autograd.grad(fast.token_entropy.sum(), hidden)
+    (expected,) = torch.autograd.grad((entropy * scored).sum(), hidden)
+    assert_close(grad, expected)
+
+
+def test_mean_logits_take_the_vocabulary_size_from_the_logits() -> None:
+    """A ZeRO-3 partitioned head has ``weight.shape == [0]`` outside its forward: the vocabulary size must
+    come from the logits, not the parameter."""
+
+    class PartitionedHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = identity_head(3)
+            self.weight = nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves outside the forward
+
+        def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+            return self.inner(hidden)
+
+    hidden = torch.tensor([[[0.0, 0.0, 0.0], [math.log(2), 0.0, 0.0], [9.0, 9.0, 9.0]]])
+    out = completion_logps(
+        hidden, torch.tensor([[0, 1, 0]]), torch.tensor([[False, True, True]]), PartitionedHead()
+    )
+    assert_close(out.mean_logits, torch.tensor([math.log(2) / 6]))

@@ -88,7 +88,9 @@ def test_qlora_trains_only_adapters_and_exports_a_dequantised_model(tmp_path: Pa
     assert all(p.dtype == torch.float32 for p in exported.parameters())
     batch = next(iter(result.datamodule.val_dataloader()))
     with torch.no_grad():
-        logits = exported(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = exported(
+            input_ids=batch.sequences.input_ids, attention_mask=batch.sequences.attention_mask
+        ).logits
     assert torch.isfinite(logits).all()
 
 

@@ -27,7 +27,7 @@ def test_reward_export_loads_and_scores_a_file(tmp_path: Path) -> None:
     assert reloaded.config.num_labels == 1
 
     batch = next(iter(result.datamodule.val_dataloader()))
-    expected = result.objective.policy.eval().scores(batch).detach()
+    expected = result.objective.policy.eval().scores(batch.sequences).detach()
 
     rows = [
         {
@@ -54,5 +54,5 @@ def test_reward_export_loads_and_scores_a_file(tmp_path: Path) -> None:
 
     scorer = RewardScorer(export)
     with torch.no_grad():
-        exported_scores = scorer.policy.scores(batch)
+        exported_scores = scorer.model.scores(batch.sequences)
     assert_close(exported_scores, expected, atol=1e-5, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""Batching tokenized examples into right-padded tensors with a mask of the scored tokens."""
+"""Batching tokenized examples into typed batches (`rlhf_lab.data.batches`) of padded tensors."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf_lab.data.batches import PairBatch, PromptBatch, Sequences, SingleBatch, UnpairedBatch
 from rlhf_lab.data.tokenize import TokenizedExample
 
 
-def _pad(
-    rows: list[tuple[list[int], list[int]]], pad_token_id: int, pad_to_multiple_of: int | None
-) -> dict[str, torch.Tensor]:
-    """Right-pad ``(prompt, completion)`` rows into ``input_ids``, ``attention_mask``, ``completion_mask``."""
+def pad_rows(
+    rows: list[tuple[list[int], list[int]]],
+    pad_token_id: int,
+    pad_to_multiple_of: int | None = None,
+    left: bool = False,
+) -> Sequences:
+    """Pad ``(prompt, completion)`` id rows into `Sequences` (right padding unless ``left``)."""
     length = max(len(prompt) + len(completion) for prompt, completion in rows)
     if pad_to_multiple_of:
         length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
@@ -20,11 +24,12 @@ def _pad(
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
     completion_mask = torch.zeros((len(rows), length), dtype=torch.bool)
     for row, (prompt, completion) in enumerate(rows):
-        end = len(prompt) + len(completion)
-        input_ids[row, :end] = torch.tensor(prompt + completion, dtype=torch.long)
-        attention_mask[row, :end] = 1
-        completion_mask[row, len(prompt) : end] = True
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+        size = len(prompt) + len(completion)
+        start = length - size if left else 0
+        input_ids[row, start : start + size] = torch.tensor(prompt + completion, dtype=torch.long)
+        attention_mask[row, start : start + size] = 1
+        completion_mask[row, start + len(prompt) : start + size] = True
+    return Sequences(input_ids, attention_mask, completion_mask)
 
 
 def _indices(items: list[tuple[int, TokenizedExample]]) -> torch.Tensor:
@@ -33,10 +38,8 @@ def _indices(items: list[tuple[int, TokenizedExample]]) -> torch.Tensor:
 
 @dataclass
 class PreferenceCollator:
-    """Collate ``(dataset index, TokenizedExample)`` pairs into one batch.
-
-    Preference batches stack chosen rows first and rejected rows after them (rows ``0..B-1`` chosen,
-    ``B..2B-1`` rejected), so one forward pass scores both and ``logps.chunk(2)`` separates them.
+    """Collate ``(dataset index, TokenizedExample)`` items into a `PairBatch` (or a `SingleBatch` when the
+    examples have no rejected completion).
 
     Attributes:
         pad_token_id: Id written after each sequence.
@@ -46,10 +49,8 @@ class PreferenceCollator:
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
-    def __call__(self, items: list[tuple[int, TokenizedExample]]) -> dict[str, torch.Tensor]:
-        """Build ``input_ids``, ``attention_mask``, ``completion_mask`` ([S*B, T]) and ``index`` ([B]).
-
-        ``margin`` ([B], float) is added when every example has one.
+    def __call__(self, items: list[tuple[int, TokenizedExample]]) -> PairBatch | SingleBatch:
+        """Chosen rows then rejected rows (``[2B, T]``), with ``index`` ``[B]`` and optional ``margin``.
 
         Raises:
             ValueError: The batch is empty, mixes examples with and without a rejected completion, or
@@ -64,32 +65,37 @@ class PreferenceCollator:
                 f"a batch mixes preference examples and SFT examples (no rejected completion: dataset "
                 f"indices {indices}); all examples of a dataset must be of one kind"
             )
-        completions = [example.chosen_ids for _, example in items]
         prompts = [example.prompt_ids for _, example in items]
-        if has_rejected.pop():
-            completions += [example.rejected_ids for _, example in items]  # type: ignore[misc]
-            prompts += prompts
-        batch = _pad(list(zip(prompts, completions, strict=True)), self.pad_token_id, self.pad_to_multiple_of)
-        batch["index"] = _indices(items)
+        completions = [example.chosen_ids for _, example in items]
+        if not has_rejected.pop():
+            rows = list(zip(prompts, completions, strict=True))
+            sequences = pad_rows(rows, self.pad_token_id, self.pad_to_multiple_of)
+            return SingleBatch(sequences=sequences, index=_indices(items))
+        completions += [example.rejected_ids for _, example in items]  # type: ignore[misc]
+        rows = list(zip(prompts + prompts, completions, strict=True))
+        sequences = pad_rows(rows, self.pad_token_id, self.pad_to_multiple_of)
         margins = [example.margin for _, example in items]
-        if all(margin is not None for margin in margins):
-            batch["margin"] = torch.tensor(margins, dtype=torch.float)
-        elif any(margin is not None for margin in margins):
+        margin = None
+        if all(value is not None for value in margins):
+            margin = torch.tensor(margins, dtype=torch.float)
+        elif any(value is not None for value in margins):
             indices = [index for index, example in items if example.margin is None]
             raise ValueError(
                 f"a batch mixes examples with and without a margin (none at dataset indices {indices}); "
                 "give every pair a margin or none"
             )
-        return batch
+        return PairBatch(sequences=sequences, index=_indices(items), margin=margin)
 
 
 @dataclass
 class UnpairedCollator:
-    """Collate labelled ``(dataset index, TokenizedExample)`` items for unpaired objectives (KTO).
+    """Collate labelled items into an `UnpairedBatch` (KTO).
 
-    Rows ``0..B-1`` are ``prompt_i + completion_i``; rows ``B..2B-1`` are the mismatched
-    ``prompt_i + completion_{(i+1) % B}``, from which KTO estimates its KL reference point (TRL shifts the
-    completions by one the same way).
+    Rows ``0..B-1`` are ``prompt_b + completion_b``; rows ``B..2B-1`` are ``prompt_b`` with the completion of
+    example ``b``'s mismatched partner (``TokenizedExample.mismatched_ids``, fixed per dataset example by
+    `rlhf_lab.data.datamodule.TokenizedDataset`), from which KTO estimates its KL reference point. The partner
+    belongs to the example, not to the batch, so the estimate does not depend on which examples share a
+    batch (or a rank).
 
     Attributes:
         pad_token_id: Id written after each sequence.
@@ -101,37 +107,54 @@ class UnpairedCollator:
     max_length: int | None
     pad_to_multiple_of: int | None = None
 
-    def __call__(self, items: list[tuple[int, TokenizedExample]]) -> dict[str, torch.Tensor]:
-        """Build the [2B, T] tensors plus ``labels`` and ``index`` ([B]).
+    def __call__(self, items: list[tuple[int, TokenizedExample]]) -> UnpairedBatch:
+        """Build the ``[2B, T]`` rows plus ``labels`` and ``index`` (``[B]``).
 
         Raises:
-            ValueError: The batch has fewer than 2 examples, or an example is paired or unlabelled.
+            ValueError: The batch is empty, or an example is paired, unlabelled or has no partner.
         """
         if not items:
             raise ValueError("cannot collate an empty batch")
-        if len(items) < 2:
-            raise ValueError(
-                "KTO needs at least 2 examples per batch (data.batch_size > 1) to estimate its KL term from "
-                f"mismatched prompt/completion pairs; got a batch of {len(items)}"
-            )
-        bad = [index for index, example in items if example.label is None or example.rejected_ids is not None]
+        bad = [
+            index
+            for index, example in items
+            if example.label is None or example.rejected_ids is not None or example.mismatched_ids is None
+        ]
         if bad:
             raise ValueError(
-                "unpaired batches need labelled examples without a rejected completion (dataset indices "
-                f"{bad} are not); convert pairs with rlhf_lab.data.formats.to_unpaired"
+                "unpaired batches need labelled examples without a rejected completion and with a mismatched "
+                f"partner (dataset indices {bad} are not); convert pairs with "
+                "rlhf_lab.data.formats.to_unpaired and serve them from a TokenizedDataset(kind='unpaired')"
             )
         prompts = [example.prompt_ids for _, example in items]
-        completions = [example.chosen_ids for _, example in items]
-        size = len(items)
-        rows = list(zip(prompts, completions, strict=True))
-        rows += [(prompts[i], completions[(i + 1) % size]) for i in range(size)]
+        rows = [(example.prompt_ids, example.chosen_ids) for _, example in items]
+        mismatched = [example.mismatched_ids for _, example in items]
+        rows += list(zip(prompts, mismatched, strict=True))  # type: ignore[arg-type]
         if self.max_length is not None:
             # Only mismatched rows can exceed it (tokenisation fitted each matched row); cut the completion's
             # end so the prompt, which conditions the whole row, stays whole.
             rows = [
                 (prompt, completion[: max(0, self.max_length - len(prompt))]) for prompt, completion in rows
             ]
-        batch = _pad(rows, self.pad_token_id, self.pad_to_multiple_of)
-        batch["labels"] = torch.tensor([bool(example.label) for _, example in items], dtype=torch.bool)
-        batch["index"] = _indices(items)
-        return batch
+        return UnpairedBatch(
+            sequences=pad_rows(rows, self.pad_token_id, self.pad_to_multiple_of),
+            index=_indices(items),
+            labels=torch.tensor([bool(example.label) for _, example in items], dtype=torch.bool),
+        )
+
+
+@dataclass
+class PromptCollator:
+    """Collate items into a left-padded `PromptBatch` (generation continues from the last column).
+
+    Attributes:
+        pad_token_id: Id written before each prompt.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, items: list[tuple[int, TokenizedExample]]) -> PromptBatch:
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        rows = [(example.prompt_ids, []) for _, example in items]
+        return PromptBatch(sequences=pad_rows(rows, self.pad_token_id, left=True), index=_indices(items))

@@ -32,13 +32,16 @@ class TokenizedDataset(Dataset):
 
     Args:
         examples: The tokenised examples.
-        kind: One of `BATCH_KINDS`; ``single`` serves pairs as their chosen completion alone.
+        kind: One of `BATCH_KINDS`; ``single`` serves pairs as their chosen completion alone; ``unpaired``
+            gives every example a mismatched partner (`mismatched_partners`) whose completion it carries.
+        seed: Seeds the mismatched partners.
     """
 
-    def __init__(self, examples: list[TokenizedExample], kind: str = "pairs") -> None:
+    def __init__(self, examples: list[TokenizedExample], kind: str = "pairs", seed: int = 0) -> None:
         check_choice("batch kind", kind, BATCH_KINDS)
         self.examples = examples
         self.kind = kind
+        self.partners = mismatched_partners(examples, seed) if kind == "unpaired" else None
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -47,7 +50,38 @@ class TokenizedDataset(Dataset):
         example = self.examples[index]
         if self.kind == "single" and example.rejected_ids is not None:
             example = dataclasses.replace(example, rejected_ids=None, margin=None)
+        elif self.partners is not None:
+            partner = self.examples[self.partners[index]]
+            example = dataclasses.replace(example, mismatched_ids=partner.chosen_ids)
         return index, example
+
+
+def mismatched_partners(examples: list[TokenizedExample], seed: int) -> list[int]:
+    """For each example, another example whose completion answers a different prompt (KTO's KL rows).
+
+    Examples are visited in a seeded random order and each takes the next one in that order as its
+    partner, skipping examples with the same prompt (paired data split by `to_unpaired` puts a prompt's
+    two completions next to each other). Fixed per dataset, so an example's mismatched row never depends
+    on the batch, the rank or the number of processes (TRL fixes its KL rows per dataset too).
+
+    Raises:
+        ConfigError: Fewer than 2 examples.
+    """
+    size = len(examples)
+    if size < 2:
+        raise ConfigError(f"KTO needs at least 2 training examples to estimate its KL term; found {size}")
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    partners = [0] * size
+    for position, index in enumerate(order):
+        prompt = examples[index].prompt_ids
+        for step in range(1, size):
+            candidate = order[(position + step) % size]
+            if examples[candidate].prompt_ids != prompt:
+                break
+        else:  # every example has this prompt: any other completion will do
+            candidate = order[(position + 1) % size]
+        partners[index] = candidate
+    return partners
 
 
 class EpochSampler(Sampler[int]):
@@ -68,9 +102,7 @@ class EpochSampler(Sampler[int]):
         resume_offset: Callable[[], int] | None = None,
         rank: int = 0,
         world_size: int = 1,
-        avoid_single_last_batch: int | None = None,
     ) -> None:
-        """``avoid_single_last_batch=b`` drops one index per rank when batches of ``b`` would end with one."""
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
@@ -78,7 +110,6 @@ class EpochSampler(Sampler[int]):
         self.resume_offset = resume_offset
         self.rank = rank
         self.world_size = world_size
-        self.avoid_single_last_batch = avoid_single_last_batch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -89,19 +120,14 @@ class EpochSampler(Sampler[int]):
         else:
             order = torch.arange(self.size)
         per_rank = self.size // self.world_size
-        order = order[: per_rank * self.world_size][self.rank :: self.world_size][: len(self)]
+        order = order[: per_rank * self.world_size][self.rank :: self.world_size]
         # Only the first epoch a process runs can be a resumed one.
         skip = self.resume_offset() if self.resume_offset is not None else 0
         self.resume_offset = None
         return iter(order[skip if skip < len(order) else 0 :].tolist())
 
     def __len__(self) -> int:
-        per_rank = self.size // self.world_size
-        batch = self.avoid_single_last_batch
-        if batch is not None and batch > 1 and per_rank % batch == 1:
-            # KTO's mismatched rows need a second example; the dropped index differs per epoch when shuffled.
-            return per_rank - 1
-        return per_rank
+        return self.size // self.world_size
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -215,15 +241,6 @@ class PreferenceDataModule(L.LightningDataModule):
             self.split_kinds = {}
         self._batch_kind = kind
 
-    @property
-    def pairs(self) -> bool:
-        """Backwards-compatible view of `batch_kind`: True for ``pairs``."""
-        return self._batch_kind == "pairs"
-
-    @pairs.setter
-    def pairs(self, value: bool) -> None:
-        self.batch_kind = "pairs" if value else "single"
-
     def load_examples(self) -> dict[str, list[PreferenceExample]]:
         """Read and validate every row once (errors name the file, row and field)."""
         if self.examples is None:
@@ -294,11 +311,6 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.tokenizer is None:
             raise RuntimeError("call set_tokenizer() before setup()")
         self.check_batch_kind()
-        if self._batch_kind == "unpaired" and self.batch_size < 2:
-            raise ConfigError(
-                f"KTO needs at least 2 examples per batch (data.batch_size > 1) to estimate its KL term "
-                f"from mismatched prompt/completion pairs; data.batch_size={self.batch_size}"
-            )
         for split, examples in self.load_examples().items():
             kind = self._split_kind(split, examples)
             stats = dict(self._row_counts.get(split, {}))
@@ -308,18 +320,11 @@ class PreferenceDataModule(L.LightningDataModule):
             tokenized, token_stats = tokenize_examples(examples, self.tokenizer, self.settings)
             self.stats[split] = {**stats, **token_stats}
             self.split_kinds[split] = kind
-            self.datasets[split] = TokenizedDataset(tokenized, kind=kind)
+            self.datasets[split] = TokenizedDataset(tokenized, kind=kind, seed=self.seed)
         if not self.datasets["train"]:
             raise ConfigError(
                 f"no training example fits data.max_length={self.settings.max_length} "
                 f"(dropped {self.stats['train'].get('dropped_too_long', 0)})"
-            )
-        if self.split_kinds["train"] == "unpaired" and len(self.datasets["train"]) < 2:
-            raise ConfigError("KTO needs at least 2 training examples to estimate its KL term; found 1")
-        if self.split_kinds["val"] == "unpaired" and len(self.datasets["val"]) and self.eval_batch_size < 2:
-            raise ConfigError(
-                "the held-out split is unpaired, and KTO needs at least 2 examples per batch to estimate its "
-                f"KL term; data.eval_batch_size={self.eval_batch_size}"
             )
         for split in SPLITS:
             log.info("data[%s] (%s): %s", split, self.split_kinds[split], self.stats.get(split, {}))
@@ -342,7 +347,6 @@ class PreferenceDataModule(L.LightningDataModule):
         resume_offset = (lambda: self._batches_done_this_epoch() * batch_size) if resumable else None
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer and sharded else (0, 1)
-        unpaired = self.split_kinds.get(split) == "unpaired"
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
@@ -353,7 +357,6 @@ class PreferenceDataModule(L.LightningDataModule):
                 resume_offset,
                 rank,
                 world_size,
-                avoid_single_last_batch=batch_size if unpaired else None,
             ),
             collate_fn=self.collator(split),
             num_workers=self.num_workers,
@@ -377,17 +380,9 @@ class PreferenceDataModule(L.LightningDataModule):
     def reference_loaders(self) -> dict[str, DataLoader]:
         """Unshuffled loaders over every split (precomputing reference log-probs).
 
-        Their batches have the row layout training and validation use for each split.
-
-        Raises:
-            ConfigError: ``batch_kind`` is ``unpaired``: KTO's mismatched rows depend on which examples
-                share a batch, so they cannot be computed once ahead of training.
+        Their batches have the row layout training and validation use for each split (KTO's mismatched rows
+        included: an example's partner is fixed by the dataset, not by the batch).
         """
-        if self._batch_kind == "unpaired":
-            raise ConfigError(
-                "algo.reference=precomputed is not supported for KTO (its KL rows depend on the batch); "
-                "use copy or adapter_off"
-            )
         return {
             split: self._loader(split, shuffle=False, batch_size=self.eval_batch_size, sharded=False)
             for split, dataset in self.datasets.items()
@@ -395,7 +390,12 @@ class PreferenceDataModule(L.LightningDataModule):
         }
 
     def fingerprint(self) -> str:
-        """Hash of the tokenised data, tokenisation settings and batch kind (keys the reference cache)."""
+        """Hash of the tokenised data, tokenisation settings, batch kind and mismatched partners (keys the
+        reference cache); computed once per set of datasets."""
+        datasets = tuple(id(dataset) for dataset in self.datasets.values())
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None and cached[0] == datasets:
+            return cached[1]
         digest = hashlib.sha256()
         digest.update(json.dumps(dataclasses.asdict(self.settings), sort_keys=True).encode())
         digest.update(self._batch_kind.encode())
@@ -407,4 +407,8 @@ class PreferenceDataModule(L.LightningDataModule):
                     digest.update(b"|")
                 if example.label is not None:
                     digest.update(b"+" if example.label else b"-")
-        return digest.hexdigest()[:24]
+            partners = self.datasets[split].partners
+            if partners is not None:  # KTO's mismatched rows are part of what a reference table holds
+                digest.update(array("q", partners).tobytes())
+        self._fingerprint = (datasets, digest.hexdigest()[:24])
+        return self._fingerprint[1]

@@ -33,6 +33,8 @@ class TokenizedExample:
         truncated: True if the prompt or either completion was truncated.
         label: Unpaired (KTO) examples: whether ``chosen_ids`` is desirable; None otherwise.
         margin: The pair's margin from the data, if any.
+        mismatched_ids: Unpaired (KTO) examples served for training: the completion of this example's
+            mismatched partner (another prompt's completion), set by the dataset; None otherwise.
     """
 
     prompt_ids: list[int]
@@ -41,6 +43,7 @@ class TokenizedExample:
     truncated: bool
     label: bool | None = None
     margin: float | None = None
+    mismatched_ids: list[int] | None = None
 
 
 @dataclass

@@ -1,10 +1,18 @@
-"""Objective losses as pure functions of per-sequence log-probs (no config, trainer or device inside)."""
+"""Objective losses as pure functions of log-probs (no config, trainer or device inside).
+
+A pairwise loss takes tensors as positional-or-keyword parameters, named from ``policy_chosen_logps``,
+``policy_rejected_logps``, ``reference_chosen_logps``, ``reference_rejected_logps``, ``chosen_lengths``,
+``rejected_lengths`` and ``chosen_nll``, and its hyperparameters as keyword-only parameters with paper
+names and defaults, constrained with `hyperparameters` (checked once, when an objective is configured).
+`rlhf_lab.objectives.PairwiseObjective` passes it what it names; the YAML names the loss by import path.
+"""
 
 from rlhf_lab.losses.cpo import cpo_loss
 from rlhf_lab.losses.dpo import LOSS_TYPES as DPO_LOSS_TYPES
-from rlhf_lab.losses.dpo import PreferenceLossOutput, dpo_loss
-from rlhf_lab.losses.kto import KTOLossOutput, kto_kl_estimate, kto_loss
-from rlhf_lab.losses.orpo import OddsRatioOutput, log1mexp, orpo_odds_ratio_loss
+from rlhf_lab.losses.dpo import PreferenceLossOutput, dpo_loss, sigmoid_loss
+from rlhf_lab.losses.hyperparameters import check_hyperparameters, hyperparameters
+from rlhf_lab.losses.kto import KTOLossOutput, clamp_kl, kto_kl_estimate, kto_loss
+from rlhf_lab.losses.orpo import log1mexp, orpo_loss
 from rlhf_lab.losses.reward import bradley_terry_loss
 from rlhf_lab.losses.sft import nll_loss
 from rlhf_lab.losses.simpo import simpo_loss
@@ -12,15 +20,18 @@ from rlhf_lab.losses.simpo import simpo_loss
 __all__ = [
     "DPO_LOSS_TYPES",
     "KTOLossOutput",
-    "OddsRatioOutput",
     "PreferenceLossOutput",
     "bradley_terry_loss",
+    "check_hyperparameters",
+    "clamp_kl",
     "cpo_loss",
     "dpo_loss",
+    "hyperparameters",
     "kto_kl_estimate",
     "kto_loss",
     "log1mexp",
     "nll_loss",
-    "orpo_odds_ratio_loss",
+    "orpo_loss",
+    "sigmoid_loss",
     "simpo_loss",
 ]

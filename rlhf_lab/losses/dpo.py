@@ -14,37 +14,50 @@ the variants are
     hinge    max(0, 1 - beta h)                                        (SLiC, Zhao et al., 2023)
     ipo      (h_bar - 1/(2 beta))^2                                    (Azar et al., 2023, Eq. 17)
 
-where IPO's ``h_bar`` uses length-normalised (per-token mean) log-probs, as TRL does; the paper's
+where IPO's ``h_bar`` uses length-normalised (per-token mean) log-ratios, as TRL does; the paper's
 derivation is on sequence log-probs, and the normalisation keeps ``1/(2 beta)`` on a sensible scale
-for long completions. With ``loss_type="sigmoid"`` a non-zero ``label_smoothing`` gives cDPO.
+for long completions. With ``loss_type="sigmoid"`` a non-zero ``label_smoothing`` gives cDPO. A list of
+loss types is summed with ``loss_weights`` (as MPO, Wang et al., 2024, combines DPO-style terms), and
+``sft_beta`` adds the chosen completion's NLL (ms-swift's SFT mixing).
 
-Implicit rewards ``beta * (log pi - log pi_ref)`` are returned detached, per example.
+Rewards are the quantity the loss compares, detached: ``beta * (log pi - log pi_ref)``, length-normalised
+for ``ipo`` (so ``rewards/accuracies`` is the share of pairs the loss itself ranks correctly; TRL's
+DPOTrainer logs IPO's rewards on summed log-ratios instead). With several loss types, the first one's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from rlhf_lab.errors import check_choice, check_range
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.losses.hyperparameters import LABEL_SMOOTHING, NON_NEGATIVE, POSITIVE, OneOf, hyperparameters
 
 
 @dataclass
 class PreferenceLossOutput:
-    """Per-example losses and detached implicit rewards."""
+    """Per-example losses, detached implicit rewards and any loss-specific metrics (detached, means)."""
 
     losses: torch.Tensor
     chosen_rewards: torch.Tensor
     rejected_rewards: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def sigmoid_loss(scaled_logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """``-(1 - eps) log sigma(z) - eps log sigma(-z)``: the (label-smoothed) Bradley-Terry loss of ``z``."""
+    losses = -F.logsigmoid(scaled_logits)
+    if label_smoothing:
+        losses = (1 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-scaled_logits)
+    return losses
 
 
 def _sigmoid(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
-    return -(1 - label_smoothing) * F.logsigmoid(beta * logits) - label_smoothing * F.logsigmoid(
-        -beta * logits
-    )
+    return sigmoid_loss(beta * logits, label_smoothing)
 
 
 def _robust(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
@@ -68,20 +81,48 @@ LOSS_TYPES: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
     "ipo": _ipo,
 }
 
+#: Loss types compared on per-token mean log-ratios.
 LENGTH_NORMALISED = frozenset({"ipo"})
 
 
+def _check_weights(values: Mapping[str, Any]) -> None:
+    loss_type = values.get("loss_type", "sigmoid")
+    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    weights = values.get("loss_weights")
+    if weights is not None and len(weights) != len(types):
+        raise ConfigError(f"algo.loss_weights={list(weights)} needs one weight per algo.loss_type={types}")
+
+
+def nll_term(weight: float, chosen_nll: torch.Tensor | None, key: str) -> torch.Tensor | float:
+    """``weight * NLL(y_c)``, or 0 when the weight is 0."""
+    if not weight:
+        return 0.0
+    if chosen_nll is None:
+        raise ValueError(f"{key}={weight} needs chosen_nll (the chosen completion's per-token NLL)")
+    return weight * chosen_nll
+
+
+@hyperparameters(
+    check=_check_weights,
+    beta=POSITIVE,
+    loss_type=OneOf(tuple(LOSS_TYPES), many=True),
+    label_smoothing=LABEL_SMOOTHING,
+    sft_beta=NON_NEGATIVE,
+)
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
     reference_chosen_logps: torch.Tensor,
     reference_rejected_logps: torch.Tensor,
-    *,
-    beta: float = 0.1,
-    loss_type: str = "sigmoid",
-    label_smoothing: float = 0.0,
     chosen_lengths: torch.Tensor | None = None,
     rejected_lengths: torch.Tensor | None = None,
+    chosen_nll: torch.Tensor | None = None,
+    *,
+    beta: float = 0.1,
+    loss_type: str | list[str] = "sigmoid",
+    loss_weights: list[float] | None = None,
+    label_smoothing: float = 0.0,
+    sft_beta: float = 0.0,
 ) -> PreferenceLossOutput:
     """DPO loss for a batch of pairs.
 
@@ -90,34 +131,48 @@ def dpo_loss(
         policy_rejected_logps: ``[B]`` same for the rejected completions.
         reference_chosen_logps: ``[B]`` summed log-probs of the chosen completions under the reference.
         reference_rejected_logps: ``[B]`` same for the rejected completions.
-        beta: Inverse temperature (KL strength).
-        loss_type: ``sigmoid``, ``robust``, ``hinge`` or ``ipo``.
-        label_smoothing: Assumed preference-label noise ``eps`` (cDPO with ``sigmoid``, ``robust``).
         chosen_lengths: ``[B]`` completion token counts; required by ``ipo``.
         rejected_lengths: ``[B]`` completion token counts; required by ``ipo``.
+        chosen_nll: ``[B]`` per-token NLL of the chosen completions; required when ``sft_beta > 0``.
+        beta: Inverse temperature (KL strength).
+        loss_type: ``sigmoid``, ``robust``, ``hinge`` or ``ipo``, or a list of them.
+        loss_weights: One weight per loss type (default: all 1); ``loss/<type>`` metrics when several.
+        label_smoothing: Assumed preference-label noise ``eps`` (cDPO with ``sigmoid``, ``robust``).
+        sft_beta: Weight of ``chosen_nll`` added to the loss.
 
     Returns:
-        Per-example losses ``[B]`` and detached rewards ``beta * (logp - ref_logp)``.
+        Per-example losses ``[B]`` and detached rewards (see the module docstring).
 
     Example:
         Policy equal to the reference gives ``h = 0`` and the loss ``-log sigma(0) = ln 2``.
     """
-    check_choice("algo.loss_type", loss_type, LOSS_TYPES)
-    check_range("algo.beta", beta, 0.0, None, low_inclusive=False)
-    check_range("algo.label_smoothing", label_smoothing, 0.0, 0.5, high_inclusive=False)
+    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    weights = [1.0] * len(types) if loss_weights is None else list(loss_weights)
     chosen_logratios = policy_chosen_logps - reference_chosen_logps
     rejected_logratios = policy_rejected_logps - reference_rejected_logps
-    if loss_type in LENGTH_NORMALISED:
+    if LENGTH_NORMALISED & set(types):
         if chosen_lengths is None or rejected_lengths is None:
             raise ValueError(f"loss_type={loss_type!r} needs chosen_lengths and rejected_lengths")
-        logits = chosen_logratios / chosen_lengths.clamp(min=1) - rejected_logratios / rejected_lengths.clamp(
-            min=1
+        mean_chosen = chosen_logratios / chosen_lengths.clamp(min=1)
+        mean_rejected = rejected_logratios / rejected_lengths.clamp(min=1)
+    total: torch.Tensor | float = 0.0
+    metrics = {}
+    for position, (name, weight) in enumerate(zip(types, weights, strict=True)):
+        chosen, rejected = (
+            (mean_chosen, mean_rejected)
+            if name in LENGTH_NORMALISED
+            else (chosen_logratios, rejected_logratios)
         )
-    else:
-        logits = chosen_logratios - rejected_logratios
-    losses = LOSS_TYPES[loss_type](logits, beta, label_smoothing)
+        losses = LOSS_TYPES[name](chosen - rejected, beta, label_smoothing)
+        total = total + weight * losses
+        if len(types) > 1:
+            metrics[f"loss/{name}"] = losses.detach().mean()
+        if position == 0:
+            chosen_rewards, rejected_rewards = (beta * chosen).detach(), (beta * rejected).detach()
+    assert isinstance(total, torch.Tensor)
     return PreferenceLossOutput(
-        losses=losses,
-        chosen_rewards=(beta * chosen_logratios).detach(),
-        rejected_rewards=(beta * rejected_logratios).detach(),
+        losses=total + nll_term(sft_beta, chosen_nll, "algo.sft_beta"),
+        chosen_rewards=chosen_rewards,
+        rejected_rewards=rejected_rewards,
+        metrics=metrics,
     )

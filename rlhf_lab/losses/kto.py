@@ -9,6 +9,12 @@ reference point ``z0`` estimated as in Sec. 4.1 (and TRL): the batch mean of ``l
              lambda_U (1 - sigma(beta (z0 - r)))   if y is undesirable
 
 Rewards are ``beta * r``.
+
+Under data parallelism the reference point is the mean over every rank's mismatched rows, clamped after
+the mean (TRL gathers, means, then clamps): `kto_kl_estimate` returns the unclamped mean so the objective
+can average it across ranks before `clamp_kl`. With gradient accumulation each micro-batch estimates its
+own ``z0`` from its own mismatched rows (as TRL does), so accumulation changes the estimate's noise and
+``batch 4 x accumulation 2`` is not exactly ``batch 8``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_lab.errors import check_range
+from rlhf_lab.losses.hyperparameters import NON_NEGATIVE, POSITIVE, hyperparameters
 
 
 @dataclass
@@ -32,10 +38,16 @@ class KTOLossOutput:
 def kto_kl_estimate(
     mismatched_policy_logps: torch.Tensor, mismatched_reference_logps: torch.Tensor
 ) -> torch.Tensor:
-    """``z0 = max(0, mean(log pi - log pi_ref))`` over mismatched pairs, detached (no gradient flows through)."""
-    return (mismatched_policy_logps - mismatched_reference_logps).mean().clamp(min=0).detach()
+    """``mean(log pi - log pi_ref)`` over mismatched pairs, detached and *not yet clamped* (`clamp_kl`)."""
+    return (mismatched_policy_logps - mismatched_reference_logps).mean().detach()
 
 
+def clamp_kl(kl: torch.Tensor) -> torch.Tensor:
+    """``z0 = max(0, kl)``: the reference point is never negative."""
+    return kl.clamp(min=0)
+
+
+@hyperparameters(beta=POSITIVE, desirable_weight=NON_NEGATIVE, undesirable_weight=NON_NEGATIVE)
 def kto_loss(
     policy_logps: torch.Tensor,
     reference_logps: torch.Tensor,
@@ -52,7 +64,7 @@ def kto_loss(
         policy_logps: ``[B]`` summed completion log-probs under the policy.
         reference_logps: ``[B]`` the same under the reference.
         desirable: ``[B]`` bool, True for desirable completions.
-        kl: Scalar reference point ``z0`` (see `kto_kl_estimate`).
+        kl: Scalar reference point ``z0`` (`clamp_kl` of `kto_kl_estimate`).
         beta: Inverse temperature.
         desirable_weight: ``lambda_D``.
         undesirable_weight: ``lambda_U``.
@@ -63,9 +75,6 @@ def kto_loss(
     Example:
         ``r = 0`` for both classes and ``z0 = 0`` give ``1 - sigma(0) = 0.5`` each.
     """
-    check_range("algo.beta", beta, 0.0, None, low_inclusive=False)
-    check_range("algo.desirable_weight", desirable_weight, 0.0, None)
-    check_range("algo.undesirable_weight", undesirable_weight, 0.0, None)
     logratios = policy_logps - reference_logps
     kl = kl.to(logratios.dtype)
     desirable = desirable.bool()

@@ -11,11 +11,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlhf_lab.losses.hyperparameters import NON_NEGATIVE, hyperparameters
 
+
+@hyperparameters(center_rewards_coefficient=NON_NEGATIVE)
 def bradley_terry_loss(
     chosen_rewards: torch.Tensor,
     rejected_rewards: torch.Tensor,
     margin: torch.Tensor | None = None,
+    *,
     center_rewards_coefficient: float = 0.0,
 ) -> torch.Tensor:
     """Per-pair reward-model loss.

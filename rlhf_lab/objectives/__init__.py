@@ -1,26 +1,24 @@
-"""One thin LightningModule per objective over the shared `AlignmentObjective` base."""
+"""One thin LightningModule per kind of objective over the shared `AlignmentObjective` base.
+
+Pairwise objectives (DPO and its variants, IPO, CPO, SimPO, CPO-SimPO, ORPO) are one class whose loss
+``conf/algo/<name>.yaml`` names; KTO (unpaired batches), the reward model (a classification head) and SFT
+(single completions) have their own.
+"""
 
 from rlhf_lab.objectives.base import AlignmentObjective, OptimConfig, RuntimeConfig, pairwise_metrics
-from rlhf_lab.objectives.cpo import CPO
-from rlhf_lab.objectives.dpo import DPO
 from rlhf_lab.objectives.kto import KTO
-from rlhf_lab.objectives.orpo import ORPO
-from rlhf_lab.objectives.pairwise import PairwiseObjective
+from rlhf_lab.objectives.pairwise import PAIR_INPUTS, PairwiseObjective
 from rlhf_lab.objectives.reward import RewardModel
 from rlhf_lab.objectives.sft import SFT
-from rlhf_lab.objectives.simpo import SimPO
 
 __all__ = [
-    "CPO",
-    "DPO",
     "KTO",
-    "ORPO",
+    "PAIR_INPUTS",
     "SFT",
     "AlignmentObjective",
     "OptimConfig",
     "PairwiseObjective",
     "RewardModel",
     "RuntimeConfig",
-    "SimPO",
     "pairwise_metrics",
 ]

@@ -1,7 +1,10 @@
-"""The LightningModule every objective shares: model building, reference, optimiser, schedule, logging.
+"""The LightningModule every objective shares: models, reference, optimiser, schedule, logging, checkpoints.
 
-An objective subclasses `AlignmentObjective` and implements `compute`, which turns a batch into a loss
-and a dict of metrics (names without the ``train/``/``val/`` prefix). Everything else lives here once.
+An objective subclasses `AlignmentObjective` and implements `compute`, which turns a typed batch
+(`rlhf_lab.data.batches`) into a loss and a dict of metrics (names without the ``train/``/``val/``
+prefix). It may ask for companions built beside the policy (`companion_specs`: a teacher, reward models, a
+value model); `rlhf_lab.models.build.build_models` builds them with the policy. Everything else lives here
+once.
 """
 
 from __future__ import annotations
@@ -9,20 +12,24 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 
+from rlhf_lab.data.batches import Batch
 from rlhf_lab.errors import ConfigError, check_choice, check_range
+from rlhf_lab.logprobs import SequenceLogps
 from rlhf_lab.models.adapters import Adapter, FullFinetune
+from rlhf_lab.models.build import Companion, build_models
 from rlhf_lab.models.hub import HubModel, default_cache_dir
-from rlhf_lab.policy import REFERENCE_MODES, Policy, Reference, SequenceLogps, cache_key
+from rlhf_lab.policy import REFERENCE_MODES, FrozenModel, Policy, Reference, ValueModel, cache_key
 from rlhf_lab.quant import NoQuantization
-from rlhf_lab.strategies import fsdp_options, shard_fsdp2
+from rlhf_lab.strategies import fsdp_options
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +108,8 @@ class AlignmentObjective(L.LightningModule):
         quant: Quantisation of the base weights (`rlhf_lab.quant`).
     """
 
+    #: Constructor arguments the entry point passes as built objects (not part of ``algo``'s schema).
+    RUNTIME_ARGS = ("model", "adapter", "optim", "runtime", "quant")
     #: Whether the objective needs reference log-probs (reference-free objectives set False).
     needs_reference: bool = True
     #: What the training batches hold: ``pairs`` (chosen + rejected), ``single`` (chosen only: SFT) or
@@ -127,16 +136,19 @@ class AlignmentObjective(L.LightningModule):
         self.reference_mode = self._resolve_reference(reference)
         self.policy: Policy | None = None
         self.reference: Reference | None = None
-        # Frozen weights and the reference are rebuilt from the model spec, not stored in checkpoints.
+        self.companions = nn.ModuleDict()
+        # Checkpoints hold the trainable weights only (frozen weights come back from the model specs);
+        # `on_load_checkpoint` checks that they match this run's trainable weights exactly.
         self.strict_loading = False
         self._batch_started: float | None = None
+        self._deepspeed_config: Any = None
 
     def _resolve_reference(self, requested: str) -> str:
         check_choice("algo.reference", requested, ("auto", *REFERENCE_MODES))
         if not self.needs_reference:
             if requested not in ("auto", "none"):
                 raise ConfigError(
-                    f"algo.reference={requested} but {type(self).__name__} is reference-free; "
+                    f"algo.reference={requested} but {self.name} is reference-free; "
                     "use algo.reference=none (or auto)"
                 )
             return "none"
@@ -144,7 +156,7 @@ class AlignmentObjective(L.LightningModule):
             return "adapter_off" if self.adapter.is_peft else "copy"
         if requested == "none":
             raise ConfigError(
-                f"algo.reference=none but {type(self).__name__} needs a reference; "
+                f"algo.reference=none but {self.name} needs a reference; "
                 "choose one of: copy, adapter_off, precomputed"
             )
         if requested == "adapter_off" and not self.adapter.is_peft:
@@ -154,36 +166,75 @@ class AlignmentObjective(L.LightningModule):
             )
         return requested
 
+    @property
+    def name(self) -> str:
+        """The objective's name in messages (a pairwise objective names its loss)."""
+        return type(self).__name__
+
     # ----------------------------------------------------------------------------------------- model
+    def companion_specs(self) -> dict[str, Companion]:
+        """The models to build beside the policy, by name (subclasses add a teacher, reward models...)."""
+        if self.reference_mode != "copy":
+            return {}
+        # The copy reference is loaded from the policy's own spec (and quantisation): the initial policy.
+        return {
+            "reference": Companion(
+                self.model_spec, task=self.model_task, load_kwargs=self.quant.load_kwargs()
+            )
+        }
+
+    def model_specs(self) -> list[Any]:
+        """Every model spec the run loads (tiny specs build their weights and tokenizer from the corpus)."""
+        return [self.model_spec, *(companion.spec for companion in self.companion_specs().values())]
+
     def configure_model(self) -> None:
-        """Build the policy (and reference) late, so sharding strategies can wrap them at init."""
+        """Build the policy and its companions late, so sharding strategies can wrap them at init."""
         if self.policy is not None:
             return
-        load_kwargs = self.quant.load_kwargs()
         strategy = self._trainer.strategy if self._trainer is not None else None
-        if strategy is not None and getattr(strategy, "zero_stage_3", False):
-            # Tell transformers that ZeRO-3 is on: it then builds each model partitioned and loads its
-            # weights shard by shard (this object must stay alive while models load).
-            from transformers.integrations import HfDeepSpeedConfig
-
-            self._hf_deepspeed_config = HfDeepSpeedConfig(strategy.config)
-        base = self.model_spec.load_model(task=self.model_task, **load_kwargs)
-        base = self.quant.prepare(base, self.model_spec.gradient_checkpointing)
-        frozen = None
-        if self.reference_mode == "copy":
-            frozen = self.model_spec.load_model(task=self.model_task, **load_kwargs)
-            if getattr(frozen, "is_gradient_checkpointing", False):
-                frozen.gradient_checkpointing_disable()  # no backward runs through the reference
-        policy_model = self.adapter.apply(base, task=self.model_task)
-        options = fsdp_options(self._trainer.strategy) if self._trainer is not None else None
-        if options is not None:
-            # Shard the policy and the frozen reference alike: no rank holds a full reference.
-            policy_model = shard_fsdp2(policy_model, self.device_mesh, options)
-            if frozen is not None:
-                frozen = shard_fsdp2(frozen, self.device_mesh, options)
-        self.policy = Policy(policy_model, chunk_size=self.runtime.logps_chunk_size)
+        specs = self.companion_specs()
+        built = build_models(
+            self.model_spec,
+            self.adapter,
+            self.quant,
+            task=self.model_task,
+            companions=specs,
+            strategy=strategy,
+            device_mesh=self.device_mesh if fsdp_options(strategy) is not None else None,
+        )
+        self._deepspeed_config = built.deepspeed_config
+        chunk = self.runtime.logps_chunk_size
+        self.policy = Policy(built.policy, chunk_size=chunk)
         self.policy.train()
-        self.reference = Reference(self.reference_mode, self.policy, frozen)
+        wrapped: dict[str, nn.Module] = {
+            name: ValueModel(model)
+            if specs[name].trainable
+            else FrozenModel(model, built.tokenizers[name], chunk)
+            for name, model in built.companions.items()
+        }
+        reference_model = wrapped.pop("reference", None)
+        self.reference = Reference(
+            self.reference_mode,
+            self.policy,
+            reference_model,  # type: ignore[arg-type]
+            load_initial=self._load_initial_weights,
+        )
+        self.companions = nn.ModuleDict(wrapped)
+
+    def _load_initial_weights(self) -> nn.Module:
+        """A fresh, frozen copy of the initial policy weights (a precomputed reference after training)."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if fsdp_options(strategy) is not None or getattr(strategy, "zero_stage_3", False):
+            raise ConfigError(
+                "algo.reference=precomputed: the reference table is missing from the checkpoint and the cache, "
+                "and rebuilding it needs the unsharded base model, which a sharded strategy (fsdp, zero3) "
+                "does not load; restore the cache under paths.cache_dir or resume with strategy=ddp"
+            )
+        model = self.model_spec.load_model(task=self.model_task, **self.quant.load_kwargs())
+        model.requires_grad_(False).eval()
+        if self._trainer is not None:
+            model = self.trainer.precision_plugin.convert_module(model)
+        return model.to(self.device)
 
     def check_data(self, datamodule: Any) -> None:
         """Fail (or warn) before any model loads when the data cannot serve this objective."""
@@ -193,49 +244,74 @@ class AlignmentObjective(L.LightningModule):
             self.precompute_reference()
 
     def on_validation_start(self) -> None:
-        if self.reference_mode == "precomputed" and not self.reference.tables:
+        if self.reference_mode == "precomputed":
             self.precompute_reference()
 
-    def precompute_reference(self, datamodule: Any = None) -> bool:
-        """Fill the precomputed reference table (from the on-disk cache when it has this model and data)."""
+    def scoring_settings(self) -> dict[str, Any]:
+        """Objective settings that change what is scored (part of the reference cache key)."""
+        return {}
+
+    def reference_cache_key(self, datamodule: Any) -> str:
+        """Everything that changes a precomputed reference table: weights, quantisation, precision, chat
+        template, data and scoring settings."""
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        return cache_key(
+            model=self.model_spec.identity(),
+            task=self.model_task,
+            quant=self.quant.identity(),
+            precision=str(self.trainer.precision) if self._trainer is not None else "32-true",
+            chat_template=getattr(tokenizer, "chat_template", None),
+            data=datamodule.fingerprint(),
+            scoring=self.scoring_settings(),
+        )
+
+    def precompute_reference(self, datamodule: Any = None) -> str:
+        """Fill the precomputed reference table (held from a checkpoint, from the cache, or computed from
+        the initial weights); returns where it came from: ``held``, ``cache`` or ``computed``."""
         datamodule = datamodule if datamodule is not None else self.trainer.datamodule
-        key = cache_key(self.model_spec.identity(), datamodule.fingerprint(), type(self).__name__)
+        key = self.reference_cache_key(datamodule)
         cache_file = Path(self.runtime.cache_dir) / "reference" / f"{key}.pt"
-        computed = self.reference.precompute(datamodule.reference_loaders(), self.device, cache_file)
-        self.reference_computed = computed
-        return computed
+        # Under the run's precision (autocast for bf16-mixed), so the table matches what training computes.
+        context = self.trainer.precision_plugin.forward_context if self._trainer is not None else nullcontext
+        return self.reference.precompute(
+            datamodule.reference_loaders(), self.device, key, cache_file, context
+        )
 
     # -------------------------------------------------------------------------------------- steps
-    def compute(
-        self, batch: Mapping[str, torch.Tensor], split: str
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute(self, batch: Batch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and metrics (unprefixed names) for one batch."""
         raise NotImplementedError
 
-    def reference_logps(self, batch: Mapping[str, torch.Tensor], split: str) -> torch.Tensor | None:
+    def reference_logps(self, batch: Batch, split: str) -> torch.Tensor | None:
         return self.reference.logps(batch, split)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_started = time.perf_counter()
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        # From here on the policy's weights are no longer the initial ones (the reference must not use them).
+        self.policy.at_initial_weights = False
         loss, metrics = self.compute(batch, "train")
-        self._log("train", loss, metrics, batch["index"].numel(), on_step=True)
+        self._log("train", loss, metrics, batch.size, on_step=True)
         schedulers = self.lr_schedulers()
         if schedulers is not None:
             self.log("train/lr", schedulers.get_last_lr()[0], on_step=True, on_epoch=False)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         if self._batch_started is not None:
             elapsed = time.perf_counter() - self._batch_started
-            tokens = float(batch["attention_mask"].sum())
+            tokens = float(batch.num_tokens)
             self.log("train/tokens_per_sec", tokens / max(elapsed, 1e-9), on_step=True, on_epoch=False)
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The parameters the optimiser updates (policy and any trainable companion), by name."""
+        return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Before clipping: the gradient of the (accumulated) loss as the optimiser receives it.
         norms = []
-        for parameter in self.policy.parameters():
+        for _, parameter in self.trainable_parameters():
             if parameter.grad is not None:
                 norm = parameter.grad.detach().norm(2)
                 # A sharded (FSDP2) gradient's norm is a DTensor: materialise the global value.
@@ -243,9 +319,9 @@ class AlignmentObjective(L.LightningModule):
         if norms:
             self.log("train/grad_norm", torch.stack(norms).norm(2), on_step=True, on_epoch=False)
 
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, metrics = self.compute(batch, "val")
-        self._log("val", loss, metrics, batch["index"].numel(), on_step=False)
+        self._log("val", loss, metrics, batch.size, on_step=False)
         return loss
 
     def _log(
@@ -266,7 +342,7 @@ class AlignmentObjective(L.LightningModule):
 
     # ------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        params = [p for _, p in self.trainable_parameters()]
         if not params:
             raise ConfigError("the policy has no trainable parameters (check adapter.*)")
         decay = [p for p in params if p.ndim >= 2]
@@ -297,10 +373,49 @@ class AlignmentObjective(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -------------------------------------------------------------------------------- checkpoints
+    def checkpoint_keys(self) -> set[str]:
+        """State-dict keys a checkpoint holds: the trainable weights and the objective's own state."""
+        own_state = {
+            name
+            for name, buffer in self._buffers.items()
+            if buffer is not None and name not in self._non_persistent_buffers_set
+        }
+        return {name for name, _ in self.trainable_parameters()} | own_state
+
+    def check_checkpoint_keys(self, keys: set[str], source: str) -> None:
+        """Fail unless ``keys`` are exactly this run's `checkpoint_keys`, naming what is missing or extra."""
+        expected = self.checkpoint_keys()
+        missing, unexpected = sorted(expected - keys), sorted(keys - expected)
+        if not missing and not unexpected:
+            return
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise ConfigError(
+            f"{source} does not hold this run's trainable weights: {'; '.join(parts)}. Was it written by a run "
+            "with another model, adapter or objective?"
+        )
+
+    def load_trained_state(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        """Load a checkpoint's state dict (trainable weights), after checking its keys."""
+        self.check_checkpoint_keys(set(state_dict), source)
+        self.load_state_dict(state_dict, strict=False)
+        self.policy.at_initial_weights = False
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Keep trainable weights only: frozen base weights and the reference come back from the model spec.
-        trainable = {f"policy.{name}" for name, p in self.policy.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # Trainable weights only: frozen base weights and companions come back from their model specs.
+        keys = self.checkpoint_keys()
+        if "state_dict" in checkpoint:  # DeepSpeed saves the weights itself
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+        checkpoint["rlhf_lab"] = {"reference": self.reference.state_for_checkpoint()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" in checkpoint:
+            self.check_checkpoint_keys(set(checkpoint["state_dict"]), "the checkpoint")
+        self.reference.restore((checkpoint.get("rlhf_lab") or {}).get("reference"))
+        self.policy.at_initial_weights = False
 
 
 def pairwise_metrics(

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from rlhf_lab.errors import ConfigError, check_range
-from rlhf_lab.losses.kto import kto_kl_estimate, kto_loss
+from rlhf_lab.data.batches import PairBatch, UnpairedBatch
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.losses.hyperparameters import check_hyperparameters
+from rlhf_lab.losses.kto import clamp_kl, kto_kl_estimate, kto_loss
 from rlhf_lab.objectives.base import AlignmentObjective, pairwise_metrics
 
 log = logging.getLogger(__name__)
 
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "completion_mask")
 # Sec. 3.3 of the paper: keep lambda_D * n_D / (lambda_U * n_U) in [1, 4/3].
 RECOMMENDED_RATIO = (1.0, 4.0 / 3.0)
-
-
-def _rows(batch: Mapping[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
-    return {key: batch[key][rows] for key in SEQUENCE_KEYS}
 
 
 def _mean_where(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
@@ -30,8 +26,10 @@ def _mean_where(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None
 class KTO(AlignmentObjective):
     """KTO on ``prompt``/``completion``/``label`` rows (paired data is split into desirable/undesirable).
 
-    Training batches hold B labelled completions and, for the KL reference point, the same B prompts with
-    the completion of the next row (mismatched pairs). Held-out pairs are scored with the implicit reward
+    Training batches hold B labelled completions and, for the KL reference point, the same B prompts each
+    with the completion of its fixed mismatched partner (`rlhf_lab.data.datamodule.mismatched_partners`).
+    Under data parallelism ``z0`` is the mean over every rank's mismatched rows, clamped after the mean, so
+    2 processes with batch B give what 1 process with batch 2B gives. Held-out pairs are scored with the implicit reward
     ``beta * log(pi/pi_ref)``, so ``val/rewards/accuracies`` means what it means for DPO; the held-out loss
     treats chosen as desirable and rejected as undesirable, with the last training KL estimate as ``z0``.
 
@@ -47,19 +45,16 @@ class KTO(AlignmentObjective):
     def __init__(
         self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0, **kwargs: Any
     ) -> None:
-        check_range("algo.beta", beta, 0.0, None, low_inclusive=False)
-        check_range("algo.desirable_weight", desirable_weight, 0.0, None)
-        check_range("algo.undesirable_weight", undesirable_weight, 0.0, None)
+        check_hyperparameters(
+            kto_loss,
+            {"beta": beta, "desirable_weight": desirable_weight, "undesirable_weight": undesirable_weight},
+        )
         super().__init__(**kwargs)
-        if self.reference_mode == "precomputed":
-            raise ConfigError(
-                "algo.reference=precomputed is not supported for KTO (its KL rows depend on the "
-                "batch); use algo.reference=copy or adapter_off"
-            )
         self.beta = beta
         self.desirable_weight = desirable_weight
         self.undesirable_weight = undesirable_weight
-        self.register_buffer("last_kl", torch.zeros(()), persistent=False)
+        # The last training z0, used by the held-out loss; persistent, so a resumed run validates the same.
+        self.register_buffer("last_kl", torch.zeros(()))
 
     def check_data(self, datamodule: Any) -> None:
         if datamodule.batch_size < 2:
@@ -90,30 +85,29 @@ class KTO(AlignmentObjective):
             )
 
     def compute(
-        self, batch: Mapping[str, torch.Tensor], split: str
+        self, batch: UnpairedBatch | PairBatch, split: str
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if "labels" in batch:
+        if isinstance(batch, UnpairedBatch):
             return self._unpaired(batch, split)
         return self._paired(batch, split)
 
     def _kl(self, policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:
         kl = kto_kl_estimate(policy_logps, reference_logps)
         if self._trainer is not None and self._trainer.world_size > 1:
-            # One reference point for the global batch, as the paper estimates it.
+            # One reference point for the global batch (ranks hold equal batches): mean first, then clamp.
             kl = self.all_gather(kl).mean()
-        return kl
+        return clamp_kl(kl)
 
-    def _unpaired(
-        self, batch: Mapping[str, torch.Tensor], split: str
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        size = batch["index"].numel()
-        completions = self.policy(_rows(batch, slice(None, size)))
+    def _unpaired(self, batch: UnpairedBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        size = batch.size
+        completions = self.policy(batch.completions())
         reference = self.reference_logps(batch, split)
         with torch.no_grad():
-            mismatched = self.policy(_rows(batch, slice(size, None)))
+            mismatched = self.policy(batch.mismatched())
         kl = self._kl(mismatched.logps, reference[size:])
-        self.last_kl = kl.detach()
-        desirable = batch["labels"].bool()
+        if split == "train":
+            self.last_kl = kl.detach()
+        desirable = batch.labels.bool()
         out = kto_loss(
             completions.logps,
             reference[:size],
@@ -137,11 +131,10 @@ class KTO(AlignmentObjective):
             metrics["rewards/margins"] = per_class["rewards/chosen"] - per_class["rewards/rejected"]
         return out.losses.mean(), metrics
 
-    def _paired(
-        self, batch: Mapping[str, torch.Tensor], split: str
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        size = batch["index"].numel()
-        chosen, rejected = self.policy(batch).split(size)
+    def _paired(self, batch: PairBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        size = batch.size
+        stats = self.policy(batch.sequences)
+        chosen, rejected = stats.rows(slice(None, size)), stats.rows(slice(size, None))
         reference = self.reference_logps(batch, split)
         labels = torch.cat([torch.ones(size, dtype=torch.bool), torch.zeros(size, dtype=torch.bool)])
         out = kto_loss(

@@ -1,55 +1,126 @@
-"""Shared step of every pairwise objective: one forward over chosen + rejected, a pair loss, optional NLL."""
+"""Every pairwise preference objective: one forward over chosen + rejected, then a pure loss named in config.
+
+DPO (and its loss types), IPO, CPO, SimPO, CPO-SimPO and ORPO differ only in their loss, so they share
+this one LightningModule: ``conf/algo/<name>.yaml`` names the loss function by import path
+(``loss: rlhf_lab.losses.simpo_loss``) and sets its hyperparameters as flat ``algo.*`` keys under their
+paper names. The objective passes the loss the tensors its signature names (see `PAIR_INPUTS`); a loss
+that takes reference log-probs gets a reference, one that does not is reference-free. Adding a pairwise
+objective is a loss function, a YAML file and a test.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import keyword
+import typing
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from rlhf_lab.losses.dpo import PreferenceLossOutput
+from rlhf_lab.data.batches import PairBatch
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.losses.hyperparameters import check_hyperparameters, hyperparameter_defaults, tensor_inputs
 from rlhf_lab.losses.sft import nll_loss
 from rlhf_lab.objectives.base import AlignmentObjective, pairwise_metrics
-from rlhf_lab.policy import SequenceLogps
+
+#: The tensors a pairwise loss may take, by parameter name.
+PAIR_INPUTS = (
+    "policy_chosen_logps",  # [B] summed completion log-probs under the policy
+    "policy_rejected_logps",
+    "reference_chosen_logps",  # [B] the same under the reference (a loss naming these needs a reference)
+    "reference_rejected_logps",
+    "chosen_lengths",  # [B] completion token counts
+    "rejected_lengths",
+    "chosen_nll",  # [B] per-token NLL of the chosen completion (prompt too with nll_on_prompt)
+)
+
+
+def resolve_loss(loss: str | Callable[..., Any]) -> Callable[..., Any]:
+    """A loss function from its import path (``rlhf_lab.losses.dpo_loss``) or itself."""
+    if callable(loss):
+        return loss
+    from hydra.utils import get_method
+
+    try:
+        return get_method(loss)
+    except Exception as error:
+        raise ConfigError(f"algo.loss={loss!r} is not an importable function: {error}") from None
 
 
 class PairwiseObjective(AlignmentObjective):
     """A preference objective on (chosen, rejected) pairs.
 
-    Subclasses implement `pair_loss`. The base adds ``nll_weight * NLL(chosen completion)`` (DPO's
-    ``sft_beta``, CPO's and SimPO's ``cpo_alpha``, ORPO's NLL term) and logs the shared metric set.
+    Args:
+        loss: The pairwise loss (import path or function): tensors as positional-or-keyword parameters
+            named from `PAIR_INPUTS`, hyperparameters as keyword-only parameters.
+        nll_on_prompt: Score the prompt tokens too, so ``chosen_nll`` covers prompt + completion (the ORPO
+            paper's released code).
+        **kwargs: The loss's hyperparameters (paper names: ``beta``, ``gamma``, ``lambda``...) and the
+            `AlignmentObjective` arguments.
     """
 
-    #: Weight of the chosen-completion NLL added to the pair loss.
-    nll_weight: float = 0.0
-    #: Score the prompt tokens too, so the NLL covers prompt + completion (ORPO option).
-    nll_on_prompt: bool = False
+    def __init__(self, loss: Any = "???", nll_on_prompt: bool = False, **kwargs: Any) -> None:
+        loss_fn = resolve_loss(loss)
+        inputs = tensor_inputs(loss_fn)
+        unknown = [name for name in inputs if name not in PAIR_INPUTS]
+        if unknown:
+            raise ConfigError(
+                f"algo.loss={getattr(loss_fn, '__name__', loss_fn)} takes {unknown}, which a pairwise objective "
+                f"cannot give; its tensor parameters must be among: {', '.join(PAIR_INPUTS)}"
+            )
+        defaults = {name: parameter.default for name, parameter in hyperparameter_defaults(loss_fn).items()}
+        values = {}
+        for key in list(kwargs):
+            name = f"{key}_" if keyword.iskeyword(key) else key  # algo.lambda is `lambda_` in Python
+            if name in defaults:
+                values[name] = kwargs.pop(key)
+        check_hyperparameters(loss_fn, values)
+        self._loss_fn = loss_fn
+        self._loss_inputs = inputs
+        super().__init__(**kwargs)
+        self.loss_kwargs = {**defaults, **values}
+        self.nll_on_prompt = nll_on_prompt
 
-    def pair_loss(
-        self,
-        chosen: SequenceLogps,
-        rejected: SequenceLogps,
-        reference_chosen: torch.Tensor | None,
-        reference_rejected: torch.Tensor | None,
-    ) -> tuple[PreferenceLossOutput, dict[str, torch.Tensor]]:
-        """Per-pair losses, rewards and any objective-specific metrics (unprefixed names)."""
-        raise NotImplementedError
+    @classmethod
+    def schema_parameters(cls, node: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """The hyperparameters of the loss ``node`` names, as ``(name, annotation, default)`` (the schema of
+        ``algo=<name>`` is the objective's arguments plus these)."""
+        loss = resolve_loss(node["loss"])
+        hints = typing.get_type_hints(loss)
+        return [(name, hints.get(name, Any), p.default) for name, p in hyperparameter_defaults(loss).items()]
 
-    def compute(
-        self, batch: Mapping[str, torch.Tensor], split: str
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        num_pairs = batch["index"].numel()
-        chosen, rejected = self.policy(batch, score_prompt=self.nll_on_prompt).split(num_pairs)
-        reference = self.reference_logps(batch, split)
-        reference_chosen = None if reference is None else reference[:num_pairs]
-        reference_rejected = None if reference is None else reference[num_pairs:]
-        out, extra = self.pair_loss(chosen, rejected, reference_chosen, reference_rejected)
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        return "reference_chosen_logps" in self._loss_inputs
+
+    @property
+    def name(self) -> str:
+        return getattr(self._loss_fn, "__name__", "pairwise loss")
+
+    def scoring_settings(self) -> dict[str, Any]:
+        return {"nll_on_prompt": self.nll_on_prompt}
+
+    def compute(self, batch: PairBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        size = batch.size
+        stats = self.policy(batch.sequences, score_prompt=self.nll_on_prompt)
+        chosen, rejected = stats.rows(slice(None, size)), stats.rows(slice(size, None))
         if self.nll_on_prompt:
             assert chosen.prompt_logps is not None and chosen.prompt_lengths is not None
             nll = nll_loss(chosen.logps + chosen.prompt_logps, chosen.lengths + chosen.prompt_lengths)
         else:
             nll = nll_loss(chosen.logps, chosen.lengths)
-        losses = out.losses + self.nll_weight * nll if self.nll_weight else out.losses
+        reference = self.reference_logps(batch, split)
+        available = {
+            "policy_chosen_logps": chosen.logps,
+            "policy_rejected_logps": rejected.logps,
+            "reference_chosen_logps": None if reference is None else reference[:size],
+            "reference_rejected_logps": None if reference is None else reference[size:],
+            "chosen_lengths": chosen.lengths,
+            "rejected_lengths": rejected.lengths,
+            "chosen_nll": nll,
+        }
+        out = self._loss_fn(**{name: available[name] for name in self._loss_inputs}, **self.loss_kwargs)
         metrics = pairwise_metrics(chosen, rejected, out.chosen_rewards, out.rejected_rewards)
         metrics["nll_loss"] = nll.detach().mean()
-        metrics.update(extra)
-        return losses.mean(), metrics
+        metrics.update(out.metrics)
+        return out.losses.mean(), metrics

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from rlhf_lab.data.batches import PairBatch
+from rlhf_lab.losses.hyperparameters import check_hyperparameters
 from rlhf_lab.losses.reward import bradley_terry_loss
 from rlhf_lab.objectives.base import AlignmentObjective
 
@@ -27,22 +28,23 @@ class RewardModel(AlignmentObjective):
     model_task = "sequence_classification"
 
     def __init__(self, center_rewards_coefficient: float = 0.0, **kwargs: Any) -> None:
+        check_hyperparameters(bradley_terry_loss, {"center_rewards_coefficient": center_rewards_coefficient})
         super().__init__(**kwargs)
         self.center_rewards_coefficient = center_rewards_coefficient
 
-    def compute(
-        self, batch: Mapping[str, torch.Tensor], split: str
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        size = batch["index"].numel()
-        scores = self.policy.scores(batch)
-        chosen, rejected = scores[:size], scores[size:]
-        losses = bradley_terry_loss(chosen, rejected, batch.get("margin"), self.center_rewards_coefficient)
+    def compute(self, batch: PairBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        scores = self.policy.scores(batch.sequences)
+        chosen, rejected = batch.split(scores)
+        losses = bradley_terry_loss(
+            chosen, rejected, batch.margin, center_rewards_coefficient=self.center_rewards_coefficient
+        )
         detached = scores.detach()
+        chosen, rejected = batch.split(detached)
         metrics = {
-            "rewards/chosen": detached[:size].mean(),
-            "rewards/rejected": detached[size:].mean(),
-            "rewards/accuracies": (detached[:size] > detached[size:]).float().mean(),
-            "rewards/margins": (detached[:size] - detached[size:]).mean(),
+            "rewards/chosen": chosen.mean(),
+            "rewards/rejected": rejected.mean(),
+            "rewards/accuracies": (chosen > rejected).float().mean(),
+            "rewards/margins": (chosen - rejected).mean(),
             "rewards/mean": detached.mean(),
             "rewards/min": detached.min(),
             "rewards/max": detached.max(),

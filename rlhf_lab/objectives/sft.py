@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 
+from rlhf_lab.data.batches import SingleBatch
 from rlhf_lab.losses.sft import nll_loss
 from rlhf_lab.objectives.base import AlignmentObjective
 
@@ -16,10 +15,8 @@ class SFT(AlignmentObjective):
     needs_reference = False
     batch_kind = "single"
 
-    def compute(
-        self, batch: Mapping[str, torch.Tensor], split: str
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        target = self.policy(batch)
+    def compute(self, batch: SingleBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        target = self.policy(batch.sequences)
         losses = nll_loss(target.logps, target.lengths)
         metrics = {
             "nll_loss": losses.detach().mean(),

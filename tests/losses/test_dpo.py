@@ -21,7 +21,7 @@ import torch
 from torch.testing import assert_close
 
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.losses import dpo_loss
+from rlhf_lab.losses import check_hyperparameters, dpo_loss
 
 POLICY_C, POLICY_R = torch.tensor([-1.0]), torch.tensor([-3.0])
 REF_C, REF_R = torch.tensor([-2.0]), torch.tensor([-2.0])
@@ -92,10 +92,38 @@ def test_gradient_pushes_chosen_up_and_rejected_down() -> None:
     assert_close(r.grad, torch.tensor([0.25]))
 
 
+def test_ipo_rewards_are_length_normalised_like_its_loss() -> None:
+    """IPO compares per-token mean log-ratios, and so do its rewards: 0.5 * 1/2 and 0.5 * -1/4."""
+    out = dpo_loss(POLICY_C, POLICY_R, REF_C, REF_R, LEN_C, LEN_R, beta=0.5, loss_type="ipo")
+    assert_close(out.chosen_rewards, torch.tensor([0.25]))
+    assert_close(out.rejected_rewards, torch.tensor([-0.125]))
+
+
+def test_combined_loss_types_are_weighted_and_reported() -> None:
+    """[sigmoid, hinge] with weights [1, 0.5]: 0.3132617 + 0.5 * 0; the rewards are sigmoid's."""
+    out = dpo_loss(
+        POLICY_C, POLICY_R, REF_C, REF_R, beta=0.5, loss_type=["sigmoid", "hinge"], loss_weights=[1.0, 0.5]
+    )
+    assert_close(out.losses, torch.tensor([math.log1p(math.exp(-1))]))
+    assert set(out.metrics) == {"loss/sigmoid", "loss/hinge"}
+    assert_close(out.chosen_rewards, torch.tensor([0.5]))
+
+
+def test_sft_beta_adds_the_chosen_nll() -> None:
+    out = dpo_loss(POLICY_C, POLICY_R, REF_C, REF_R, chosen_nll=torch.tensor([2.0]), beta=0.5, sft_beta=0.25)
+    assert_close(out.losses, torch.tensor([math.log1p(math.exp(-1)) + 0.5]))
+
+
 def test_invalid_settings_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"algo.loss_type='nope'.*sigmoid"):
-        loss_of("nope")
+        check_hyperparameters(dpo_loss, {"loss_type": "nope"})
+    with pytest.raises(ConfigError, match=r"algo.loss_type='nope'"):
+        check_hyperparameters(dpo_loss, {"loss_type": ["sigmoid", "nope"]})
+    with pytest.raises(ConfigError, match="algo.loss_type is empty"):
+        check_hyperparameters(dpo_loss, {"loss_type": []})
     with pytest.raises(ConfigError, match="algo.beta"):
-        dpo_loss(POLICY_C, POLICY_R, REF_C, REF_R, beta=0.0)
+        check_hyperparameters(dpo_loss, {"beta": 0.0})
     with pytest.raises(ConfigError, match="algo.label_smoothing"):
-        loss_of("robust", label_smoothing=0.5)
+        check_hyperparameters(dpo_loss, {"loss_type": "robust", "label_smoothing": 0.5})
+    with pytest.raises(ConfigError, match=r"algo.loss_weights=\[1.0\] needs one weight per"):
+        check_hyperparameters(dpo_loss, {"loss_type": ["sigmoid", "hinge"], "loss_weights": [1.0]})

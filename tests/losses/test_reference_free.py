@@ -15,12 +15,14 @@ from torch.testing import assert_close
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.losses import (
     bradley_terry_loss,
+    check_hyperparameters,
+    clamp_kl,
     cpo_loss,
     dpo_loss,
     kto_kl_estimate,
     kto_loss,
     log1mexp,
-    orpo_odds_ratio_loss,
+    orpo_loss,
     simpo_loss,
 )
 
@@ -35,21 +37,41 @@ C, R = torch.tensor([-1.0]), torch.tensor([-3.0])
         ("sigmoid", 0.0, SIGMOID_1),
         ("sigmoid", 0.1, 0.9 * SIGMOID_1 + 0.1 * math.log1p(math.exp(1))),
         ("hinge", 0.0, 0.0),  # max(0, 1 - 1)
-        ("ipo", 0.0, 1.0),  # (2 - 1/(2*0.5))^2
     ],
 )
 def test_cpo_hand_worked(loss_type: str, smoothing: float, expected: float) -> None:
-    out = cpo_loss(C, R, beta=0.5, loss_type=loss_type, label_smoothing=smoothing)
+    out = cpo_loss(C, R, beta=0.5, cpo_alpha=0.0, loss_type=loss_type, label_smoothing=smoothing)
     assert_close(out.losses, torch.tensor([expected]))
     assert_close(out.chosen_rewards, torch.tensor([-0.5]))
     assert_close(out.rejected_rewards, torch.tensor([-1.5]))
+
+
+def test_cpo_ipo_uses_per_token_mean_log_probs() -> None:
+    """Chosen -1 over 1 token, rejected -3 over 2 tokens: means -1 and -1.5, h_bar = 0.5;
+    beta 0.5: (0.5 - 1/(2*0.5))^2 = 0.25; rewards 0.5 * means (what the loss compares), as TRL's CPO."""
+    out = cpo_loss(C, R, torch.tensor([1]), torch.tensor([2]), beta=0.5, cpo_alpha=0.0, loss_type="ipo")
+    assert_close(out.losses, torch.tensor([0.25]))
+    assert_close(out.chosen_rewards, torch.tensor([-0.5]))
+    assert_close(out.rejected_rewards, torch.tensor([-0.75]))
+    # The same length-normalised IPO term as DPO's ipo with a zero reference.
+    zero = torch.zeros(1)
+    lengths = (torch.tensor([1]), torch.tensor([2]))
+    assert_close(out.losses, dpo_loss(C, R, zero, zero, *lengths, beta=0.5, loss_type="ipo").losses)
+
+
+def test_cpo_adds_cpo_alpha_times_the_chosen_nll() -> None:
+    """Eq. 6: preference term 0.3132617 + cpo_alpha (2) * NLL (0.25) = 0.8132617."""
+    out = cpo_loss(C, R, chosen_nll=torch.tensor([0.25]), beta=0.5, cpo_alpha=2.0)
+    assert_close(out.losses, torch.tensor([SIGMOID_1 + 0.5]))
+    with pytest.raises(ValueError, match="cpo_alpha"):
+        cpo_loss(C, R, beta=0.5, cpo_alpha=1.0)  # the NLL term needs the NLL
 
 
 def test_cpo_is_the_reference_free_sigmoid_loss() -> None:
     """CPO's preference term equals DPO's with a zero reference (cpo_alpha = 0 leaves only this term)."""
     c, r = torch.tensor([-4.0, -2.5, -9.0]), torch.tensor([-3.0, -6.0, -1.0])
     zero = torch.zeros(3)
-    assert_close(cpo_loss(c, r, beta=0.3).losses, dpo_loss(c, r, zero, zero, beta=0.3).losses)
+    assert_close(cpo_loss(c, r, beta=0.3, cpo_alpha=0.0).losses, dpo_loss(c, r, zero, zero, beta=0.3).losses)
 
 
 # -------------------------------------------------------------------------------------------- SimPO
@@ -71,6 +93,13 @@ def test_simpo_without_margin_is_the_length_normalised_sigmoid_loss() -> None:
     assert_close(simpo_loss(c, r, lc, lr, beta=1.5, gamma=0.0).losses, expected)
 
 
+def test_cpo_simpo_adds_the_nll_term() -> None:
+    c, r, lengths = torch.tensor([-2.0]), torch.tensor([-6.0]), (torch.tensor([2]), torch.tensor([3]))
+    nll = torch.tensor([1.0])
+    out = simpo_loss(c, r, *lengths, nll, beta=2.0, gamma=1.0, cpo_alpha=0.5)
+    assert_close(out.losses, torch.tensor([SIGMOID_1 + 0.5]))
+
+
 # --------------------------------------------------------------------------------------------- ORPO
 def test_log1mexp_is_accurate_at_both_ends() -> None:
     x = torch.tensor([-1e-8, -0.1, -0.6931, -5.0, -50.0], dtype=torch.float64)
@@ -80,21 +109,23 @@ def test_log1mexp_is_accurate_at_both_ends() -> None:
 
 def test_orpo_hand_worked() -> None:
     """Mean log-probs ln 0.5 (chosen) and ln 0.25 (rejected): odds 1 and 1/3, log odds ratio ln 3,
-    log sigma(ln 3) = ln 0.75; lambda 0.1 -> loss -0.1 ln 0.75 = 0.0287682; rewards 0.1 * mean logp."""
+    log sigma(ln 3) = ln 0.75; lambda 0.1 -> odds-ratio term -0.1 ln 0.75 = 0.0287682, plus the NLL
+    (Eq. 6; here -mean logp = ln 2); rewards 0.1 * mean logp."""
     chosen = torch.tensor([2 * math.log(0.5)])  # two tokens
     rejected = torch.tensor([math.log(0.25)])  # one token
-    out = orpo_odds_ratio_loss(chosen, rejected, torch.tensor([2]), torch.tensor([1]), lambda_=0.1)
-    assert_close(out.log_odds_chosen, torch.tensor([math.log(3.0)]))
-    assert_close(out.log_odds_ratio, torch.tensor([math.log(0.75)]))
-    assert_close(out.losses, torch.tensor([-0.1 * math.log(0.75)]))
+    nll = torch.tensor([math.log(2.0)])
+    out = orpo_loss(chosen, rejected, torch.tensor([2]), torch.tensor([1]), nll, lambda_=0.1)
+    assert_close(out.metrics["log_odds_chosen"], torch.tensor(math.log(3.0)))
+    assert_close(out.metrics["log_odds_ratio"], torch.tensor(math.log(0.75)))
+    assert_close(out.losses, torch.tensor([math.log(2.0) - 0.1 * math.log(0.75)]))
     assert_close(out.chosen_rewards, torch.tensor([0.1 * math.log(0.5)]))
     assert_close(out.rejected_rewards, torch.tensor([0.1 * math.log(0.25)]))
 
 
 def test_orpo_gradient_is_finite_when_probabilities_approach_one() -> None:
     chosen = torch.tensor([-1e-9, -30.0], requires_grad=True)
-    out = orpo_odds_ratio_loss(
-        chosen, torch.tensor([-5.0, -1e-9]), torch.tensor([1, 3]), torch.tensor([1, 1])
+    out = orpo_loss(
+        chosen, torch.tensor([-5.0, -1e-9]), torch.tensor([1, 3]), torch.tensor([1, 1]), torch.zeros(2)
     )
     out.losses.sum().backward()
     assert torch.isfinite(out.losses).all() and torch.isfinite(chosen.grad).all()
@@ -124,10 +155,13 @@ def test_kto_hand_worked_with_weights_and_kl() -> None:
     assert_close(out.rewards, torch.tensor([1.5, -0.5]))
 
 
-def test_kto_kl_estimate_is_clamped_and_detached() -> None:
+def test_kto_kl_estimate_is_detached_and_clamped_after_the_mean() -> None:
     policy = torch.tensor([-1.0, -2.0], requires_grad=True)
     assert_close(kto_kl_estimate(policy, torch.tensor([-2.0, -2.0])), torch.tensor(0.5))
-    assert kto_kl_estimate(policy, torch.tensor([0.0, 0.0])) == 0  # mean -1.5 clamps to 0
+    # Unclamped until `clamp_kl`, so ranks can average first: means 0.5 and -1.5 give z0 = max(0, -0.5) = 0,
+    # where clamping each rank first would give 0.25.
+    assert_close(kto_kl_estimate(policy, torch.tensor([0.0, 0.0])), torch.tensor(-1.5))
+    assert clamp_kl(torch.stack([torch.tensor(0.5), torch.tensor(-1.5)]).mean()) == 0
     assert not kto_kl_estimate(policy, torch.tensor([-2.0, -2.0])).requires_grad
 
 
@@ -145,11 +179,17 @@ def test_bradley_terry_hand_worked() -> None:
 
 
 def test_invalid_hyperparameters_name_their_keys() -> None:
+    """Each loss declares its constraints; they are checked once, when an objective is configured."""
     with pytest.raises(ConfigError, match="algo.loss_type='robust'"):
-        cpo_loss(C, R, loss_type="robust")
+        check_hyperparameters(cpo_loss, {"loss_type": "robust"})
     with pytest.raises(ConfigError, match="algo.beta"):
-        simpo_loss(C, R, torch.tensor([1]), torch.tensor([1]), beta=-1.0)
+        check_hyperparameters(simpo_loss, {"beta": -1.0})
     with pytest.raises(ConfigError, match="algo.lambda"):
-        orpo_odds_ratio_loss(C, R, torch.tensor([1]), torch.tensor([1]), lambda_=-0.1)
+        check_hyperparameters(orpo_loss, {"lambda_": -0.1})
     with pytest.raises(ConfigError, match="algo.desirable_weight"):
-        kto_loss(C, R, torch.tensor([True]), torch.tensor(0.0), desirable_weight=-1.0)
+        check_hyperparameters(kto_loss, {"desirable_weight": -1.0})
+    with pytest.raises(ConfigError, match="algo.center_rewards_coefficient"):
+        check_hyperparameters(bradley_terry_loss, {"center_rewards_coefficient": -1.0})
+    with pytest.raises(ConfigError, match="algo.cpo_alpha.*must be a number"):
+        check_hyperparameters(cpo_loss, {"cpo_alpha": "a lot"})
+    check_hyperparameters(simpo_loss, {"beta": 2.5, "gamma": -0.3, "label_smoothing": 0.1})

@@ -1,0 +1,36 @@
+"""What every command-line entry point shares: quiet libraries, and errors reported as one line."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info logs from transformers; no tokenizers fork warning."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    # Frozen models (reference, teacher, reward models) are in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+
+@contextlib.contextmanager
+def reported_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Turn a bad-input or bad-config error into ``error: <message>`` on stderr and exit status 2.
+
+    The message names the file/row/field or the config key; a traceback would bury it.
+    """
+    from rlhf_lab.data.formats import DataError
+    from rlhf_lab.errors import ConfigError
+
+    try:
+        yield
+    except (DataError, ConfigError, *extra) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

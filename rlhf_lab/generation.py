@@ -1,0 +1,194 @@
+"""Sampling completions from a causal LM: the generation service the objectives that sample share.
+
+`generate` runs its own decoding loop over the decoder with a KV cache (the head only on the last
+position), so it can return, for every sampled token, its log-prob under the sampling distribution
+(``softmax(logits / temperature)``, before top-k/top-p filtering: the same quantity a teacher-forced pass
+at that temperature gives, which is what importance ratios in online RL compare). Stops at EOS; a row that
+reaches ``max_new_tokens`` without EOS is reported as truncated.
+
+Under data parallelism every rank runs the loop until every rank is done: sharded models (FSDP2,
+DeepSpeed ZeRO-3) gather their parameters inside each forward, which is a collective, so no rank may stop
+early.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rlhf_lab.data.batches import Sequences
+from rlhf_lab.errors import check_range
+from rlhf_lab.logprobs import decoder_and_head, last_hidden_state, position_ids
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are sampled.
+
+    Attributes:
+        max_new_tokens: Longest completion (EOS included).
+        temperature: Softmax temperature (ignored when ``do_sample`` is false).
+        top_p: Nucleus sampling: keep the smallest set of tokens whose probability reaches ``top_p``.
+        top_k: Keep the ``top_k`` most likely tokens (0: all).
+        do_sample: Sample; false decodes greedily.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    do_sample: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("max_new_tokens", self.max_new_tokens, 1)
+        check_range("temperature", self.temperature, 0.0, None, low_inclusive=False)
+        check_range("top_p", self.top_p, 0.0, 1.0, low_inclusive=False)
+        check_range("top_k", self.top_k, 0)
+
+
+@dataclass
+class Generation:
+    """Sampled completions and their log-probs.
+
+    Attributes:
+        prompts: The (left-padded) prompts generated from, ``[B, P]``.
+        completion_ids: ``[B, L]`` sampled tokens, EOS included, ``pad_token_id`` after it.
+        completion_mask: ``[B, L]`` True at sampled tokens up to and including EOS.
+        logps: ``[B, L]`` log-prob of each sampled token under ``softmax(logits / temperature)`` (0 after
+            the end).
+        truncated: ``[B]`` True where no EOS came within ``max_new_tokens``.
+    """
+
+    prompts: Sequences
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    logps: torch.Tensor
+    truncated: torch.Tensor
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """``[B]`` completion lengths in tokens (EOS included)."""
+        return self.completion_mask.sum(1)
+
+    def sequences(self) -> Sequences:
+        """Prompt + completion rows for a teacher-forced pass: completion tokens marked in the mask."""
+        prompt_width = self.prompts.input_ids.shape[1]
+        return Sequences(
+            input_ids=torch.cat([self.prompts.input_ids, self.completion_ids], 1),
+            attention_mask=torch.cat([self.prompts.attention_mask, self.completion_mask.long()], 1),
+            completion_mask=torch.cat(
+                [torch.zeros_like(self.prompts.completion_mask[:, :prompt_width]), self.completion_mask], 1
+            ),
+        )
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask all but the top-k / nucleus tokens with -inf (HF's TopK and TopP warpers)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop tokens once the mass before them reaches top_p (the most likely token always stays).
+        drop = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def _all_finished(finished: torch.Tensor) -> bool:
+    done = finished.all().to(torch.int32)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MIN)
+    return bool(done)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    # Dropout off, and transformers turns the KV cache off under gradient checkpointing in train mode.
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompts: Sequences,
+    sampling: SamplingConfig,
+    *,
+    eos_token_id: int | list[int],
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Complete left-padded ``prompts`` with ``model`` (a causal LM, possibly peft-wrapped).
+
+    Args:
+        model: The model to sample from.
+        prompts: ``[B, P]`` left-padded prompts (`rlhf_lab.data.collate.PromptCollator`).
+        sampling: Length, temperature, top-k/top-p, greedy or sampled.
+        eos_token_id: Token id(s) that end a completion.
+        pad_token_id: Written after a completion's end.
+        generator: Random generator for sampling (on the model's device), for reproducible rollouts.
+
+    Returns:
+        `Generation`.
+    """
+    decoder, head = decoder_and_head(model)
+    eos = torch.tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+        device=prompts.input_ids.device,
+    )
+    batch = prompts.input_ids.shape[0]
+    attention_mask = prompts.attention_mask.clone()
+    inputs = prompts.input_ids
+    positions = position_ids(attention_mask)
+    cache = None
+    finished = torch.zeros(batch, dtype=torch.bool, device=inputs.device)
+    tokens, logps = [], []
+    with _eval_mode(model):
+        for _ in range(sampling.max_new_tokens):
+            outputs = decoder(
+                input_ids=inputs,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = outputs.past_key_values
+            logits = head(last_hidden_state(outputs)[:, -1]).float()
+            if sampling.do_sample:
+                scaled = logits / sampling.temperature
+                filtered = _filter_logits(scaled, sampling.top_k, sampling.top_p)
+                token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+            else:
+                scaled = logits
+                token = logits.argmax(-1)
+            token_logp = scaled.log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
+            token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+            tokens.append(token)
+            logps.append(torch.where(finished, torch.zeros_like(token_logp), token_logp))
+            alive = ~finished
+            finished = finished | torch.isin(token, eos)
+            # The mask of this step's token: it is part of the completion unless the row had already ended.
+            attention_mask = torch.cat([attention_mask, alive.long().unsqueeze(1)], 1)
+            inputs = token.unsqueeze(1)
+            positions = positions[:, -1:] + 1
+            if _all_finished(finished):
+                break
+    completion_ids = torch.stack(tokens, 1)
+    completion_mask = attention_mask[:, prompts.input_ids.shape[1] :].bool()
+    return Generation(
+        prompts=prompts,
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        logps=torch.stack(logps, 1),
+        truncated=~finished,
+    )

@@ -1,0 +1,230 @@
+"""The one place that turns hidden states into log-probs: chunked, and only where a token is scored.
+
+Token ``t`` is predicted from the hidden state at ``t - 1``. The output head runs only at scored positions,
+in chunks of ``chunk_size`` tokens, and each chunk takes ``logit[target] - logsumexp(logits)``: no
+``[batch, seq, vocab]`` tensor and no full-vocabulary log-softmax copy ever exists. Under autograd each
+chunk is checkpointed, so only ``[tokens, hidden]`` activations are kept for backward.
+
+The same pass returns what the objectives need: per-sequence sums (offline preference losses), per-token
+log-probs and entropies (online RL), and the top-k log-probs of each scored position (distillation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from rlhf_lab.errors import ConfigError
+
+
+@dataclass
+class SequenceLogps:
+    """Statistics of the scored tokens of each sequence.
+
+    Attributes:
+        logps: ``[N]`` summed log-probs of the completion tokens.
+        lengths: ``[N]`` number of completion tokens scored.
+        mean_logits: ``[N]`` mean logit over the vocabulary and the completion tokens (detached).
+        prompt_logps: ``[N]`` summed log-probs of the prompt tokens (when asked for).
+        prompt_lengths: ``[N]`` number of prompt tokens scored (when asked for).
+        token_logps: ``[N, T]`` log-prob of token ``t`` given the tokens before it, at completion positions
+            (0 elsewhere, and at ``t = 0``), aligned with ``completion_mask`` (when asked for).
+        token_entropy: ``[N, T]`` entropy of the predictive distribution for token ``t``, likewise.
+        top_k_logps: ``[N, T, k]`` log-probs of the ``k`` most likely tokens at each completion position.
+        top_k_ids: ``[N, T, k]`` their token ids.
+    """
+
+    logps: torch.Tensor
+    lengths: torch.Tensor
+    mean_logits: torch.Tensor
+    prompt_logps: torch.Tensor | None = None
+    prompt_lengths: torch.Tensor | None = None
+    token_logps: torch.Tensor | None = None
+    token_entropy: torch.Tensor | None = None
+    top_k_logps: torch.Tensor | None = None
+    top_k_ids: torch.Tensor | None = None
+
+    def rows(self, part: slice) -> SequenceLogps:
+        """The statistics of the rows ``part`` (e.g. the chosen block of a pair batch)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return SequenceLogps(**{k: None if v is None else v[part] for k, v in values.items()})
+
+    @property
+    def mean_logps(self) -> torch.Tensor:
+        """``[N]`` per-token mean log-prob of each completion (length-normalised)."""
+        return self.logps / self.lengths.clamp(min=1).to(self.logps.dtype)
+
+
+def _score_chunk(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module,
+    softcap: float | None,
+    temperature: float,
+    entropy: bool,
+    top_k: int,
+) -> tuple[torch.Tensor, ...]:
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    # The vocabulary size comes from the logits: a ZeRO-3 partitioned head's weight has shape [0].
+    mean_logits = logits.mean(-1).detach()
+    if temperature != 1.0:
+        logits = logits / temperature
+    normaliser = torch.logsumexp(logits, dim=-1)
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normaliser
+    outputs: list[torch.Tensor] = [token_logps, mean_logits]
+    if entropy:
+        probs = torch.softmax(logits, dim=-1)
+        outputs.append(normaliser - (probs * logits).sum(-1))
+    if top_k:
+        values, ids = logits.topk(top_k, dim=-1)
+        outputs += [values - normaliser.unsqueeze(-1), ids]
+    return tuple(outputs)
+
+
+def completion_logps(
+    hidden_states: torch.Tensor,
+    input_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    head: nn.Module,
+    *,
+    chunk_size: int = 256,
+    logit_softcap: float | None = None,
+    prompt_mask: torch.Tensor | None = None,
+    per_token: bool = False,
+    entropy: bool = False,
+    top_k: int = 0,
+    temperature: float = 1.0,
+) -> SequenceLogps:
+    """Log-probs of the completion tokens, computing the head only where needed.
+
+    A position counts when ``completion_mask[:, t]`` is set (the first position has no prediction and
+    never counts).
+
+    Args:
+        hidden_states: ``[N, T, H]`` final hidden states (after the final norm).
+        input_ids: ``[N, T]`` token ids.
+        completion_mask: ``[N, T]`` bool, True at completion tokens.
+        head: The output projection (``lm_head``).
+        chunk_size: Tokens per head call; bounds the ``[chunk, vocab]`` logits alive at once.
+        logit_softcap: Final logit soft-capping (Gemma 2), if the model uses it.
+        prompt_mask: ``[N, T]`` bool, prompt tokens to score as well (summed apart, in ``prompt_logps``).
+        per_token: Also return ``token_logps`` ``[N, T]``.
+        entropy: Also return ``token_entropy`` ``[N, T]``.
+        top_k: Also return the top-``k`` log-probs and ids ``[N, T, k]`` (0: no).
+        temperature: Divide the logits by this before the softmax (sampling temperature of online RL).
+
+    Returns:
+        `SequenceLogps`.
+    """
+    num_sequences, length = input_ids.shape
+    target_mask = completion_mask[:, 1:].bool()
+    scored_mask = target_mask if prompt_mask is None else target_mask | prompt_mask[:, 1:].bool()
+    rows, cols = scored_mask.nonzero(as_tuple=True)
+    is_completion = target_mask[rows, cols]
+    selected_hidden = hidden_states[:, :-1][rows, cols]
+    targets = input_ids[:, 1:][rows, cols]
+    chunks: list[tuple[torch.Tensor, ...]] = []
+    for start in range(0, targets.numel(), chunk_size):
+        arguments = (
+            selected_hidden[start : start + chunk_size],
+            targets[start : start + chunk_size],
+            head,
+            logit_softcap,
+            temperature,
+            entropy,
+            top_k,
+        )
+        if torch.is_grad_enabled() and selected_hidden.requires_grad:
+            chunks.append(checkpoint(_score_chunk, *arguments, use_reentrant=False))
+        else:
+            chunks.append(_score_chunk(*arguments))
+    if chunks:
+        columns = [torch.cat(parts) for parts in zip(*chunks, strict=True)]
+    else:  # nothing to score: empty columns of the right kinds
+        empty = hidden_states.new_zeros(0, dtype=torch.float32)
+        columns = [empty, empty]
+        if entropy:
+            columns.append(empty)
+        if top_k:
+            columns += [hidden_states.new_zeros(0, top_k), torch.zeros(0, top_k, dtype=torch.long)]
+    token_logps, token_mean_logits = columns[0], columns[1]
+    zeros = torch.zeros(num_sequences, device=hidden_states.device, dtype=torch.float32)
+    lengths = target_mask.sum(1)
+    result = SequenceLogps(
+        logps=zeros.index_add(0, rows, torch.where(is_completion, token_logps, 0.0)),
+        lengths=lengths,
+        mean_logits=zeros.index_add(0, rows, torch.where(is_completion, token_mean_logits, 0.0))
+        / lengths.clamp(min=1).float(),
+    )
+    if prompt_mask is not None:
+        result.prompt_logps = zeros.index_add(0, rows, torch.where(is_completion, 0.0, token_logps))
+        result.prompt_lengths = (scored_mask & ~target_mask).sum(1)
+    completion_rows, completion_cols = rows[is_completion], cols[is_completion] + 1
+
+    def dense(values: torch.Tensor) -> torch.Tensor:
+        """Scatter per-scored-token values into ``[N, T, ...]``, zero elsewhere (differentiable)."""
+        shape = (num_sequences, length, *values.shape[1:])
+        return values.new_zeros(shape).index_put((completion_rows, completion_cols), values[is_completion])
+
+    if per_token:
+        result.token_logps = dense(token_logps)
+    if entropy:
+        result.token_entropy = dense(columns[2])
+    if top_k:
+        result.top_k_logps = dense(columns[-2])
+        result.top_k_ids = dense(columns[-1])
+    return result
+
+
+def naive_completion_logps(
+    logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> torch.Tensor:
+    """Reference implementation with a full log-softmax (tests only: it materialises ``[N, T, V]``)."""
+    return naive_token_logps(logits, input_ids, completion_mask).sum(-1)
+
+
+def naive_token_logps(
+    logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> torch.Tensor:
+    """``[N, T]`` per-token completion log-probs from full logits, aligned like `SequenceLogps.token_logps`."""
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logps = log_probs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return F.pad(token_logps * completion_mask[:, 1:], (1, 0))
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The underlying transformers model (peft wraps it; its LoRA layers stay injected)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The decoder stack and the output projection of a causal LM."""
+    causal_lm = unwrap_model(model)
+    head = causal_lm.get_output_embeddings()
+    decoder = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else causal_lm.model
+    if head is None or decoder is None:
+        raise ConfigError(f"{type(causal_lm).__name__} exposes no decoder/output head; it is not a causal LM")
+    return decoder, head
+
+
+def backbone_and_score_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The decoder stack and the score head of a sequence classifier (reward and value models)."""
+    classifier = unwrap_model(model)
+    return getattr(classifier, classifier.base_model_prefix), classifier.score
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left- and right-padded rows get the same positions."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_hidden_state(outputs: Any) -> torch.Tensor:
+    return outputs[0] if isinstance(outputs, tuple) else outputs.last_hidden_state
