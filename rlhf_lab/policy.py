@@ -178,9 +178,10 @@ class FrozenModel(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, chunk_size: int = 256) -> None:
         super().__init__()
-        self.model = model.requires_grad_(False).eval()
+        self.model = model.requires_grad_(False)
         self.tokenizer = tokenizer
         self.chunk_size = chunk_size
+        self.train(False)
 
     def train(self, mode: bool = True) -> FrozenModel:
         # Stays in eval mode whatever the trainer asks (no dropout in a frozen model).

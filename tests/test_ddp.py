@@ -1,4 +1,5 @@
-"""Data parallelism on CPU: 2 processes x batch 4 == 1 process x batch 8."""
+"""Data parallelism on CPU: 2 processes x batch 4 == 1 process x batch 8 (DPO, and KTO, whose KL
+reference point is averaged over the ranks' mismatched rows before it is clamped)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from tests.test_e2e import cli
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algo", ["dpo", "kto"])
+def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path: Path, algo: str) -> None:
     common = [
+        f"algo={algo}",
         "trainer.accelerator=cpu",
         "trainer.max_steps=3",
         "trainer.limit_val_batches=null",
@@ -36,9 +39,11 @@ def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path: Path) -
     single_summary = json.loads((tmp_path / "single" / "summary.json").read_text())
     ddp_summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert single_summary["trainer/global_step"] == ddp_summary["trainer/global_step"] == 3
-    # Both moved away from the initial policy (loss ln 2 at the start), the same way.
-    assert abs(single_summary["val/loss"] - 0.6931) > 1e-3
+    # Both moved away from the initial policy (DPO's loss is ln 2 at the start, KTO's 0.5), the same way.
+    assert abs(single_summary["val/loss"] - (0.6931 if algo == "dpo" else 0.5)) > 1e-3
     assert ddp_summary["val/loss"] == pytest.approx(single_summary["val/loss"], abs=1e-4)
+    if algo == "kto":  # the reference point of the last step, one value for the global batch
+        assert ddp_summary["train/kl"] == pytest.approx(single_summary["train/kl"], abs=1e-5)
     assert single_weights.keys() == ddp_weights.keys()
     for name, weight in single_weights.items():
         assert_close(ddp_weights[name], weight, rtol=0, atol=2e-5, msg=name)

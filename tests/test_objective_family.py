@@ -90,6 +90,34 @@ def test_cpo_metrics_and_loss() -> None:
     check_pairwise(metrics, 0.5 * c, 0.5 * r, logps, pairs)
 
 
+def test_cpo_ipo_compares_per_token_means() -> None:
+    """CPO's ipo loss type on length-normalised log-probs (as TRL's CPO and this project's DPO ipo), and
+    its rewards on the same scale, so rewards/accuracies is the share of pairs the loss ranks correctly."""
+    objective, batch = perturbed(["algo=cpo", "algo.loss_type=ipo", "algo.beta=0.5", "algo.cpo_alpha=0"])
+    loss, metrics = objective.compute(batch, "val")
+    pairs = batch.size
+    logps = naive_policy_logps(objective, batch)
+    mean = logps / batch.sequences.completion_mask[:, 1:].sum(1).float()
+    h = mean[:pairs] - mean[pairs:]
+    assert_close(loss, ((h - 1.0) ** 2).mean(), rtol=1e-4, atol=1e-5)
+    check_pairwise(metrics, 0.5 * mean[:pairs], 0.5 * mean[pairs:], logps, pairs)
+
+
+def test_ipo_rewards_are_the_length_normalised_log_ratios() -> None:
+    """IPO's loss compares per-token mean log-ratios; its rewards (and so rewards/accuracies) are those,
+    while logps/* stay the summed completion log-probs of every objective."""
+    objective, batch = perturbed(["algo=ipo", "algo.beta=0.5"])
+    loss, metrics = objective.compute(batch, "val")
+    pairs = batch.size
+    policy = naive_policy_logps(objective, batch)
+    reference = naive_logps(objective.reference.model.model, batch.sequences)
+    ratio = (policy - reference) / batch.sequences.completion_mask[:, 1:].sum(1).float()
+    h = ratio[:pairs] - ratio[pairs:]
+    assert_close(loss, ((h - 1 / (2 * 0.5)) ** 2).mean(), rtol=1e-4, atol=1e-5)
+    check_pairwise(metrics, 0.5 * ratio[:pairs], 0.5 * ratio[pairs:], policy, pairs)
+    assert_close(metrics["rewards/accuracies"], (h > 0).float().mean())
+
+
 def test_simpo_metrics_and_loss() -> None:
     objective, batch = perturbed(["algo=cpo_simpo", "algo.beta=2.0", "algo.gamma=0.5", "algo.cpo_alpha=0.3"])
     loss, metrics = objective.compute(batch, "val")
@@ -243,3 +271,41 @@ def test_log_probs_are_float32_under_half_precision() -> None:
     half = completion_logps(hidden.half(), ids, mask, head.half()).logps
     assert half.dtype == torch.float32
     assert_close(half, reference, atol=0.05, rtol=0.01)
+
+
+def test_a_new_pairwise_loss_needs_only_its_function_and_its_yaml(tmp_path: Path) -> None:
+    """A loss function (here in tests/custom_losses.py) and one YAML file make a new objective: the schema
+    comes from the loss's signature (typed, unknown keys rejected), the reference from its arguments."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import open_dict
+
+    from rlhf_lab.config import register_schemas
+    from tests.conftest import CONF_DIR, TINY_OVERRIDES
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "algo" / "squared_margin.yaml").write_text(
+        "defaults:\n  - /schema/algo/squared_margin@_here_\n  - _self_\n"
+        "_target_: rlhf_lab.objectives.PairwiseObjective\n"
+        "loss: tests.custom_losses.squared_margin_loss\ntau: 2.0\nreference: auto\n"
+    )
+    register_schemas(conf)
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
+        cfg = compose("config", overrides=[*TINY_OVERRIDES, "algo=squared_margin", "algo.tau=0.5"])
+        with pytest.raises(ConfigCompositionException, match=r"Could not override 'algo.beta'"):
+            compose("config", overrides=["algo=squared_margin", "algo.beta=1"])
+        with pytest.raises(ConfigCompositionException, match="tau"):
+            compose("config", overrides=["algo=squared_margin", "algo.tau=large"])
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(tmp_path / "run")
+        cfg.paths.cache_dir = compose_config().paths.cache_dir
+    objective, datamodule, _ = build(cfg)
+    objective.configure_model()
+    assert objective.reference_mode == "copy"  # the loss takes reference log-probs
+    batch = next(iter(datamodule.val_dataloader()))
+    loss, metrics = objective.compute(batch, "val")
+    assert_close(loss, torch.tensor(0.25), atol=1e-5, rtol=0)  # policy = reference: (0 - 0.5)^2
+    assert metrics["rewards/margins"] == 0

@@ -1,0 +1,152 @@
+"""policy.generate: greedy tokens equal transformers' generate; sampled tokens' log-probs equal a
+teacher-forced pass; seeded, EOS-stopped, truncation reported."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from rlhf_lab.data.collate import PromptCollator
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.generation import SamplingConfig
+from rlhf_lab.train import build
+
+
+@pytest.fixture(scope="module")
+def policy_and_prompts():
+    from tests.conftest import compose_config
+
+    objective, datamodule, tokenizer = build(compose_config(["model.gradient_checkpointing=true"]))
+    objective.configure_model()
+    torch.manual_seed(0)
+    with torch.no_grad():  # away from the initial weights, so completions are not all alike
+        for parameter in objective.policy.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    examples = datamodule.datasets["val"].examples[:6]
+    # Prompts of different lengths, so left padding matters.
+    items = [(i, example) for i, example in enumerate(examples)]
+    items[1][1].prompt_ids = items[1][1].prompt_ids[3:]
+    prompts = PromptCollator(pad_token_id=tokenizer.pad_token_id)(items).sequences
+    assert not prompts.attention_mask.all()
+    return objective.policy, prompts, tokenizer
+
+
+def test_greedy_tokens_equal_transformers_generate(policy_and_prompts) -> None:
+    policy, prompts, tokenizer = policy_and_prompts
+    ours = policy.generate(
+        prompts,
+        SamplingConfig(max_new_tokens=12, do_sample=False),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = policy.model.eval()
+    with torch.no_grad():
+        theirs = model.generate(
+            input_ids=prompts.input_ids,
+            attention_mask=prompts.attention_mask,
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            use_cache=True,
+        )
+    policy.model.train()
+    new = theirs[:, prompts.input_ids.shape[1] :]
+    assert torch.equal(ours.completion_ids[:, : new.shape[1]], new)
+    assert (ours.completion_ids[:, new.shape[1] :] == tokenizer.pad_token_id).all()
+    assert policy.model.training  # generation left the policy in train mode
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingConfig(max_new_tokens=10, do_sample=False),
+        SamplingConfig(max_new_tokens=10, temperature=0.7),
+        SamplingConfig(max_new_tokens=10, temperature=1.3, top_k=20, top_p=0.9),
+    ],
+    ids=["greedy", "t0.7", "t1.3-topk-topp"],
+)
+def test_sampled_log_probs_equal_a_teacher_forced_pass(policy_and_prompts, sampling: SamplingConfig) -> None:
+    policy, prompts, tokenizer = policy_and_prompts
+    generation = policy.generate(
+        prompts,
+        sampling,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        generator=torch.Generator().manual_seed(1),
+    )
+    temperature = sampling.temperature if sampling.do_sample else 1.0
+    with torch.no_grad():
+        forced = policy(generation.sequences(), per_token=True, temperature=temperature).token_logps
+    forced = forced[:, prompts.input_ids.shape[1] :]
+    mask = generation.completion_mask
+    assert_close(generation.logps[mask], forced[mask], atol=1e-5, rtol=0)
+    assert (generation.logps[~mask] == 0).all()
+
+
+def test_generation_is_seeded_stops_at_eos_and_reports_truncation(policy_and_prompts) -> None:
+    policy, prompts, tokenizer = policy_and_prompts
+    sampling = SamplingConfig(max_new_tokens=6, temperature=1.0)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    def sample(seed: int):
+        return policy.generate(
+            prompts,
+            sampling,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    first, again, other = sample(3), sample(3), sample(4)
+    assert torch.equal(first.completion_ids, again.completion_ids)
+    assert not torch.equal(first.completion_ids, other.completion_ids)
+    for row in range(prompts.num_rows):
+        ids = first.completion_ids[row][first.completion_mask[row]].tolist()
+        if first.truncated[row]:
+            assert len(ids) == 6 and eos not in ids
+        else:  # ends at its first EOS; padding after it
+            assert ids.index(eos) == len(ids) - 1
+            assert (first.completion_ids[row][len(ids) :] == pad).all()
+    assert first.lengths.tolist() == first.completion_mask.sum(1).tolist()
+
+    # Greedy, with a token row 0 produces later on as "EOS": row 0 stops there, EOS included.
+    greedy = SamplingConfig(max_new_tokens=6, do_sample=False)
+    free = policy.generate(prompts, greedy, eos_token_id=eos, pad_token_id=pad)
+    tokens = free.completion_ids[0].tolist()
+    end = next(k for k in range(1, 6) if tokens[k] not in tokens[:k])  # its first occurrence
+    stopped = policy.generate(prompts, greedy, eos_token_id=[eos, tokens[end]], pad_token_id=pad)
+    width = stopped.completion_ids.shape[1]
+    assert stopped.completion_mask[0].tolist() == [True] * (end + 1) + [False] * (width - end - 1)
+    assert not stopped.truncated[0]
+    assert stopped.completion_ids[0, : end + 1].tolist() == tokens[: end + 1]
+    assert (stopped.completion_ids[0, end + 1 :] == pad).all() and (stopped.logps[0, end + 1 :] == 0).all()
+
+
+def test_sampling_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="temperature"):
+        SamplingConfig(temperature=0.0)
+    with pytest.raises(ConfigError, match="top_p"):
+        SamplingConfig(top_p=1.5)
+
+
+def test_a_lora_policy_generates_through_its_adapter() -> None:
+    from tests.conftest import compose_config
+
+    objective, datamodule, tokenizer = build(compose_config(["adapter=lora", "adapter.target_modules=all"]))
+    objective.configure_model()
+    items = list(enumerate(datamodule.datasets["val"].examples[:3]))
+    prompts = PromptCollator(pad_token_id=tokenizer.pad_token_id)(items).sequences
+    sampling = SamplingConfig(max_new_tokens=5, do_sample=False)
+    ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    before = objective.policy.generate(prompts, sampling, **ids)
+    with torch.no_grad():
+        for name, parameter in objective.policy.model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.5)
+    after = objective.policy.generate(prompts, sampling, **ids)
+    with objective.policy.adapters_disabled():
+        base = objective.policy.generate(prompts, sampling, **ids)
+    assert not torch.allclose(before.logps, after.logps)  # the adapter is in the generating model
+    assert torch.equal(before.completion_ids, base.completion_ids)  # LoRA B = 0 at init: the base
