@@ -41,6 +41,7 @@ typecheck: install
 
 bench: install
 	$(PY) -m pip install -q -e ".[bench]" "$(TORCH)"
+	$(PY) benchmarks/losses_vs_trl.py
 	$(PY) benchmarks/logps_memory.py
 
 clean:

@@ -46,6 +46,17 @@ log = logging.getLogger(__name__)
 REFERENCE_MODES = ("copy", "adapter_off", "precomputed", "none")
 
 
+def _hidden_states(backbone: nn.Module, sequences: Sequences) -> torch.Tensor:
+    """``[N, T, H]`` final hidden states of a decoder stack (positions counted over real tokens)."""
+    outputs = backbone(
+        input_ids=sequences.input_ids,
+        attention_mask=sequences.attention_mask,
+        position_ids=position_ids(sequences.attention_mask),
+        use_cache=False,
+    )
+    return last_hidden_state(outputs)
+
+
 def sequence_logps(
     model: nn.Module,
     sequences: Sequences,
@@ -59,14 +70,8 @@ def sequence_logps(
 ) -> SequenceLogps:
     """Run the decoder once over ``sequences`` and score their completion (and, if asked, prompt) tokens."""
     decoder, head = decoder_and_head(model)
-    outputs = decoder(
-        input_ids=sequences.input_ids,
-        attention_mask=sequences.attention_mask,
-        position_ids=position_ids(sequences.attention_mask),
-        use_cache=False,
-    )
     return completion_logps(
-        last_hidden_state(outputs),
+        _hidden_states(decoder, sequences),
         sequences.input_ids,
         sequences.completion_mask,
         head,
@@ -83,13 +88,7 @@ def sequence_logps(
 def classifier_outputs(model: nn.Module, sequences: Sequences) -> torch.Tensor:
     """``[N, T]`` scores of a one-label sequence classifier at every position."""
     backbone, score = backbone_and_score_head(model)
-    outputs = backbone(
-        input_ids=sequences.input_ids,
-        attention_mask=sequences.attention_mask,
-        position_ids=position_ids(sequences.attention_mask),
-        use_cache=False,
-    )
-    return score(last_hidden_state(outputs)).squeeze(-1).float()
+    return score(_hidden_states(backbone, sequences)).squeeze(-1).float()
 
 
 def sequence_scores(model: nn.Module, sequences: Sequences) -> torch.Tensor:
@@ -98,17 +97,9 @@ def sequence_scores(model: nn.Module, sequences: Sequences) -> torch.Tensor:
     The last token comes from the attention mask (rows are right-padded), not from searching for pad ids
     as HF's own pooling does: with pad = EOS (Mistral, Llama) that search stops at the wrong token.
     """
-    backbone, score = backbone_and_score_head(model)
-    outputs = backbone(
-        input_ids=sequences.input_ids,
-        attention_mask=sequences.attention_mask,
-        position_ids=position_ids(sequences.attention_mask),
-        use_cache=False,
-    )
-    hidden = last_hidden_state(outputs)
+    scores = classifier_outputs(model, sequences)
     last = sequences.attention_mask.sum(1) - 1
-    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    return score(pooled).squeeze(-1).float()
+    return scores[torch.arange(scores.shape[0], device=scores.device), last]
 
 
 class Policy(nn.Module):
@@ -138,24 +129,10 @@ class Policy(nn.Module):
         """``[N]`` scalar scores of a sequence-classification policy (reward-model training)."""
         return sequence_scores(self.model, sequences)
 
-    def generate(
-        self,
-        prompts: Sequences,
-        sampling: SamplingConfig,
-        *,
-        eos_token_id: int | list[int],
-        pad_token_id: int,
-        generator: torch.Generator | None = None,
-    ) -> Generation:
-        """Sample completions of left-padded ``prompts`` (KV cache, EOS stop; see `rlhf_lab.generation`)."""
-        return generate(
-            self.model,
-            prompts,
-            sampling,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            generator=generator,
-        )
+    def generate(self, prompts: Sequences, sampling: SamplingConfig, **ids: Any) -> Generation:
+        """Sample completions of left-padded ``prompts``: `rlhf_lab.generation.generate` on the policy
+        (``eos_token_id``, ``pad_token_id``, ``generator``; KV cache, EOS stop)."""
+        return generate(self.model, prompts, sampling, **ids)
 
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:

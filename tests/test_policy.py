@@ -39,16 +39,7 @@ def test_hand_built_batch() -> None:
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 1024])
 def test_matches_naive_values_and_gradients(chunk_size: int) -> None:
-    torch.manual_seed(0)
-    batch, seq, width, vocab = 4, 9, 16, 50
-    hidden = torch.randn(batch, seq, width, requires_grad=True)
-    head = nn.Linear(width, vocab, bias=False)
-    ids = torch.randint(0, vocab, (batch, seq))
-    mask = torch.zeros(batch, seq, dtype=torch.bool)
-    mask[0, 3:] = True
-    mask[1, 5:7] = True
-    mask[2, 1:] = True  # row 3 has no completion at all
-
+    hidden, head, ids, mask = random_case()
     fast = completion_logps(hidden, ids, mask, head, chunk_size=chunk_size)
     fast_grads = torch.autograd.grad(fast.logps.sum(), (hidden, head.weight))
 
