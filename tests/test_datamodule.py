@@ -349,8 +349,9 @@ def test_mismatched_partners_answer_other_prompts_and_are_fixed_by_the_seed() ->
     assert all(examples[j].prompt_ids != examples[i].prompt_ids for i, j in enumerate(partners))
     # One prompt only: any other completion will do.
     assert mismatched_partners([example(1, 2), example(1, 3)], seed=0) == [1, 0]
-    with pytest.raises(ConfigError, match="at least 2 training examples"):
+    with pytest.raises(ConfigError, match="at least 2 examples in a split"):
         mismatched_partners([example(1, 2)], seed=0)
+    assert mismatched_partners([], seed=0) == []  # an empty held-out split
 
 
 @pytest.mark.parametrize(

@@ -65,11 +65,15 @@ def mismatched_partners(examples: list[TokenizedExample], seed: int) -> list[int
     on the batch, the rank or the number of processes (TRL fixes its KL rows per dataset too).
 
     Raises:
-        ConfigError: Fewer than 2 examples.
+        ConfigError: Exactly one example (it has no other completion to pair with).
     """
     size = len(examples)
-    if size < 2:
-        raise ConfigError(f"KTO needs at least 2 training examples to estimate its KL term; found {size}")
+    if size == 0:
+        return []
+    if size == 1:
+        raise ConfigError(
+            "KTO needs at least 2 examples in a split to estimate its KL term from mismatched rows; found 1"
+        )
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
     partners = [0] * size
     for position, index in enumerate(order):
