@@ -82,6 +82,16 @@ def _compose_groups(choices: list[str]) -> DictConfig:
         return compose("config", overrides=choices)
 
 
+#: Runs written before the pairwise objectives became one class name their objective by class; the loss
+#: each of those classes computed (their hyperparameter keys are unchanged).
+LEGACY_PAIRWISE_TARGETS = {
+    "rlhf_lab.objectives.DPO": "rlhf_lab.losses.dpo_loss",
+    "rlhf_lab.objectives.CPO": "rlhf_lab.losses.cpo_loss",
+    "rlhf_lab.objectives.SimPO": "rlhf_lab.losses.simpo_loss",
+    "rlhf_lab.objectives.ORPO": "rlhf_lab.losses.orpo_loss",
+}
+
+
 def load_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """The run's resolved config with ``overrides`` applied (``data=jsonl`` swaps the group)."""
     run_dir = Path(run_dir)
@@ -91,6 +101,11 @@ def load_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfi
     cfg = OmegaConf.load(config_file)
     if not isinstance(cfg, DictConfig):
         raise ValueError(f"{config_file} is not a run config (a mapping)")
+    legacy_loss = LEGACY_PAIRWISE_TARGETS.get(str(cfg.get("algo", {}).get("_target_")))
+    if legacy_loss is not None:
+        with open_dict(cfg):
+            cfg.algo._target_ = "rlhf_lab.objectives.PairwiseObjective"
+            cfg.algo.loss = legacy_loss
     groups = _config_groups()
     choices: list[str] = []
     dotted: list[str] = []

@@ -42,6 +42,23 @@ def test_load_config_applies_overrides_to_the_saved_config(tmp_path: Path) -> No
         load_config(tmp_path / "nothing")
 
 
+def test_runs_from_before_the_pairwise_merge_still_load(tmp_path: Path) -> None:
+    """A run directory written when SimPO was its own class (``_target_: rlhf_lab.objectives.SimPO``)."""
+    from rlhf_lab.train import build
+
+    cfg = compose_config(["algo=simpo", "algo.gamma=0.7"], run_dir=tmp_path)
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    saved.algo._target_ = "rlhf_lab.objectives.SimPO"
+    del saved.algo["loss"]
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    loaded = load_config(tmp_path)
+    assert loaded.algo._target_ == "rlhf_lab.objectives.PairwiseObjective"
+    assert loaded.algo.loss == "rlhf_lab.losses.simpo_loss"
+    objective, _, _ = build(loaded)
+    assert objective.name == "simpo_loss" and objective.loss_kwargs["gamma"] == 0.7
+
+
 @pytest.mark.slow
 def test_evaluate_cli_reproduces_the_runs_held_out_accuracy(tmp_path: Path) -> None:
     run(compose_config(SHORT, run_dir=tmp_path))
