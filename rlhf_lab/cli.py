@@ -18,6 +18,10 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     # Frozen models (reference, teacher, reward models) are in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # The DataModule's sampler resumes mid-epoch itself (it skips what the checkpoint had seen).
+    warnings.filterwarnings(
+        "ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended"
+    )
 
 
 @contextlib.contextmanager

@@ -164,8 +164,9 @@ def load_weights(objective: Any, source: Path) -> None:
     """Load trained weights into the built objective: a Lightning checkpoint, or an HF export (full models)."""
     objective.configure_model()
     if source.is_file():
-        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-        objective.load_trained_state(checkpoint["state_dict"], str(source))
+        from rlhf_lab.checkpoints import read_checkpoint
+
+        objective.load_trained_state(read_checkpoint(source)["state_dict"], str(source))
         return
     if objective.adapter.is_peft:
         raise ValueError(

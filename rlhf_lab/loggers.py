@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from argparse import Namespace
 from collections.abc import Mapping
@@ -15,6 +16,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rlhf_lab.errors import check_choice
+
+log = logging.getLogger(__name__)
 
 # A config key whose name contains one of these (case-insensitive) never leaves the machine.
 SECRET_MARKERS = ("key", "token", "secret", "password")
@@ -57,10 +60,62 @@ def flatten_config(cfg: Mapping[str, Any] | DictConfig, sep: str = ".") -> dict[
 
 
 class FlatConfigWandbLogger(WandbLogger):
-    """Lightning's `WandbLogger`, logging hyperparameters as a flat, secret-free config (`flatten_config`)."""
+    """Lightning's `WandbLogger`, logging hyperparameters as a flat, secret-free config (`flatten_config`), and
+    going offline (one warning) when an online run cannot start: a rejected key or an unreachable server."""
 
     def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
         super().log_hyperparams(flatten_config(_convert_params(params)))
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is not None or self._offline:
+            return super().experiment
+        import wandb
+
+        try:
+            return super().experiment
+        except (wandb.errors.AuthenticationError, wandb.errors.CommError, wandb.errors.UsageError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            log.warning(
+                "W&B could not start an online run (%s): logging offline to %s instead", first, self.save_dir
+            )
+            self._offline = True
+            self._wandb_init["mode"] = "offline"
+            self._experiment = None
+            return super().experiment
+
+
+def server_reachable(base_url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the W&B server of ``base_url`` opens within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(base_url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """``auto``: ``WANDB_MODE`` when set (offline, disabled...); else online when logged in and the server
+    (the login's own, never a hard-coded host) answers, offline otherwise (with a warning if logged in)."""
+    if mode != "auto":
+        return mode
+    environment = os.environ.get("WANDB_MODE", "").strip().lower()
+    if environment:
+        return {"dryrun": "offline", "run": "online"}.get(environment, environment)
+    if not wandb_logged_in():
+        return "offline"
+    import wandb
+
+    base_url = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
+    if not server_reachable(base_url):
+        log.warning("W&B server %s is not reachable: logging offline (wandb sync uploads it later)", base_url)
+        return "offline"
+    return "online"
 
 
 def wandb_logged_in() -> bool:
@@ -97,7 +152,9 @@ def wandb_logger(
         group: Run group (e.g. a sweep name).
         tags: Run tags.
         name: Run name.
-        mode: ``auto`` (online when logged in, else offline), ``online``, ``offline`` or ``disabled``.
+        mode: ``auto`` (``WANDB_MODE`` when set; else online when logged in and the server answers; else
+            offline), ``online``, ``offline`` or ``disabled``. An online run that cannot start (a rejected key,
+            no server) logs offline instead, with one warning.
     """
     check_choice("logger.wandb.mode", mode, ("auto", "online", "offline", "disabled"))
     import wandb
@@ -105,8 +162,8 @@ def wandb_logger(
     if wandb.run is not None:
         # Left open by the previous job of a --multirun (same process): Lightning would log into it.
         wandb.finish()
-    if mode == "auto":
-        mode = "online" if wandb_logged_in() else "offline"
+    mode = resolve_wandb_mode(mode)
+    check_choice("WANDB_MODE", mode, ("online", "offline", "disabled"))
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return FlatConfigWandbLogger(
         save_dir=save_dir,
@@ -120,17 +177,36 @@ def wandb_logger(
     )
 
 
+def _write_rows_atomically(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
+    """Rewrite a CSV file through a temporary file beside it, so a kill leaves the old or the new file."""
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with staging.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(staging, path)
+
+
 def _appending_writer() -> type:
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
     class AppendingWriter(ExperimentWriter):
-        """Keeps an existing metrics.csv (a resumed run appends to it) instead of deleting it."""
+        """Keeps an existing metrics.csv (a resumed run appends to it) instead of deleting it, and rewrites it
+        atomically when a new column appears (Lightning rewrites it in place, which a kill can empty)."""
 
         def _check_log_dir_exists(self) -> None:
             if self._fs.isfile(self.metrics_file_path):
                 with self._fs.open(self.metrics_file_path, "r", newline="") as file:
                     header = next(csv.reader(file), [])
                 self.metrics_keys = sorted(header)
+
+        def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+            path = Path(self.metrics_file_path)
+            with path.open(newline="") as file:
+                rows = list(csv.DictReader(file))
+            _write_rows_atomically(path, list(fieldnames), rows)
 
     return AppendingWriter
 
@@ -146,17 +222,39 @@ class CSVLogger(LightningCSVLogger):
         return self._experiment
 
 
-def truncate_metrics(metrics_file: Path, from_step: int) -> int:
-    """Drop rows logged at ``step >= from_step`` (a resumed run logs them again); returns rows dropped."""
+def read_metrics_rows(metrics_file: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the complete rows of a metrics.csv (a half-written last line is not a row)."""
+    if not metrics_file.exists():
+        return [], []
+    text = metrics_file.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # a kill mid-write leaves part of a line
+    reader = csv.DictReader(text.splitlines())
+    return list(reader.fieldnames or []), list(reader)
+
+
+def truncate_metrics(metrics_file: Path, rows: int, pending: dict[str, Any] | None = None) -> int:
+    """Keep the first ``rows`` rows of metrics.csv (those a checkpoint had seen written), then ``pending`` (the
+    row of the checkpoint's own step, which Lightning logs only after the checkpoint was saved); a resumed
+    run logs everything after again. Atomic. Returns the rows dropped."""
     if not metrics_file.exists():
         return 0
-    with metrics_file.open(newline="") as file:
-        reader = csv.DictReader(file)
-        fieldnames = reader.fieldnames or []
-        rows = list(reader)
-    kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < from_step]
-    with metrics_file.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(kept)
-    return len(rows) - len(kept)
+    fieldnames, existing = read_metrics_rows(metrics_file)
+    kept: list[dict[str, Any]] = list(existing[:rows])
+    if pending is not None:
+        fieldnames += [key for key in pending if key not in fieldnames]
+        kept.append(pending)
+    _write_rows_atomically(metrics_file, fieldnames, kept)
+    return len(existing) - min(rows, len(existing))
+
+
+def archive_metrics(metrics_file: Path) -> Path | None:
+    """Move an existing metrics.csv aside (``metrics.1.csv``, ``metrics.2.csv``, ...) before a run starts over in
+    its directory: it never appends to another run's rows, and nothing written is lost."""
+    if not metrics_file.exists():
+        return None
+    number = 1
+    while (target := metrics_file.with_name(f"{metrics_file.stem}.{number}{metrics_file.suffix}")).exists():
+        number += 1
+    metrics_file.rename(target)
+    return target

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -300,22 +299,44 @@ class Reference(nn.Module):
         key: str,
         cache_file: Path | None,
         forward_context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        agree: Callable[[bool], bool] = bool,
     ) -> str:
         """Fill the tables for ``key`` with one pass over each loader (unshuffled), from the initial weights.
 
         Tables already held for ``key`` (restored from a checkpoint) are kept; otherwise ``cache_file`` is
-        loaded if it exists, else the tables are computed and saved there.
+        loaded if it exists, else the tables are computed and saved there. Processes sharing the cache take a
+        file lock around the check, the computation and the save, so two runs never compute (or write) one
+        table at once; the save is atomic either way. Under data parallelism the ranks compute together (a
+        sharded model's forward is collective) and ``agree`` makes them take the same decision.
 
         Returns:
             Where the tables came from: ``held``, ``cache`` or ``computed``.
         """
         if self.tables and self.tables_key == key:
             return "held"
-        if cache_file is not None and cache_file.exists():
-            self.tables = torch.load(cache_file, map_location="cpu", weights_only=True)
-            self.tables_key = key
-            log.info("reference log-probs loaded from cache %s", cache_file)
-            return "cache"
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        lock = contextlib.nullcontext() if cache_file is None or distributed else _file_lock(cache_file)
+        with lock:
+            if agree(cache_file is not None and cache_file.exists()):
+                assert cache_file is not None
+                self.tables = torch.load(cache_file, map_location="cpu", weights_only=True)
+                self.tables_key = key
+                log.info("reference log-probs loaded from cache %s", cache_file)
+                return "cache"
+            self.tables, self.tables_key = self._compute_tables(loaders, device, forward_context), key
+            if cache_file is not None and (not distributed or torch.distributed.get_rank() == 0):
+                from rlhf_lab.checkpoints import atomic_torch_save
+
+                atomic_torch_save(self.tables, cache_file)
+                log.info("reference log-probs cached at %s", cache_file)
+        return "computed"
+
+    def _compute_tables(
+        self,
+        loaders: Mapping[str, Any],
+        device: torch.device,
+        forward_context: Callable[[], contextlib.AbstractContextManager[Any]],
+    ) -> dict[str, torch.Tensor]:
         policy = self._policy[0]
         was_training = policy.training
         policy.eval()
@@ -333,15 +354,7 @@ class Reference(nn.Module):
                         tables[split] = table
         finally:
             policy.train(was_training)
-        self.tables, self.tables_key = tables, key
-        if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            # Per-process staging name: jobs of a parallel sweep may finish the same table together.
-            staging = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(tables, staging)
-            staging.replace(cache_file)
-            log.info("reference log-probs cached at %s", cache_file)
-        return "computed"
+        return tables
 
     def state_for_checkpoint(self) -> dict[str, Any] | None:
         """The precomputed tables and their key (a resume then needs neither the cache nor the base)."""
@@ -352,6 +365,23 @@ class Reference(nn.Module):
     def restore(self, state: Mapping[str, Any] | None) -> None:
         if state is not None and self.mode == "precomputed":
             self.tables, self.tables_key = dict(state["tables"]), state["key"]
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``<path>.lock`` (POSIX ``flock``; released if the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the atomic save still keeps the cache whole
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def cache_key(**parts: Any) -> str:

@@ -13,13 +13,20 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf_lab.callbacks import FiniteModelCheckpoint, LastCheckpoint, RunProgress
+from rlhf_lab.checkpoints import (
+    AtomicCheckpointIO,
+    atomic_write_text,
+    newest_readable,
+    read_checkpoint,
+    remove_partial_files,
+)
 from rlhf_lab.data.formats import DataError
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.export import export_model
-from rlhf_lab.loggers import truncate_metrics
+from rlhf_lab.loggers import archive_metrics, truncate_metrics
 from rlhf_lab.objectives.base import AlignmentObjective, RuntimeConfig
 from rlhf_lab.quant import check_compatible
 from rlhf_lab.strategies import fsdp_options
@@ -29,36 +36,51 @@ log = logging.getLogger(__name__)
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
+    """RunProgress first (its batch-end hook must run before a checkpoint is saved), then ``last.ckpt`` on its
+    own schedule, then the best-k by the monitored metric."""
     checkpoints = run_dir / "checkpoints"
     ckpt = cfg.checkpoint
-    return [
-        ModelCheckpoint(
-            dirpath=checkpoints,
-            filename="step{step:06d}",
-            auto_insert_metric_name=False,
-            monitor=ckpt.monitor,
-            mode=ckpt.mode,
-            save_top_k=ckpt.save_top_k,
-            save_last=ckpt.save_last,
-            every_n_train_steps=ckpt.every_n_train_steps,
-            # An interrupted run (Ctrl-C, an exception) leaves its state in last.ckpt to resume from.
-            save_on_exception=True,
-        ),
-    ]
+    callbacks: list[Any] = [RunProgress()]
+    if ckpt.save_last:
+        callbacks.append(
+            LastCheckpoint(
+                checkpoints,
+                every_n_train_steps=ckpt.every_n_train_steps,
+                every_n_minutes=ckpt.get("every_n_minutes"),
+            )
+        )
+    if ckpt.save_top_k:
+        callbacks.append(
+            FiniteModelCheckpoint(
+                dirpath=checkpoints,
+                filename="step{step:06d}",
+                auto_insert_metric_name=False,
+                monitor=ckpt.monitor,
+                mode=ckpt.mode,
+                save_top_k=ckpt.save_top_k,
+                save_last=False,
+            )
+        )
+    return callbacks
 
 
-def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
+def resolve_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """The checkpoint to resume from and its contents: ``ckpt_path`` (read safely: never runs code), or with
+    ``resume=true`` the newest readable checkpoint of the run directory (unreadable ones are skipped and named).
+    """
     if cfg.ckpt_path:
         path = Path(cfg.ckpt_path)
         if not path.exists():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
-        return str(path)
+        return str(path), read_checkpoint(path)
     if cfg.resume:
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if last.exists():
-            log.info("resuming from %s", last)
-            return str(last)
-        log.warning("resume=true but %s does not exist: starting from scratch", last)
+        found = newest_readable(run_dir)
+        if found is not None:
+            log.info("resuming from %s (step %d)", found[0], found[1]["global_step"])
+            return str(found[0]), found[1]
+        log.warning(
+            "resume=true but %s holds no readable checkpoint: starting from scratch", run_dir / "checkpoints"
+        )
     return None
 
 
@@ -80,7 +102,7 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     """``summary.json``, with NaN/inf metrics kept as ``null`` (JSON has no NaN)."""
     diverged = non_finite(summary)
     values = {k: None if k in diverged else v for k, v in summary.items()}
-    path.write_text(json.dumps(values, indent=2, sort_keys=True))
+    atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True))
 
 
 def _instantiate(node: DictConfig) -> Any:
@@ -164,23 +186,35 @@ def run(cfg: DictConfig) -> Run:
 
     objective, datamodule, tokenizer = build(cfg)
 
-    ckpt_path = resolve_ckpt_path(cfg, run_dir)
-    if ckpt_path is not None:
-        # Steps after the checkpoint are trained (and logged) again.
-        resumed_step = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)["global_step"]
-        truncate_metrics(run_dir / "metrics.csv", resumed_step)
+    remove_partial_files(run_dir / "checkpoints")
+    resumed = resolve_checkpoint(cfg, run_dir)
+    ckpt_path = None if resumed is None else resumed[0]
+    if resumed is None:
+        # Starting over: another run's rows move aside instead of being appended to.
+        archive_metrics(run_dir / "metrics.csv")
+    else:
+        # metrics.csv as the checkpoint saw it; everything after is trained and logged again.
+        progress = (resumed[1].get("callbacks") or {}).get(RunProgress.__qualname__) or {}
+        if progress.get("csv_rows") is not None:
+            truncate_metrics(run_dir / "metrics.csv", progress["csv_rows"], progress.get("pending_row"))
     loggers = [instantiate(logger_cfg) for logger_cfg in cfg.logger.values()] if cfg.logger else []
     hparams = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(hparams)
+    strategy = resolve_strategy(_instantiate(cfg.strategy), cfg.trainer, cfg.data.batch_size)
+    callbacks = build_callbacks(cfg, run_dir)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        strategy=resolve_strategy(_instantiate(cfg.strategy), cfg.trainer, cfg.data.batch_size),
+        strategy=strategy,
         logger=loggers or False,
-        callbacks=build_callbacks(cfg, run_dir),
+        callbacks=callbacks,
+        # Atomic writes and safe reads of single-file checkpoints (sharded strategies write their own).
+        plugins=[AtomicCheckpointIO()] if single_file_checkpoints(strategy) else None,
     )
-    trainer.fit(objective, datamodule=datamodule, ckpt_path=ckpt_path)
-    summary = metric_values(trainer.callback_metrics, "train/")
+    trainer.fit(objective, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    # The last training metrics: this process's, or (resumed after training had finished) the checkpoint's.
+    progress_callback = next(callback for callback in callbacks if isinstance(callback, RunProgress))
+    summary = {**progress_callback.train_metrics, **metric_values(trainer.callback_metrics, "train/")}
     if cfg.trainer.get("fast_dev_run"):
         summary.update(metric_values(trainer.callback_metrics, "val/"))  # its single validation batch
     else:
@@ -204,6 +238,11 @@ def run(cfg: DictConfig) -> Run:
         write_curves(run_dir)
         report(run_dir, summary)
     return Run(summary, objective, datamodule, tokenizer, trainer, run_dir)
+
+
+def single_file_checkpoints(strategy: Any) -> bool:
+    """Whether the strategy saves one checkpoint file (DeepSpeed and FSDP2 write directories of their own)."""
+    return fsdp_options(strategy) is None and not type(strategy).__name__.endswith("DeepSpeedStrategy")
 
 
 def write_curves(run_dir: Path) -> None:

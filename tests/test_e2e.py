@@ -186,7 +186,7 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path: Path, caplog: pytest.L
         )
     )
     assert result.trainer.global_step == 1
-    assert "does not exist: starting from scratch" in caplog.text
+    assert "holds no readable checkpoint: starting from scratch" in caplog.text
 
 
 def test_missing_ckpt_path_is_an_error(tmp_path: Path) -> None:

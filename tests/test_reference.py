@@ -220,3 +220,38 @@ def test_trained_weights_never_feed_the_reference(make_config, tmp_path: Path) -
     assert objective.precompute_reference(datamodule) == "computed"
     for split, table in initial.items():
         assert_close(objective.reference.tables[split], table)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_runs_sharing_a_cache_compute_the_table_once(tmp_path: Path) -> None:
+    """Two processes started together on an empty cache: one computes and writes the table under the lock,
+    the other waits and loads it; the file is whole and both runs train."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    cache = tmp_path / "cache"
+    overrides = ["algo.reference=precomputed", "trainer.max_steps=1", *SHORT, "export.enabled=false"]
+    overrides += ["trainer.enable_progress_bar=false", f"paths.cache_dir={cache}"]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "rlhf_lab", *overrides, f"hydra.run.dir={tmp_path / f'run{i}'}"],
+            cwd=repo,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    logs = [(tmp_path / f"run{i}" / "__main__.log").read_text() for i in range(2)]
+    assert sum("reference log-probs cached at" in log for log in logs) == 1
+    assert sum("reference log-probs loaded from cache" in log for log in logs) == 1
+    (table,) = reference_files(cache)
+    assert not torch.isnan(torch.load(table, weights_only=True)["train"]).any()
+    assert not list((cache / "reference").glob(".*tmp-*"))

@@ -1,0 +1,183 @@
+"""Callbacks that make a run resumable at any moment, logs included.
+
+- `LastCheckpoint` writes ``last.ckpt`` on its own schedule (every N optimiser steps and/or M minutes, after
+  every validation, at the end and on an exception), whether or not the monitored metric exists yet. A save
+  due on a step that validates is made after the validation, so a resume never skips or repeats one.
+- `RunProgress` flushes metrics.csv into every checkpoint and records how many rows it held (and the row of
+  the checkpoint's own step, which Lightning logs only after the checkpoint), so a resumed metrics.csv is
+  the uninterrupted one row for row; it also keeps the last training metrics for ``summary.json``.
+- `FiniteModelCheckpoint` keeps the best-k checkpoints by the monitored metric, never ranking a NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from rlhf_lab.loggers import CSVLogger, read_metrics_rows
+
+
+def _fitting(trainer: L.Trainer) -> bool:
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run
+
+
+def validation_follows(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates right after the current training batch (called in ``on_train_batch_end``)."""
+    loop = trainer.fit_loop
+    return bool(trainer.enable_validation and loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+
+
+class LastCheckpoint(Callback):
+    """``last.ckpt`` on its own schedule, independent of any monitored top-k.
+
+    Args:
+        dirpath: The checkpoint directory.
+        every_n_train_steps: Save every N optimiser steps (None or 0: not by steps).
+        every_n_minutes: Save when M minutes of training have passed since the last save (None: not by time).
+    """
+
+    FILENAME = "last.ckpt"
+
+    def __init__(
+        self, dirpath: Path, every_n_train_steps: int | None = None, every_n_minutes: float | None = None
+    ):
+        super().__init__()
+        self.path = Path(dirpath) / self.FILENAME
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.every_n_seconds = None if every_n_minutes is None else 60.0 * every_n_minutes
+        self._last_saved_step = -1
+        self._last_time = time.monotonic()
+        self._after_validation = False
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        step = trainer.global_step
+        by_steps = self.every_n_train_steps > 0 and step % self.every_n_train_steps == 0
+        by_time = False
+        if self.every_n_seconds is not None:
+            # Every rank must take the same decision (the save is collective).
+            by_time = bool(
+                trainer.strategy.broadcast(time.monotonic() - self._last_time >= self.every_n_seconds)
+            )
+        return by_steps or by_time
+
+    def save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step == self._last_saved_step and self.path.exists():
+            return
+        trainer.save_checkpoint(self.path)
+        self._last_saved_step = trainer.global_step
+        self._last_time = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not _fitting(trainer) or trainer.fit_loop._should_accumulate() or not self._due(trainer):
+            return
+        if validation_follows(trainer):
+            # Saved here, a resume would skip this validation: save once it has run.
+            self._after_validation = True
+        else:
+            self.save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if _fitting(trainer):
+            self._after_validation = False
+            self.save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if _fitting(trainer):
+            self.save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        # Ctrl-C or an error: leave the state to resume from (a non-finite stop saves its own).
+        if _fitting(trainer) and not getattr(exception, "checkpoint_saved", False):
+            self.save(trainer)
+
+
+class RunProgress(Callback):
+    """What metrics.csv and summary.json need to come out of a resume as if the run had never stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_metrics: dict[str, float] = {}
+        self.csv_rows: int | None = None
+        self.pending_row: dict[str, Any] | None = None
+        self._row_pending = False
+
+    @staticmethod
+    def _csv_logger(trainer: L.Trainer) -> CSVLogger | None:
+        return next((logger for logger in trainer.loggers if isinstance(logger, CSVLogger)), None)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._row_pending = False
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._row_pending = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        # Until Lightning logs this step's row (after every on_train_batch_end), a checkpoint precedes it.
+        self._row_pending = not trainer.fit_loop._should_accumulate()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._row_pending = False
+
+    def _pending_row(self, trainer: L.Trainer) -> dict[str, Any] | None:
+        connector = trainer._logger_connector
+        if not self._row_pending or not (connector.should_update_logs or trainer.fast_dev_run):
+            return None
+        values = {
+            k: float(v) for k, v in connector.metrics["log"].items() if isinstance(v, torch.Tensor | float)
+        }
+        if not values:
+            return None
+        return {
+            **values,
+            "epoch": trainer.current_epoch,
+            "step": trainer.fit_loop.epoch_loop._batches_that_stepped,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self._trainer
+        if trainer is not None:
+            # Updated, not replaced: a resumed process that trains no further step has none of its own.
+            self.train_metrics.update(
+                {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+            )
+            logger = self._csv_logger(trainer)
+            if logger is not None and trainer.is_global_zero:
+                logger.save()  # the rows logged so far reach the file before the checkpoint does
+                self.csv_rows = len(read_metrics_rows(Path(logger.experiment.metrics_file_path))[1])
+                self.pending_row = self._pending_row(trainer)
+        return {
+            "train_metrics": self.train_metrics,
+            "csv_rows": self.csv_rows,
+            "pending_row": self.pending_row,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_metrics = dict(state_dict.get("train_metrics") or {})
+        self.csv_rows = state_dict.get("csv_rows")
+        self.pending_row = state_dict.get("pending_row")
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        self._trainer = trainer
+
+    _trainer: L.Trainer | None = None
+
+
+class FiniteModelCheckpoint(ModelCheckpoint):
+    """Lightning's best-k `ModelCheckpoint`, except that a non-finite monitored value is never ranked (a
+    diverged run keeps no "best" checkpoint by ``val/loss=NaN``)."""
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        current = monitor_candidates.get(self.monitor) if self.monitor else None
+        if current is not None and not math.isfinite(float(current)):
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
