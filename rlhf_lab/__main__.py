@@ -15,9 +15,10 @@ OmegaConf.register_new_resolver("rlhf_lab_config_groups", config_groups_help, re
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from rlhf_lab.cli import quiet_libraries, reported_errors
+    from rlhf_lab.objectives.base import NonFiniteError
 
     quiet_libraries()
-    with reported_errors():
+    with reported_errors(NonFiniteError):
         if "leaderboard" in cfg:
             # experiment=leaderboard: many runs and a table, not one training run.
             from rlhf_lab.leaderboard import run_leaderboard

@@ -190,13 +190,13 @@ def validate(cfg: DictConfig, objective: Any, datamodule: Any) -> dict[str, floa
     """Lightning's validation loop over the held-out split, on one device, with no logger or checkpoints."""
     from hydra.utils import instantiate
 
-    from rlhf_lab.train import metric_values
+    from rlhf_lab.train import lightning_trainer_config, metric_values
 
     if not len(datamodule.datasets.get("val", [])):
         log.warning("the held-out split is empty: no validation metrics")
         return {}
     trainer = instantiate(
-        cfg.trainer,
+        lightning_trainer_config(cfg.trainer),
         strategy="auto",
         devices=1,
         num_nodes=1,

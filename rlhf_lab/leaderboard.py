@@ -166,9 +166,20 @@ def _eval_is_newer(run_dir: Path) -> bool:
     return (run_dir / "eval" / "metrics.json").stat().st_mtime >= (run_dir / "summary.json").stat().st_mtime
 
 
+def diverged(job: Job) -> bool:
+    """Whether the job's run went non-finite (``run/diverged`` in its summary.json): it is never ranked."""
+    summary = job.run_dir / "summary.json"
+    return summary.is_file() and bool(json.loads(summary.read_text()).get("run/diverged"))
+
+
+def succeeded(job: Job, codes: dict[str, int]) -> bool:
+    """Exited 0 with a summary.json and did not diverge."""
+    return codes.get(job.name) == 0 and (job.run_dir / "summary.json").is_file() and not diverged(job)
+
+
 def collect(jobs: list[Job], codes: dict[str, int]) -> pd.DataFrame:
-    """One row per finished run: objective, seed, run_dir and the table's metrics."""
-    finished = [job for job in jobs if codes.get(job.name) == 0 and (job.run_dir / "summary.json").is_file()]
+    """One row per finished (and not diverged) run: objective, seed, run_dir and the table's metrics."""
+    finished = [job for job in jobs if succeeded(job, codes)]
     if not finished:
         return pd.DataFrame(columns=["objective", "seed", "run_dir", *(m for m, _, _ in COLUMNS.values())])
     runs = analysis.load_runs(*(job.run_dir for job in finished)).set_index("run_dir", drop=False)
@@ -202,7 +213,9 @@ def table(runs: pd.DataFrame, jobs: list[Job], codes: dict[str, int], confidence
         row: dict[str, Any] = {
             "objective": objective,
             "seeds": int(summary.loc[objective, "n"]) if objective in summary.index else 0,
-            "failed": sum(codes.get(job.name) != 0 for job in jobs if job.objective == objective),
+            "failed": sum(
+                codes.get(job.name) != 0 or diverged(job) for job in jobs if job.objective == objective
+            ),
         }
         for column, (metric, _, _) in COLUMNS.items():
             for stat in ("mean", "low", "high"):

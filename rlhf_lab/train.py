@@ -105,6 +105,17 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True))
 
 
+#: ``trainer.*`` keys rlhf_lab reads itself; the rest are ``lightning.Trainer`` arguments.
+OWN_TRAINER_KEYS = ("nan_policy", "max_nan_skips")
+
+
+def lightning_trainer_config(trainer_cfg: DictConfig) -> DictConfig:
+    """``cfg.trainer`` without rlhf_lab's own keys (`OWN_TRAINER_KEYS`), ready for ``instantiate``."""
+    values = OmegaConf.to_container(trainer_cfg, resolve=True)
+    assert isinstance(values, dict)
+    return OmegaConf.create({k: v for k, v in values.items() if k not in OWN_TRAINER_KEYS})
+
+
 def _instantiate(node: DictConfig) -> Any:
     """`instantiate`, re-raising our own config errors unwrapped (Hydra wraps them in its own exception)."""
     try:
@@ -134,7 +145,12 @@ def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[Align
     quant = _instantiate(cfg.quant)
     check_compatible(quant, adapter, _instantiate(cfg.strategy))
     datamodule = _instantiate(cfg.data)
-    runtime = RuntimeConfig(cache_dir=cfg.paths.cache_dir, logps_chunk_size=cfg.logps_chunk_size)
+    runtime = RuntimeConfig(
+        cache_dir=cfg.paths.cache_dir,
+        logps_chunk_size=cfg.logps_chunk_size,
+        nan_policy=cfg.trainer.get("nan_policy", "stop"),
+        max_nan_skips=cfg.trainer.get("max_nan_skips", 10),
+    )
     # Built objects go in after instantiation: Hydra would merge them into the config otherwise.
     make_objective = instantiate(cfg.algo, _partial_=True, _convert_="all")
     try:
@@ -204,7 +220,7 @@ def run(cfg: DictConfig) -> Run:
     strategy = resolve_strategy(_instantiate(cfg.strategy), cfg.trainer, cfg.data.batch_size)
     callbacks = build_callbacks(cfg, run_dir)
     trainer: L.Trainer = instantiate(
-        cfg.trainer,
+        lightning_trainer_config(cfg.trainer),
         strategy=strategy,
         logger=loggers or False,
         callbacks=callbacks,
@@ -232,9 +248,24 @@ def run(cfg: DictConfig) -> Run:
     if trainer.is_global_zero:
         write_summary(run_dir / "summary.json", summary)
         if cfg.export.enabled:
-            export_model(
-                objective.policy.model, tokenizer, run_dir / "export", cfg.export.merge_adapter, state_dict
-            )
+            weights = state_dict.values() if state_dict is not None else objective.policy.model.parameters()
+            finite = all(bool(torch.isfinite(w).all()) for w in weights if torch.is_floating_point(w))
+            if finite and not summary["run/diverged"]:
+                export_model(
+                    objective.policy.model,
+                    tokenizer,
+                    run_dir / "export",
+                    cfg.export.merge_adapter,
+                    state_dict,
+                )
+            else:
+                # A model that produces NaN is never published as if it were trained.
+                why = (
+                    "its weights are not finite"
+                    if not finite
+                    else f"non-finite {', '.join(non_finite(summary))}"
+                )
+                log.error("not exporting the model: %s", why)
         write_curves(run_dir)
         report(run_dir, summary)
     return Run(summary, objective, datamodule, tokenizer, trainer, run_dir)

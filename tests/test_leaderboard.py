@@ -142,3 +142,23 @@ def test_leaderboard_two_objectives_two_seeds(tmp_path: Path) -> None:
     assert [line.split(" | ")[0] for line in md[2:4]] == ["| dpo", "| simpo"]
     assert_png(tmp_path / "leaderboard.png")
     assert "| dpo | 2 |" in result.stdout
+
+
+def test_a_diverged_run_is_failed_and_never_ranked(tmp_path: Path) -> None:
+    import json
+
+    from rlhf_lab.leaderboard import collect, diverged
+
+    jobs = [Job("dpo", s, tmp_path / f"dpo_s{s}", []) for s in (0, 1)]
+    for job, flag in zip(jobs, (0.0, 1.0), strict=True):
+        job.run_dir.mkdir()
+        (job.run_dir / "summary.json").write_text(json.dumps({"val/loss": None, "run/diverged": flag}))
+    assert [diverged(job) for job in jobs] == [False, True]
+    codes = {"dpo_s0": 0, "dpo_s1": 0}
+    runs = pd.DataFrame(
+        {"objective": ["dpo"], "seed": [0], "val/rewards/accuracies": [0.8], "val/rewards/margins": [1.0],
+         "generation/mean_new_tokens": [math.nan], "tokens_per_sec": [1.0]}
+    )  # fmt: skip
+    board = table(runs, jobs, codes, 0.95)
+    assert board["seeds"].tolist() == [1] and board["failed"].tolist() == [1]
+    assert collect(jobs[1:], codes).empty

@@ -34,6 +34,7 @@ from rlhf_lab.strategies import fsdp_options
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("constant", "linear", "cosine")
+NAN_POLICIES = ("stop", "skip", "ignore")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 
 
@@ -89,10 +90,33 @@ class OptimConfig:
 
 @dataclass
 class RuntimeConfig:
-    """Where reference caches live and how the head is chunked."""
+    """Where reference caches live, how the head is chunked, and what a non-finite loss does.
+
+    Attributes:
+        cache_dir: Built tiny models and precomputed reference tables.
+        logps_chunk_size: Completion tokens per output-head call.
+        nan_policy: ``stop`` (the run stops at the first non-finite loss or gradient, naming the step and
+            the batch's examples, its last finite state in ``last.ckpt``, exit non-zero), ``skip`` (the step
+            is skipped and counted: ``train/nan_skipped``; past ``max_nan_skips`` the run stops) or ``ignore``.
+        max_nan_skips: Most steps ``skip`` may skip.
+    """
 
     cache_dir: str = field(default_factory=default_cache_dir)
     logps_chunk_size: int = 256
+    nan_policy: str = "stop"
+    max_nan_skips: int = 10
+
+    def __post_init__(self) -> None:
+        check_range("logps_chunk_size", self.logps_chunk_size, 1)
+        check_choice("trainer.nan_policy", self.nan_policy, NAN_POLICIES)
+        check_range("trainer.max_nan_skips", self.max_nan_skips, 0)
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a non-finite loss or gradient under ``trainer.nan_policy=stop`` (or past its skips)."""
+
+    #: The last finite state was saved before raising (the checkpoint callbacks need not save again).
+    checkpoint_saved = False
 
 
 class AlignmentObjective(L.LightningModule):
@@ -142,6 +166,8 @@ class AlignmentObjective(L.LightningModule):
         self.strict_loading = False
         self._batch_started: float | None = None
         self._deepspeed_config: Any = None
+        # Steps skipped for a non-finite loss or gradient (trainer.nan_policy=skip); kept in checkpoints.
+        self.register_buffer("nan_skipped", torch.zeros((), dtype=torch.long))
 
     def _resolve_reference(self, requested: str) -> str:
         check_choice("algo.reference", requested, ("auto", *REFERENCE_MODES))
@@ -288,10 +314,13 @@ class AlignmentObjective(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_started = time.perf_counter()
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         # From here on the policy's weights are no longer the initial ones (the reference must not use them).
         self.policy.at_initial_weights = False
         loss, metrics = self.compute(batch, "train")
+        if self.runtime.nan_policy != "ignore" and not self._all_ranks(bool(torch.isfinite(loss.detach()))):
+            self._non_finite("loss", batch)
+            return None  # skip: no backward, no optimiser step for this batch
         self._log("train", loss, metrics, batch.size, on_step=True)
         schedulers = self.lr_schedulers()
         if schedulers is not None:
@@ -308,6 +337,34 @@ class AlignmentObjective(L.LightningModule):
         """The parameters the optimiser updates (policy and any trainable companion), by name."""
         return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
 
+    def _all_ranks(self, decision: bool) -> bool:
+        """True when it holds on every rank (a skip must be taken by all ranks together)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return decision
+        return bool(self.trainer.strategy.reduce_boolean_decision(decision, all=True))
+
+    def _non_finite(self, what: str, batch: Batch | None) -> None:
+        """Apply ``trainer.nan_policy`` to a non-finite loss or gradient (stop raises; skip counts)."""
+        step = self.trainer.global_step + 1
+        examples = "" if batch is None else f" (training batch of dataset examples {batch.index.tolist()})"
+        if self.runtime.nan_policy == "skip" and int(self.nan_skipped) < self.runtime.max_nan_skips:
+            self.nan_skipped += 1
+            log.warning(
+                "non-finite %s at step %d%s: step skipped (%d so far)",
+                what,
+                step,
+                examples,
+                int(self.nan_skipped),
+            )
+            self.log("train/nan_skipped", self.nan_skipped.float(), on_step=True, on_epoch=False)
+            return
+        past = "" if self.runtime.nan_policy == "stop" else f" after {int(self.nan_skipped)} skipped steps"
+        raise NonFiniteError(
+            f"non-finite {what} at step {step}{examples}{past}; the run stops (trainer.nan_policy="
+            f"{self.runtime.nan_policy}). Its last finite state is in checkpoints/last.ckpt. Lower optim.lr, check "
+            "those examples, or set trainer.nan_policy=skip"
+        )
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Before clipping: the gradient of the (accumulated) loss as the optimiser receives it.
         norms = []
@@ -316,8 +373,16 @@ class AlignmentObjective(L.LightningModule):
                 norm = parameter.grad.detach().norm(2)
                 # A sharded (FSDP2) gradient's norm is a DTensor: materialise the global value.
                 norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        if norms:
-            self.log("train/grad_norm", torch.stack(norms).norm(2), on_step=True, on_epoch=False)
+        if not norms:
+            return
+        grad_norm = torch.stack(norms).norm(2)
+        if self.runtime.nan_policy != "ignore" and not bool(torch.isfinite(grad_norm)):
+            # Gradients are already reduced across ranks: every rank takes the same decision here.
+            self._non_finite("gradient", None)
+            for _, parameter in self.trainable_parameters():
+                parameter.grad = None  # the optimiser skips parameters without a gradient: no update
+            return
+        self.log("train/grad_norm", grad_norm, on_step=True, on_epoch=False)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, metrics = self.compute(batch, "val")

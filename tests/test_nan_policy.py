@@ -1,0 +1,115 @@
+"""trainer.nan_policy: a non-finite loss or gradient stops the run (naming the step and the examples, its
+last finite state kept), or is skipped and counted, or ignored; a NaN model is never exported or ranked."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf_lab.checkpoints import read_checkpoint
+from rlhf_lab.objectives import PairwiseObjective
+from rlhf_lab.objectives.base import NonFiniteError
+from rlhf_lab.train import run
+from tests.conftest import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = ["trainer.max_steps=6", "trainer.limit_val_batches=1", "trainer.val_check_interval=3"]
+SHORT += ["checkpoint.every_n_train_steps=1", "trainer.log_every_n_steps=1"]
+
+
+@pytest.fixture
+def nan_at(monkeypatch: pytest.MonkeyPatch):
+    """``nan_at(where, steps)``: NaN into the training loss, or into the batch's activations (the embedding
+    output), or into one gradient, at the given (1-based) training steps."""
+
+    def arm(where: str, steps: set[int]) -> None:
+        original = PairwiseObjective.compute
+
+        def compute(self, batch, split):
+            step = self.trainer.global_step + 1
+            hit = split == "train" and step in steps
+            if where == "batch" and hit:
+                embeddings = self.policy.model.get_input_embeddings()
+                handle = embeddings.register_forward_hook(lambda m, i, out: out * float("nan"))
+                try:
+                    return original(self, batch, split)
+                finally:
+                    handle.remove()
+            loss, metrics = original(self, batch, split)
+            if where == "loss" and hit:
+                loss = loss * float("nan")
+            if where == "gradient" and hit:
+                weight = self.policy.model.get_output_embeddings().weight
+                weight.register_hook(lambda grad: grad * float("inf"))  # one use: removed with the graph
+                loss = loss + 0.0 * weight.sum()
+            return loss, metrics
+
+        monkeypatch.setattr(PairwiseObjective, "compute", compute)
+
+    return arm
+
+
+@pytest.mark.parametrize("where", ["loss", "batch", "gradient"])
+def test_stop_names_the_step_and_examples_and_keeps_the_last_finite_state(
+    tmp_path: Path, nan_at, where: str
+) -> None:
+    nan_at(where, {4})
+    with pytest.raises(NonFiniteError) as caught:
+        run(compose_config(SHORT, run_dir=tmp_path))
+    message = str(caught.value)
+    what = "gradient" if where == "gradient" else "loss"
+    assert f"non-finite {what} at step 4" in message and "nan_policy=skip" in message
+    if what == "loss":
+        assert "dataset examples [" in message
+    last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 3  # the three finite steps
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert not (tmp_path / "export").exists() and not (tmp_path / "summary.json").exists()
+
+
+def test_skip_counts_the_skipped_steps_and_trains_on(tmp_path: Path, nan_at) -> None:
+    nan_at("loss", {2, 5})
+    result = run(compose_config([*SHORT, "trainer.nan_policy=skip"], run_dir=tmp_path))
+    assert int(result.objective.nan_skipped) == 2
+    assert result.summary["train/nan_skipped"] == 2
+    assert math.isfinite(result.summary["val/loss"]) and result.summary["run/diverged"] == 0
+    assert (tmp_path / "export" / "model.safetensors").exists()
+
+
+def test_skip_stops_past_its_limit(tmp_path: Path, nan_at) -> None:
+    nan_at("loss", {2, 3, 4, 5, 6})
+    with pytest.raises(NonFiniteError, match=r"non-finite loss at step 4 .* after 2 skipped steps"):
+        run(compose_config([*SHORT, "trainer.nan_policy=skip", "trainer.max_nan_skips=2"], run_dir=tmp_path))
+
+
+def test_a_skipped_step_changes_no_weight(tmp_path: Path, nan_at) -> None:
+    """A NaN loss at step 2 under skip: the weights after step 2 are those after step 1."""
+    nan_at("loss", {2})
+    overrides = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.nan_policy=skip"]
+    overrides += ["checkpoint.every_n_train_steps=1", "export.enabled=false"]
+    result = run(compose_config(overrides, run_dir=tmp_path))
+    assert int(result.objective.nan_skipped) == 1
+    first = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    for name, parameter in result.objective.named_parameters():
+        if name in first:
+            torch.testing.assert_close(parameter.detach(), first[name])
+
+
+@pytest.mark.slow
+def test_the_cli_stops_a_diverging_run_with_a_message_and_no_model(tmp_path: Path) -> None:
+    """optim.lr=1e30 (a diverging run): exit status 2, one line naming the step, no export, no ranking."""
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhf_lab", "optim.lr=1e30", "optim.warmup_ratio=0", "trainer.max_steps=8",
+         "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: non-finite loss at step" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "export").exists()
+    assert not list((tmp_path / "checkpoints").glob("step*.ckpt"))  # no "best" checkpoint of a NaN model
