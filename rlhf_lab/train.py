@@ -23,6 +23,7 @@ from rlhf_lab.checkpoints import (
     read_checkpoint,
     remove_partial_files,
 )
+from rlhf_lab.checks import MonitorCheck, check_run_config
 from rlhf_lab.data.formats import DataError
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.export import export_model
@@ -49,6 +50,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
                 every_n_minutes=ckpt.get("every_n_minutes"),
             )
         )
+    if ckpt.monitor is not None:
+        callbacks.append(MonitorCheck(ckpt.monitor))
     if ckpt.save_top_k:
         callbacks.append(
             FiniteModelCheckpoint(
@@ -201,6 +204,7 @@ def run(cfg: DictConfig) -> Run:
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     objective, datamodule, tokenizer = build(cfg)
+    check_run_config(cfg, datamodule)  # training settings against each other and the data, before any model
 
     remove_partial_files(run_dir / "checkpoints")
     resumed = resolve_checkpoint(cfg, run_dir)

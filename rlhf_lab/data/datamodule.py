@@ -212,6 +212,8 @@ class PreferenceDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ConfigError(f"data.eval_batch_size={eval_batch_size} must be at least 1 (or null: data.batch_size)")
         self.source = source
         self.format = format
         self.settings = TokenizeSettings(

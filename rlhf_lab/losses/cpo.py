@@ -17,13 +17,13 @@ from __future__ import annotations
 import torch
 
 from rlhf_lab.losses.dpo import PreferenceLossOutput, nll_term, sigmoid_loss
-from rlhf_lab.losses.hyperparameters import LABEL_SMOOTHING, NON_NEGATIVE, POSITIVE, OneOf, hyperparameters
+from rlhf_lab.losses.hyperparameters import BETA, LABEL_SMOOTHING, NON_NEGATIVE, POSITIVE, OneOf, hyperparameters
 
 CPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 
 
 @hyperparameters(
-    beta=POSITIVE, cpo_alpha=NON_NEGATIVE, loss_type=OneOf(CPO_LOSS_TYPES), label_smoothing=LABEL_SMOOTHING
+    beta=BETA, cpo_alpha=NON_NEGATIVE, loss_type=OneOf(CPO_LOSS_TYPES), label_smoothing=LABEL_SMOOTHING
 )
 def cpo_loss(
     policy_chosen_logps: torch.Tensor,

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.losses.hyperparameters import LABEL_SMOOTHING, NON_NEGATIVE, POSITIVE, OneOf, hyperparameters
+from rlhf_lab.losses.hyperparameters import BETA, LABEL_SMOOTHING, NON_NEGATIVE, POSITIVE, OneOf, hyperparameters
 
 
 @dataclass
@@ -104,7 +104,7 @@ def nll_term(weight: float, chosen_nll: torch.Tensor | None, key: str) -> torch.
 
 @hyperparameters(
     check=_check_weights,
-    beta=POSITIVE,
+    beta=BETA,
     loss_type=OneOf(tuple(LOSS_TYPES), many=True),
     label_smoothing=LABEL_SMOOTHING,
     sft_beta=NON_NEGATIVE,

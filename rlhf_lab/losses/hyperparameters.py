@@ -9,6 +9,7 @@ stays a pure function that never validates on the hot path.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ class Range:
     def check(self, key: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
         check_range(
             key,
             value,
@@ -56,6 +59,8 @@ class OneOf:
 POSITIVE = Range(0.0, None, low_inclusive=False)
 NON_NEGATIVE = Range(0.0, None)
 LABEL_SMOOTHING = Range(0.0, 0.5, high_inclusive=False)
+#: An inverse temperature: above 1e3 the loss is a step function of float32 log-probs (a typo, not a setting).
+BETA = Range(0.0, 1e3, low_inclusive=False)
 
 
 def hyperparameters(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_lab.losses.hyperparameters import NON_NEGATIVE, POSITIVE, hyperparameters
+from rlhf_lab.losses.hyperparameters import BETA, NON_NEGATIVE, POSITIVE, hyperparameters
 
 
 @dataclass
@@ -47,7 +47,7 @@ def clamp_kl(kl: torch.Tensor) -> torch.Tensor:
     return kl.clamp(min=0)
 
 
-@hyperparameters(beta=POSITIVE, desirable_weight=NON_NEGATIVE, undesirable_weight=NON_NEGATIVE)
+@hyperparameters(beta=BETA, desirable_weight=NON_NEGATIVE, undesirable_weight=NON_NEGATIVE)
 def kto_loss(
     policy_logps: torch.Tensor,
     reference_logps: torch.Tensor,

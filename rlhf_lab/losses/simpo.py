@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 
 from rlhf_lab.losses.dpo import PreferenceLossOutput, nll_term, sigmoid_loss
-from rlhf_lab.losses.hyperparameters import LABEL_SMOOTHING, NON_NEGATIVE, POSITIVE, Range, hyperparameters
+from rlhf_lab.losses.hyperparameters import BETA, LABEL_SMOOTHING, NON_NEGATIVE, POSITIVE, Range, hyperparameters
 
 
-@hyperparameters(beta=POSITIVE, gamma=Range(), cpo_alpha=NON_NEGATIVE, label_smoothing=LABEL_SMOOTHING)
+@hyperparameters(beta=BETA, gamma=Range(), cpo_alpha=NON_NEGATIVE, label_smoothing=LABEL_SMOOTHING)
 def simpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,

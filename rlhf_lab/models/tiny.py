@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf_lab.errors import check_choice
+from rlhf_lab.errors import ConfigError, check_choice, check_range
 from rlhf_lab.models.hub import HubModel, default_cache_dir
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -108,6 +108,18 @@ class TinyModel(HubModel):
 
     def __post_init__(self) -> None:
         check_choice("model.architecture", self.architecture, ARCHITECTURES)
+        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
+            check_range(f"model.{key}", getattr(self, key), 1)
+        check_range("model.vocab_size", self.vocab_size, 300)  # 256 byte symbols + the special tokens
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"model.hidden_size={self.hidden_size} must be divisible by model.num_heads={self.num_heads}"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"model.num_heads={self.num_heads} must be divisible by model.num_kv_heads={self.num_kv_heads} "
+                "(grouped-query attention shares each key/value head among a whole number of query heads)"
+            )
         super().__post_init__()
 
     def _architecture_fields(self) -> dict[str, Any]:

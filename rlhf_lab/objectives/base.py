@@ -70,6 +70,10 @@ class OptimConfig:
         check_choice("optim.scheduler", self.scheduler, SCHEDULERS)
         check_range("optim.lr", self.lr, 0.0, None, low_inclusive=False)
         check_range("optim.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        # eps = 0 divides by sqrt(v) = 0 wherever a gradient has been 0 so far: NaN weights.
+        check_range("optim.eps", self.eps, 0.0, None, low_inclusive=False)
+        check_range("optim.weight_decay", self.weight_decay, 0.0, None)
+        check_range("optim.warmup_steps", self.warmup_steps, 0)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
 
     def lr_lambda(self, total_steps: int) -> Any:
