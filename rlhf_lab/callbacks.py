@@ -98,7 +98,11 @@ class LastCheckpoint(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
         # Ctrl-C or an error: leave the state to resume from (a non-finite stop saves its own).
         # Nothing to keep before the first step (a config error found at the start, for one).
-        if _fitting(trainer) and trainer.global_step > 0 and not getattr(exception, "checkpoint_saved", False):
+        if (
+            _fitting(trainer)
+            and trainer.global_step > 0
+            and not getattr(exception, "checkpoint_saved", False)
+        ):
             self.save(trainer)
 
 

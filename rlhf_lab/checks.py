@@ -15,7 +15,20 @@ from lightning.pytorch.callbacks import Callback
 
 from rlhf_lab.errors import ConfigError, check_choice
 
-PRECISIONS = ("32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16", "bf16-true", "16-true", "64-true", 64)
+PRECISIONS = (
+    "32-true",
+    "32",
+    32,
+    "16-mixed",
+    "16",
+    16,
+    "bf16-mixed",
+    "bf16",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    64,
+)
 #: Training metrics logged outside an objective's compute (the shared base logs them for every objective).
 BASE_TRAIN_METRICS = ("train/lr", "train/grad_norm", "train/tokens_per_sec", "train/nan_skipped")
 
@@ -31,7 +44,9 @@ def _integer(key: str, value: Any, low: int) -> int:
 def batches_per_epoch(trainer_cfg: Any, datamodule: Any) -> int:
     """Training batches each process sees per epoch (after ``limit_train_batches``)."""
     devices = trainer_cfg.get("devices", 1)
-    world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(trainer_cfg.get("num_nodes", 1) or 1)
+    world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(
+        trainer_cfg.get("num_nodes", 1) or 1
+    )
     examples = len(datamodule.datasets["train"]) // world
     batches = math.ceil(examples / datamodule.batch_size)
     limit = trainer_cfg.get("limit_train_batches")
@@ -63,7 +78,9 @@ def check_run_config(cfg: Any, datamodule: Any) -> None:
     interval = trainer.get("val_check_interval", 1.0)
     per_epoch = batches_per_epoch(trainer, datamodule)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)):
-        raise ConfigError(f"trainer.val_check_interval={interval!r} must be a number of batches or a fraction")
+        raise ConfigError(
+            f"trainer.val_check_interval={interval!r} must be a number of batches or a fraction"
+        )
     if isinstance(interval, float) and not 0.0 < interval <= 1.0:
         raise ConfigError(
             f"trainer.val_check_interval={interval} as a fraction of an epoch must be in (0, 1]; give an integer "
@@ -81,7 +98,9 @@ def check_run_config(cfg: Any, datamodule: Any) -> None:
         )
 
     checkpoint = cfg.checkpoint
-    top_k = _integer("checkpoint.save_top_k", checkpoint.save_top_k, -1) if checkpoint.save_top_k != -1 else -1
+    top_k = (
+        _integer("checkpoint.save_top_k", checkpoint.save_top_k, -1) if checkpoint.save_top_k != -1 else -1
+    )
     if checkpoint.monitor is None and top_k not in (0, 1):
         raise ConfigError(
             f"checkpoint.save_top_k={top_k} needs a checkpoint.monitor to rank by (it is null); set "
@@ -91,8 +110,12 @@ def check_run_config(cfg: Any, datamodule: Any) -> None:
     if checkpoint.get("every_n_train_steps") is not None:
         _integer("checkpoint.every_n_train_steps", checkpoint.every_n_train_steps, 0)
     minutes = checkpoint.get("every_n_minutes")
-    if minutes is not None and (not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or minutes <= 0):
-        raise ConfigError(f"checkpoint.every_n_minutes={minutes!r} must be a positive number of minutes (or null)")
+    if minutes is not None and (
+        not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or minutes <= 0
+    ):
+        raise ConfigError(
+            f"checkpoint.every_n_minutes={minutes!r} must be a positive number of minutes (or null)"
+        )
 
 
 class MonitorCheck(Callback):

@@ -213,7 +213,9 @@ class PreferenceDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
         if eval_batch_size is not None and eval_batch_size < 1:
-            raise ConfigError(f"data.eval_batch_size={eval_batch_size} must be at least 1 (or null: data.batch_size)")
+            raise ConfigError(
+                f"data.eval_batch_size={eval_batch_size} must be at least 1 (or null: data.batch_size)"
+            )
         self.source = source
         self.format = format
         self.settings = TokenizeSettings(
@@ -251,9 +253,12 @@ class PreferenceDataModule(L.LightningDataModule):
         """Read and validate every row once (errors name the file, row and field)."""
         if self.examples is None:
             examples: dict[str, list[PreferenceExample]] = {split: [] for split in SPLITS}
+            train_files: list[str] = []
             for split, blocks in self.source.load().items():
                 margin_files: dict[bool, list[str]] = {True: [], False: []}
                 for block in blocks:
+                    if split == "train":
+                        train_files.append(block.name)
                     converted, counts = convert_rows(
                         block.rows, self.format, file=block.name, row_numbers=block.row_numbers
                     )
@@ -273,7 +278,16 @@ class PreferenceDataModule(L.LightningDataModule):
                         field="margin",
                     )
             if not examples["train"]:
-                raise ConfigError("the training split is empty: check data.source")
+                counts = self._row_counts.get("train", {})
+                rows, identical = counts.get("rows", 0), counts.get("identical_dropped", 0)
+                why = (
+                    f"all {rows} rows were dropped as identical chosen/rejected pairs"
+                    if rows and identical == rows
+                    else f"{rows} rows"
+                )
+                raise ConfigError(
+                    f"the training split is empty: {', '.join(train_files) or 'no file'} ({why}); check data.source"
+                )
             self.examples = examples
             self.stats = {split: dict(counts) for split, counts in self._row_counts.items()}
         return self.examples

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import numbers
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -361,6 +362,11 @@ def _to_example(row: dict, fmt: str, *, file: str, row_index: int, fmt_label: st
         (prompt, chosen), rejected = _sft(context), None
     else:
         prompt, chosen, rejected = PAIRED_CONVERTERS[fmt](context)
+    _check_texts(
+        context,
+        prompt,
+        {"chosen": chosen, "rejected": rejected} if fmt not in ("sft", "kto") else {"completion": chosen},
+    )
     return PreferenceExample(
         prompt=prompt,
         chosen=chosen,
@@ -371,6 +377,51 @@ def _to_example(row: dict, fmt: str, *, file: str, row_index: int, fmt_label: st
         margin=context.margin() if rejected is not None else None,
         images=context.images(),
     )
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` holds nothing visible: whitespace, zero-width and other format characters only."""
+    return all(
+        char.isspace() or unicodedata.category(char) in ("Cf", "Cc", "Zs", "Zl", "Zp") for char in text
+    )
+
+
+def _check_unicode(context: _RowContext, text: str, field: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        raise context.error(
+            f"invalid Unicode: a lone surrogate U+{code:04X} at character {error.start} (an escaped UTF-16 half "
+            "with no partner); fix the text at its source",
+            field,
+        ) from None
+
+
+def _check_texts(context: _RowContext, prompt: Any, completions: dict[str, Any]) -> None:
+    """Every text of a converted row: valid Unicode; a prompt and its user turns not blank; completions
+    not blank (zero-width characters count as blank). Fields are named in the canonical layout
+    (``prompt[1].content``)."""
+    fields: list[tuple[str, str, str | None]] = []  # (field, text, role)
+    if isinstance(prompt, str):
+        fields.append(("prompt", prompt, "prompt"))
+    else:
+        fields += [(f"prompt[{i}].content", m["content"], m["role"]) for i, m in enumerate(prompt)]
+    for column, completion in completions.items():
+        if isinstance(completion, str):
+            fields.append((column, completion, "completion"))
+        elif completion is not None:
+            fields += [(f"{column}[{i}].content", m["content"], m["role"]) for i, m in enumerate(completion)]
+    for field, text, role in fields:
+        _check_unicode(context, text, field)
+        if role in ("prompt", "user") and is_blank(text):
+            raise context.error(
+                "empty prompt" if role == "prompt" else "empty user turn: the content is blank", field
+            )
+        if role in ("completion", "assistant") and is_blank(text):
+            raise context.error(
+                "empty completion: nothing visible (blank or zero-width characters only)", field
+            )
 
 
 def _check_pair_types(context: _RowContext, prompt: Any, completions: dict[str, Any]) -> None:
@@ -474,7 +525,7 @@ def _prompt_completion(
     """A prompt and one completion, both strings or both message lists (sft and kto rows)."""
     if isinstance(prompt, str):
         _check_pair_types(context, prompt, {"completion": completion})
-        context.check_text_completion(completion, "completion")
+        context.check_text_completion(context.text(completion, "completion"), "completion")
         return prompt, completion
     _check_pair_types(context, prompt, {"completion": completion})
     prompt_messages = context.messages(prompt, "prompt")

@@ -51,9 +51,38 @@ def read_rows(path: str | Path) -> list[dict]:
 
 def _read_text(path: Path, file: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        # utf-8-sig: a UTF-8 byte-order mark (as some editors write) is read, not rejected.
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read the file: {error}", file=file) from error
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects keep the last of repeated keys silently; a data row must not say two things."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateKey(key)
+        record[key] = value
+    return record
+
+
+def _parse(text: str, file: str, where: str, row: int | None) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as error:
+        raise DataError(f"{where}duplicate key {error.key!r} in one object (JSON would keep only the last)",
+                        file=file, row=row, field=error.key) from None  # fmt: skip
+    except json.JSONDecodeError as error:
+        raise DataError(f"{where}invalid JSON: {error}", file=file, row=row) from None
+    except RecursionError:
+        raise DataError(f"{where}JSON nested too deeply to be a data row", file=file, row=row) from None
 
 
 def _read_jsonl(path: Path, file: str) -> list[Any]:
@@ -61,19 +90,13 @@ def _read_jsonl(path: Path, file: str) -> list[Any]:
     for line_number, line in enumerate(_read_text(path, file).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            # Line numbers are 1-based, as editors show them; row numbers elsewhere are 0-based record indices.
-            raise DataError(f"line {line_number}: invalid JSON: {error}", file=file) from error
+        # Line numbers are 1-based, as editors show them; row numbers elsewhere are 0-based record indices.
+        rows.append(_parse(line, file, f"line {line_number}: ", None))
     return rows
 
 
 def _read_json(path: Path, file: str) -> list[Any]:
-    try:
-        data = json.loads(_read_text(path, file))
-    except json.JSONDecodeError as error:
-        raise DataError(f"invalid JSON: {error}", file=file) from error
+    data = _parse(_read_text(path, file), file, "", None)
     if isinstance(data, dict) and set(data) == {"data"}:
         data = data["data"]
     if isinstance(data, list):

@@ -17,7 +17,13 @@ from __future__ import annotations
 import torch
 
 from rlhf_lab.losses.dpo import PreferenceLossOutput, nll_term, sigmoid_loss
-from rlhf_lab.losses.hyperparameters import BETA, LABEL_SMOOTHING, NON_NEGATIVE, POSITIVE, OneOf, hyperparameters
+from rlhf_lab.losses.hyperparameters import (
+    BETA,
+    LABEL_SMOOTHING,
+    NON_NEGATIVE,
+    OneOf,
+    hyperparameters,
+)
 
 CPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 

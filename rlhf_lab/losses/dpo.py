@@ -35,7 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.losses.hyperparameters import BETA, LABEL_SMOOTHING, NON_NEGATIVE, POSITIVE, OneOf, hyperparameters
+from rlhf_lab.losses.hyperparameters import (
+    BETA,
+    LABEL_SMOOTHING,
+    NON_NEGATIVE,
+    OneOf,
+    hyperparameters,
+)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_lab.losses.hyperparameters import BETA, NON_NEGATIVE, POSITIVE, hyperparameters
+from rlhf_lab.losses.hyperparameters import BETA, NON_NEGATIVE, hyperparameters
 
 
 @dataclass

@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 
 from rlhf_lab.losses.dpo import PreferenceLossOutput, nll_term, sigmoid_loss
-from rlhf_lab.losses.hyperparameters import BETA, LABEL_SMOOTHING, NON_NEGATIVE, POSITIVE, Range, hyperparameters
+from rlhf_lab.losses.hyperparameters import (
+    BETA,
+    LABEL_SMOOTHING,
+    NON_NEGATIVE,
+    Range,
+    hyperparameters,
+)
 
 
 @hyperparameters(beta=BETA, gamma=Range(), cpo_alpha=NON_NEGATIVE, label_smoothing=LABEL_SMOOTHING)

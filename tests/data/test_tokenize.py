@@ -126,9 +126,13 @@ def test_plain_adds_bos_and_appends_eos(bos_tokenizer):
     )
 
 
-def test_plain_does_not_double_an_existing_eos(tokenizer):
+def test_special_token_text_in_the_data_stays_text(tokenizer):
+    """A completion spelling "</s>" is text, not the EOS token (data cannot inject special tokens); the
+    real EOS still ends it."""
     result = tokenize_example(example("hi", " there</s>"), tokenizer, NO_LIMITS)
-    assert result.chosen_ids == ids(tokenizer, "Ġthere", "</s>")
+    as_text = tokenizer(" there</s>", add_special_tokens=False, split_special_tokens=True).input_ids
+    assert result.chosen_ids == [*as_text, tokenizer.eos_token_id]
+    assert result.chosen_ids.count(tokenizer.eos_token_id) == 1
 
 
 def test_plain_boundary_mid_word(tokenizer, bos_tokenizer):
