@@ -136,6 +136,8 @@ class MonitorCheck(Callback):
         if len(datamodule.datasets.get("val", [])):
             loaders["val"] = datamodule.val_dataloader
         was_training = objective.training
+        # The probe must leave no trace: the objective's own state (KTO's z0, the skip count) is put back.
+        own_state = {name: buffer.clone() for name, buffer in objective._buffers.items() if buffer is not None}
         objective.eval()
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -145,6 +147,8 @@ class MonitorCheck(Callback):
                     names |= {f"{split}/loss", *(f"{split}/{name}" for name in metrics)}
         finally:
             objective.train(was_training)
+            for name, value in own_state.items():
+                objective._buffers[name].copy_(value)
         if self.monitor not in names:
             close = difflib.get_close_matches(self.monitor, sorted(names), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
