@@ -137,7 +137,9 @@ class MonitorCheck(Callback):
             loaders["val"] = datamodule.val_dataloader
         was_training = objective.training
         # The probe must leave no trace: the objective's own state (KTO's z0, the skip count) is put back.
-        own_state = {name: buffer.clone() for name, buffer in objective._buffers.items() if buffer is not None}
+        own_state = {
+            name: buffer.clone() for name, buffer in objective._buffers.items() if buffer is not None
+        }
         objective.eval()
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
