@@ -145,3 +145,27 @@ def test_a_crafted_checkpoint_is_refused_and_never_runs(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="crafted.ckpt"):
         evaluate(EvalOptions(run_dir=tmp_path / "run", weights=str(crafted), samples=0))
     assert not marker.exists()
+
+
+def test_last_checkpoint_by_time_without_a_monitored_metric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """checkpoint.every_n_minutes alone (no step schedule, no validation yet): last.ckpt follows the clock."""
+    from rlhf_lab.callbacks import LastCheckpoint
+
+    steps: list[int] = []
+    original = LastCheckpoint.save
+
+    def save(self, trainer):
+        steps.append(trainer.global_step)
+        original(self, trainer)
+
+    monkeypatch.setattr(LastCheckpoint, "save", save)
+    overrides = ["trainer.max_steps=3", "trainer.val_check_interval=8", "trainer.limit_val_batches=1"]
+    overrides += [
+        "checkpoint.every_n_train_steps=null",
+        "checkpoint.every_n_minutes=1e-6",
+        "export.enabled=false",
+    ]
+    run(compose_config(overrides, run_dir=tmp_path))
+    assert steps[:3] == [1, 2, 3]  # every step: a microsecond is always up
