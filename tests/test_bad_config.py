@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ from rlhf_lab.errors import ConfigError
 from rlhf_lab.models.hub import HubModel
 from rlhf_lab.train import run
 from tests.conftest import compose_config
+from tests.subprocesses import python_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,15 +76,7 @@ def test_monitors_the_objective_logs_are_accepted(tmp_path: Path) -> None:
 
 
 def test_the_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "rlhf_lab", "trainer.accumulate_grad_batches=0", f"hydra.run.dir={tmp_path}"],
-        cwd=REPO,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = python_module("rlhf_lab", "trainer.accumulate_grad_batches=0", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     assert "error: trainer.accumulate_grad_batches=0 must be >= 1" in result.stderr
     assert "Traceback" not in result.stderr

@@ -5,9 +5,6 @@ policy's generations are the same on every rank and strategy."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from rlhf_lab.errors import ConfigError
 from rlhf_lab.models.build import Companion
 from rlhf_lab.objectives import PairwiseObjective
 from tests.scripts.probe_models import TEACHER
+from tests.subprocesses import python_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,15 +47,7 @@ def reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def probe(out_dir: Path, reward_model_dir: Path, *overrides: str) -> list[dict]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.scripts.probe_models", str(out_dir), str(reward_model_dir), *overrides],
-        cwd=REPO,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = python_module("tests.scripts.probe_models", str(out_dir), str(reward_model_dir), *overrides)
     assert result.returncode == 0, result.stderr[-4000:]
     return [json.loads(path.read_text()) for path in sorted(out_dir.glob("rank*.json"))]
 

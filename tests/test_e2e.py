@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,21 +14,13 @@ from torch.testing import assert_close
 from rlhf_lab.export import export_model
 from rlhf_lab.train import run
 from tests.conftest import compose_config
+from tests.subprocesses import python_module
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*overrides: str, run_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RLHF_LAB_CACHE": os.environ["RLHF_LAB_CACHE"]}
-    return subprocess.run(
-        [sys.executable, "-m", "rlhf_lab", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return python_module("rlhf_lab", *overrides, f"hydra.run.dir={run_dir}", timeout=timeout)
 
 
 @pytest.mark.slow

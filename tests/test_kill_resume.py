@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import torch
 from rlhf_lab.checkpoints import CheckpointError, newest_readable, read_checkpoint
 from rlhf_lab.train import run
 from tests.conftest import compose_config
+from tests.subprocesses import python_module
 
 REPO = Path(__file__).resolve().parents[1]
 # Two epochs of 8 steps, validating every 4, last.ckpt every 2 steps, a row per step.
@@ -36,15 +35,7 @@ TIMING = ("train/tokens_per_sec",)
 
 
 def killable(point: str, run_dir: Path, *extra: str) -> int:
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.scripts.killable_run", point, *COMMON, *extra, f"run_dir={run_dir}"],
-        cwd=REPO,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = python_module("tests.scripts.killable_run", point, *COMMON, *extra, f"run_dir={run_dir}")
     if result.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(result.stderr[-3000:])
     return result.returncode

@@ -4,9 +4,6 @@ last finite state kept), or is skipped and counted, or ignored; a NaN model is n
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from rlhf_lab.objectives import PairwiseObjective
 from rlhf_lab.objectives.base import NonFiniteError
 from rlhf_lab.train import run
 from tests.conftest import compose_config
+from tests.subprocesses import python_module
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = ["trainer.max_steps=6", "trainer.limit_val_batches=1", "trainer.val_check_interval=3"]
@@ -104,11 +102,14 @@ def test_a_skipped_step_changes_no_weight(tmp_path: Path, nan_at) -> None:
 @pytest.mark.slow
 def test_the_cli_stops_a_diverging_run_with_a_message_and_no_model(tmp_path: Path) -> None:
     """optim.lr=1e30 (a diverging run): exit status 2, one line naming the step, no export, no ranking."""
-    result = subprocess.run(
-        [sys.executable, "-m", "rlhf_lab", "optim.lr=1e30", "optim.warmup_ratio=0", "trainer.max_steps=8",
-         "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"],
-        cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    overrides = [
+        "optim.lr=1e30",
+        "optim.warmup_ratio=0",
+        "trainer.max_steps=8",
+        "trainer.limit_val_batches=1",
+    ]
+    overrides += ["trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"]
+    result = python_module("rlhf_lab", *overrides, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error: non-finite loss at step" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "export").exists()
