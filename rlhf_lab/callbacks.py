@@ -56,10 +56,15 @@ class LastCheckpoint(Callback):
         self._last_saved_step = -1
         self._last_time = time.monotonic()
         self._after_validation = False
+        self._checked_step: int | None = None
 
     def _due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
-        by_steps = self.every_n_train_steps > 0 and step % self.every_n_train_steps == 0
+        # A multiple of N reached since the last check (online RL takes several optimiser steps per batch).
+        previous = step - 1 if self._checked_step is None else self._checked_step
+        self._checked_step = step
+        every = self.every_n_train_steps
+        by_steps = every > 0 and step // every > previous // every
         by_time = False
         if self.every_n_seconds is not None:
             # Every rank must take the same decision (the save is collective).

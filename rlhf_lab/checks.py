@@ -106,7 +106,7 @@ def check_run_config(cfg: Any, datamodule: Any) -> None:
             f"checkpoint.save_top_k={top_k} needs a checkpoint.monitor to rank by (it is null); set "
             "checkpoint.monitor=val/loss, or checkpoint.save_top_k=0 (last.ckpt only)"
         )
-    check_choice("checkpoint.mode", checkpoint.mode, ("min", "max"))
+    check_choice("checkpoint.mode", checkpoint.mode, ("auto", "min", "max"))
     if checkpoint.get("every_n_train_steps") is not None:
         _integer("checkpoint.every_n_train_steps", checkpoint.every_n_train_steps, 0)
     minutes = checkpoint.get("every_n_minutes")
@@ -131,6 +131,12 @@ class MonitorCheck(Callback):
 
     def on_train_start(self, trainer: Any, objective: Any) -> None:
         names = set(BASE_TRAIN_METRICS)
+        known = {split: objective.metric_names(split) for split in ("train", "val")}
+        if all(value is not None for value in known.values()):
+            # The objective knows its metrics without a batch (online RL: a probe would be a rollout).
+            names |= {f"{split}/{name}" for split, values in known.items() for name in values or ()}
+            self._check(names)
+            return
         datamodule = trainer.datamodule
         loaders = {"train": datamodule.train_dataloader}
         if len(datamodule.datasets.get("val", [])):
@@ -151,6 +157,9 @@ class MonitorCheck(Callback):
             objective.train(was_training)
             for name, value in own_state.items():
                 objective._buffers[name].copy_(value)
+        self._check(names)
+
+    def _check(self, names: set[str]) -> None:
         if self.monitor not in names:
             close = difflib.get_close_matches(self.monitor, sorted(names), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""

@@ -97,9 +97,12 @@ def schema_for(
         hints.setdefault(name, annotation)
         params.append((name, default))
     keyword_fields = []
+    seen: set[str] = set()
     for name, default in params:
-        if name in exclude:
+        # A subclass may re-declare a base argument with its own default (PPO's beta): the subclass's wins.
+        if name in exclude or name in seen:
             continue
+        seen.add(name)
         if default == "???":
             default = MISSING
         fields.append((name, _schema_type(hints.get(name, Any)), _default_of(default)))

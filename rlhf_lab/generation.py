@@ -127,6 +127,7 @@ def generate(
     eos_token_id: int | list[int],
     pad_token_id: int,
     generator: torch.Generator | None = None,
+    row_seeds: list[int] | None = None,
 ) -> Generation:
     """Complete left-padded ``prompts`` with ``model`` (a causal LM, possibly peft-wrapped).
 
@@ -137,6 +138,10 @@ def generate(
         eos_token_id: Token id(s) that end a completion.
         pad_token_id: Written after a completion's end.
         generator: Random generator for sampling (on the model's device), for reproducible rollouts.
+        row_seeds: One seed per row instead of ``generator``: row ``b``'s samples then depend on its seed
+            alone, not on which rows share its batch or its process (online RL seeds by prompt and sample,
+            so 2 processes sample what 1 process does). Sampling inverts the CDF at a uniform drawn from
+            the row's own stream.
 
     Returns:
         `Generation`.
@@ -153,8 +158,22 @@ def generate(
     cache = None
     finished = torch.zeros(batch, dtype=torch.bool, device=inputs.device)
     tokens, logps = [], []
+    uniforms = None
+    if row_seeds is not None and sampling.do_sample:
+        if len(row_seeds) != batch:
+            raise ValueError(f"{len(row_seeds)} row seeds for {batch} rows")
+        uniforms = torch.stack(
+            [
+                torch.rand(
+                    sampling.max_new_tokens,
+                    generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64,
+                )
+                for seed in row_seeds
+            ]
+        ).to(inputs.device)
     with _eval_mode(model):
-        for _ in range(sampling.max_new_tokens):
+        for step in range(sampling.max_new_tokens):
             outputs = decoder(
                 input_ids=inputs,
                 attention_mask=attention_mask,
@@ -167,7 +186,14 @@ def generate(
             if sampling.do_sample:
                 scaled = logits / sampling.temperature
                 filtered = _filter_logits(scaled, sampling.top_k, sampling.top_p)
-                token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+                if uniforms is None:
+                    token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+                else:
+                    cdf = filtered.softmax(-1).double().cumsum(-1)
+                    target = (uniforms[:, step] * cdf[:, -1]).unsqueeze(-1)
+                    token = (
+                        torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+                    )
             else:
                 scaled = logits
                 token = logits.argmax(-1)
@@ -192,3 +218,32 @@ def generate(
         logps=torch.stack(logps, 1),
         truncated=~finished,
     )
+
+
+#: Where rollouts are generated: ``hf`` (`generate` on the policy itself, any strategy) or ``vllm``.
+GENERATION_BACKENDS = ("hf", "vllm")
+
+
+def check_generation_backend(name: str) -> None:
+    """Fail early, with what is missing, for a backend that cannot run here.
+
+    Raises:
+        ConfigError: An unknown backend, or ``vllm`` (colocated vLLM needs a CUDA GPU and the ``vllm``
+            package, and is not part of this release: rollouts use the policy's own ``hf`` generation).
+    """
+    from rlhf_lab.errors import ConfigError, check_choice
+
+    check_choice("algo.generation_backend", name, GENERATION_BACKENDS)
+    if name == "vllm":
+        import importlib.util
+
+        missing = []
+        if not torch.cuda.is_available():
+            missing.append("no CUDA GPU is visible")
+        if importlib.util.find_spec("vllm") is None:
+            missing.append("the vllm package is not installed")
+        why = "; ".join(missing) if missing else "the colocated vLLM backend is not implemented yet"
+        raise ConfigError(
+            f"algo.generation_backend=vllm cannot run here ({why}); use algo.generation_backend=hf, which "
+            "generates with the policy itself under every strategy"
+        )

@@ -280,6 +280,19 @@ class Reference(nn.Module):
                 return policy(sequences).logps
         raise ConfigError(f"algo.reference={self.mode} has no reference model to run")
 
+    @torch.no_grad()
+    def run(self, sequences: Sequences, **options: Any) -> SequenceLogps:
+        """Reference statistics of ``sequences`` computed now (``options`` as `sequence_logps`: per-token
+        log-probs, temperature...), for ``copy`` and ``adapter_off`` (online RL scores fresh samples)."""
+        if self.mode == "copy":
+            assert self.model is not None
+            return self.model(sequences, **options)
+        if self.mode == "adapter_off":
+            policy = self._policy[0]
+            with policy.adapters_disabled():
+                return policy(sequences, **options)
+        raise ConfigError(f"algo.reference={self.mode} cannot score new samples; use copy or adapter_off")
+
     def logps(self, batch: Batch, split: str) -> torch.Tensor | None:
         """Reference log-probs ``[N]`` in the batch's row order, or None for ``none``."""
         if self.mode == "none":

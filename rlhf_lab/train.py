@@ -36,11 +36,23 @@ from rlhf_lab.strategies import resolve as resolve_strategy
 log = logging.getLogger(__name__)
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
+def resolve_monitor(cfg: DictConfig, objective: AlignmentObjective) -> tuple[str | None, str]:
+    """``checkpoint.monitor`` and ``checkpoint.mode``, with ``auto`` taken from the objective (``val/loss``
+    min for offline objectives, ``val/reward`` max for online RL)."""
+    monitor, mode = cfg.checkpoint.monitor, cfg.checkpoint.mode
+    if monitor == "auto":
+        monitor = objective.monitor[0]
+    if mode == "auto":
+        mode = objective.monitor[1] if monitor == objective.monitor[0] else "min"
+    return monitor, mode
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, objective: AlignmentObjective | None = None) -> list[Any]:
     """RunProgress first (its batch-end hook must run before a checkpoint is saved), then ``last.ckpt`` on its
     own schedule, then the best-k by the monitored metric."""
     checkpoints = run_dir / "checkpoints"
     ckpt = cfg.checkpoint
+    monitor, mode = resolve_monitor(cfg, objective) if objective is not None else (ckpt.monitor, ckpt.mode)
     callbacks: list[Any] = [RunProgress()]
     if ckpt.save_last:
         callbacks.append(
@@ -50,16 +62,16 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
                 every_n_minutes=ckpt.get("every_n_minutes"),
             )
         )
-    if ckpt.monitor is not None:
-        callbacks.append(MonitorCheck(ckpt.monitor))
+    if monitor is not None:
+        callbacks.append(MonitorCheck(monitor))
     if ckpt.save_top_k:
         callbacks.append(
             FiniteModelCheckpoint(
                 dirpath=checkpoints,
                 filename="step{step:06d}",
                 auto_insert_metric_name=False,
-                monitor=ckpt.monitor,
-                mode=ckpt.mode,
+                monitor=monitor,
+                mode=mode,
                 save_top_k=ckpt.save_top_k,
                 save_last=False,
             )
@@ -110,13 +122,17 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
 
 #: ``trainer.*`` keys rlhf_lab reads itself; the rest are ``lightning.Trainer`` arguments.
 OWN_TRAINER_KEYS = ("nan_policy", "max_nan_skips")
+#: ``trainer.*`` keys an objective that optimises manually (online RL) applies itself.
+MANUAL_OPTIMISATION_KEYS = ("accumulate_grad_batches", "gradient_clip_val")
 
 
-def lightning_trainer_config(trainer_cfg: DictConfig) -> DictConfig:
-    """``cfg.trainer`` without rlhf_lab's own keys (`OWN_TRAINER_KEYS`), ready for ``instantiate``."""
+def lightning_trainer_config(trainer_cfg: DictConfig, manual_optimisation: bool = False) -> DictConfig:
+    """``cfg.trainer`` without rlhf_lab's own keys (`OWN_TRAINER_KEYS`, and under manual optimisation the
+    keys the objective applies itself), ready for ``instantiate``."""
     values = OmegaConf.to_container(trainer_cfg, resolve=True)
     assert isinstance(values, dict)
-    return OmegaConf.create({k: v for k, v in values.items() if k not in OWN_TRAINER_KEYS})
+    own = OWN_TRAINER_KEYS + (MANUAL_OPTIMISATION_KEYS if manual_optimisation else ())
+    return OmegaConf.create({k: v for k, v in values.items() if k not in own})
 
 
 def _instantiate(node: DictConfig) -> Any:
@@ -153,6 +169,10 @@ def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[Align
         logps_chunk_size=cfg.logps_chunk_size,
         nan_policy=cfg.trainer.get("nan_policy", "stop"),
         max_nan_skips=cfg.trainer.get("max_nan_skips", 10),
+        seed=int(cfg.seed),
+        run_dir=str(cfg.paths.run_dir),
+        accumulate_grad_batches=int(cfg.trainer.get("accumulate_grad_batches", 1) or 1),
+        gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
     )
     # Built objects go in after instantiation: Hydra would merge them into the config otherwise.
     make_objective = instantiate(cfg.algo, _partial_=True, _convert_="all")
@@ -222,9 +242,9 @@ def run(cfg: DictConfig) -> Run:
     for logger in loggers:
         logger.log_hyperparams(hparams)
     strategy = resolve_strategy(_instantiate(cfg.strategy), cfg.trainer, cfg.data.batch_size)
-    callbacks = build_callbacks(cfg, run_dir)
+    callbacks = build_callbacks(cfg, run_dir, objective)
     trainer: L.Trainer = instantiate(
-        lightning_trainer_config(cfg.trainer),
+        lightning_trainer_config(cfg.trainer, manual_optimisation=not objective.automatic_optimization),
         strategy=strategy,
         logger=loggers or False,
         callbacks=callbacks,

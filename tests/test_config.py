@@ -149,8 +149,8 @@ def test_key_of_another_option_fails_at_composition() -> None:
 
 
 def test_unknown_option_fails_at_composition() -> None:
-    message = _composition_error("algo=ppo")
-    assert "Could not find 'algo/ppo'" in message
+    message = _composition_error("algo=trpo")
+    assert "Could not find 'algo/trpo'" in message
     assert "dpo" in message and "sft" in message
 
 

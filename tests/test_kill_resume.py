@@ -160,3 +160,38 @@ def test_last_checkpoint_by_time_without_a_monitored_metric(
     ]
     run(compose_config(overrides, run_dir=tmp_path))
     assert steps[:3] == [1, 2, 3]  # every step: a microsecond is always up
+
+
+ONLINE = (
+    "algo=grpo",
+    "data=synthetic_rl",
+    "data.batch_size=4",
+    "data.source.num_eval=16",
+    "algo.num_generations=2",
+    "algo.max_new_tokens=8",
+    "algo.reward_functions=[tests.custom_rewards.even_tokens]",
+    "algo.log_samples_every=3",
+    "optim.lr=1e-3",
+)
+
+
+@pytest.mark.slow
+def test_an_online_run_killed_mid_epoch_resamples_its_rollouts_exactly(tmp_path: Path) -> None:
+    """GRPO killed between rollouts, in a validation and in the second epoch: the resumed run samples the
+    same completions (sample tables), logs the same rows and ends with the same weights."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert killable("none", straight, *ONLINE) == 0
+    assert killable("step:3", killed, *ONLINE) == -signal.SIGKILL
+    for point in ("val:3", "step:11", "step:21"):
+        assert killable(point, killed, *ONLINE, "resume=true") == -signal.SIGKILL, point
+    assert killable("none", killed, *ONLINE, "resume=true") == 0
+
+    assert (killed / "export" / "model.safetensors").read_bytes() == (
+        straight / "export" / "model.safetensors"
+    ).read_bytes()
+    assert rows(killed / "metrics.csv") == rows(straight / "metrics.csv")
+    samples = sorted(p.name for p in (straight / "samples").glob("*.jsonl"))
+    assert samples == sorted(p.name for p in (killed / "samples").glob("*.jsonl"))
+    assert len(samples) == 11  # rollouts 1, 4, ..., 31 of 32
+    for name in samples:
+        assert (killed / "samples" / name).read_text() == (straight / "samples" / name).read_text(), name

@@ -42,7 +42,7 @@ def test_plan_one_job_per_objective_and_seed(tmp_path: Path) -> None:
     ]
     assert "optim.lr=2e-3" not in jobs[0].command
 
-    cfg.leaderboard.objectives = ["dpo", "ppo"]
+    cfg.leaderboard.objectives = ["dpo", "trpo"]
     with pytest.raises(ConfigError, match="unknown"):
         plan(cfg, tmp_path, [])
 

@@ -14,8 +14,8 @@ Batches are dataclasses of tensors, so Lightning moves them to the device like d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 
@@ -145,7 +145,15 @@ class UnpairedBatch(Batch):
 
 @dataclass
 class PromptBatch(Batch):
-    """Left-padded prompts to generate from (``completion_mask`` is all False)."""
+    """Left-padded prompts to generate from (``completion_mask`` is all False).
+
+    Attributes:
+        prompts: ``B`` prompts as data (strings or message lists), for reward functions.
+        columns: The rows' extra columns (e.g. ``answer``), each a list of ``B`` values.
+    """
+
+    prompts: list[Any] = field(default_factory=list)
+    columns: dict[str, list[Any]] = field(default_factory=dict)
 
     kind: ClassVar[str] = "prompts"
     rows_per_example: ClassVar[int] = 1

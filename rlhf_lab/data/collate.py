@@ -157,4 +157,11 @@ class PromptCollator:
         if not items:
             raise ValueError("cannot collate an empty batch")
         rows = [(example.prompt_ids, []) for _, example in items]
-        return PromptBatch(sequences=pad_rows(rows, self.pad_token_id, left=True), index=_indices(items))
+        names = sorted({name for _, example in items for name in example.columns or {}})
+        return PromptBatch(
+            sequences=pad_rows(rows, self.pad_token_id, left=True),
+            index=_indices(items),
+            prompts=[example.prompt for _, example in items],
+            # A column a row lacks is None for that row (reward functions see aligned lists).
+            columns={name: [(example.columns or {}).get(name) for _, example in items] for name in names},
+        )

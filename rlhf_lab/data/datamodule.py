@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rlhf_lab.data.collate import PreferenceCollator, UnpairedCollator
+from rlhf_lab.data.collate import PreferenceCollator, PromptCollator, UnpairedCollator
 from rlhf_lab.data.formats import DataError, PreferenceExample, convert_rows, to_unpaired
 from rlhf_lab.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_examples
 from rlhf_lab.errors import ConfigError, check_choice
@@ -22,9 +22,9 @@ from rlhf_lab.errors import ConfigError, check_choice
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-# What an objective's batches hold: chosen + rejected rows (DPO), chosen rows only (SFT), or labelled
-# completions plus mismatched rows (KTO).
-BATCH_KINDS = ("pairs", "single", "unpaired")
+# What an objective's batches hold: chosen + rejected rows (DPO), chosen rows only (SFT), labelled
+# completions plus mismatched rows (KTO), or prompts to generate from (online RL).
+BATCH_KINDS = ("pairs", "single", "unpaired", "prompts")
 
 
 class TokenizedDataset(Dataset):
@@ -144,6 +144,8 @@ def _texts(value: Any) -> Iterator[str]:
 
 def _unsuitable(example: PreferenceExample, kind: str) -> str | None:
     """Why ``example`` cannot go into batches of ``kind``, or None when it can."""
+    if kind == "prompts":
+        return None  # every row has a prompt; online RL generates its own completions
     if example.chosen is None:
         return (
             "this row has a prompt and no completion (prompt_only data, for online RL), which no "
@@ -337,6 +339,12 @@ class PreferenceDataModule(L.LightningDataModule):
             if kind == "unpaired":
                 stats["unpaired_from_pairs"] = sum(example.is_pair for example in examples)
                 examples = to_unpaired(examples)
+            elif kind == "prompts":
+                # The prompt alone, tokenised as generation sees it (a completion's tokens can merge into it).
+                examples = [
+                    dataclasses.replace(example, chosen=None, rejected=None, label=None, margin=None)
+                    for example in examples
+                ]
             tokenized, token_stats = tokenize_examples(examples, self.tokenizer, self.settings)
             self.stats[split] = {**stats, **token_stats}
             self.split_kinds[split] = kind
@@ -349,8 +357,10 @@ class PreferenceDataModule(L.LightningDataModule):
         for split in SPLITS:
             log.info("data[%s] (%s): %s", split, self.split_kinds[split], self.stats.get(split, {}))
 
-    def collator(self, split: str = "train") -> PreferenceCollator | UnpairedCollator:
+    def collator(self, split: str = "train") -> PreferenceCollator | UnpairedCollator | PromptCollator:
         """The collator for ``split``'s batch kind (see `split_kinds`)."""
+        if self.split_kinds.get(split) == "prompts":
+            return PromptCollator(pad_token_id=self.tokenizer.pad_token_id)
         if self.split_kinds.get(split) == "unpaired":
             return UnpairedCollator(
                 pad_token_id=self.tokenizer.pad_token_id,

@@ -37,6 +37,28 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 SHAREGPT_TOOL_ROLES = ("observation", "function_call")
 
+#: Every column some format reads; a row's other columns are kept in `PreferenceExample.columns`.
+FORMAT_COLUMNS = frozenset(
+    {
+        "prompt",
+        "chosen",
+        "rejected",
+        "completion",
+        "label",
+        "messages",
+        "margin",
+        "images",
+        "system",
+        "history",
+        "query",
+        "response",
+        "rejected_response",
+        "conversations",
+        "instruction",
+        "input",
+    }
+)
+
 # Columns each format needs; `sft` has two layouts, checked separately.
 REQUIRED_COLUMNS = {
     "conversational": ("prompt", "chosen", "rejected"),
@@ -57,6 +79,8 @@ class PreferenceExample:
         label: Unpaired (KTO) rows: True when ``chosen`` is desirable, False when undesirable; None otherwise.
         margin: Per-pair margin from a ``margin`` column (reward-model training); None when absent.
         images: The row's ``images`` column, carried for multimodal models (unused so far).
+        columns: The row's other columns (those no format reads, e.g. ``answer``), passed through to
+            online-RL reward functions as keyword arguments.
     """
 
     prompt: list[Message] | str
@@ -66,6 +90,7 @@ class PreferenceExample:
     label: bool | None = None
     margin: float | None = None
     images: list | None = None
+    columns: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def is_conversational(self) -> bool:
@@ -376,6 +401,7 @@ def _to_example(row: dict, fmt: str, *, file: str, row_index: int, fmt_label: st
         # A margin belongs to a pair; SFT, KTO and prompt-only rows have nothing to put it on.
         margin=context.margin() if rejected is not None else None,
         images=context.images(),
+        columns={key: value for key, value in row.items() if key not in FORMAT_COLUMNS},
     )
 
 

@@ -1,9 +1,14 @@
-"""A bundled preference task that a tiny model learns from preferences alone.
+"""A bundled task that a tiny model learns from preferences alone, or from a programmatic reward.
 
 Each prompt names an object and asks which of two categories it belongs to; the chosen answer names the
 right category, the rejected one the other. The object is what decides, so a model that ignores the
 prompt scores about 50% on the balanced held-out split. Held-out prompts are new sentences (template,
 person, place and object combinations never seen in training), over the same objects.
+
+The same prompts come in three row layouts (``rows``): preference pairs; prompts with the right answer in
+an ``answer`` column, for online RL with `rlhf_lab.rewards.exact_match`; or SFT rows whose completion is
+right only with probability ``correct_rate`` (a warm start that has learnt the answer's form but not which
+category is right: online RL then has something to learn).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhf_lab.data.sources import RowBlock, Splits
+from rlhf_lab.errors import check_choice, check_range
 
 CATEGORIES: dict[str, list[str]] = {
     "an animal": [
@@ -63,6 +69,7 @@ TEMPLATES = [
     "Quick question from the {place}: is the {item} {a} or {b}?",
 ]
 ANSWER = "It is {category}."
+ROW_LAYOUTS = ("pairs", "prompts", "sft")
 
 
 def _distinct_prompts() -> int:
@@ -88,13 +95,22 @@ class SyntheticPreferences:
         num_train: Training pairs.
         num_eval: Held-out pairs (prompts disjoint from training).
         seed: Generator seed; same seed, same data.
+        rows: ``pairs`` (prompt, chosen, rejected), ``prompts`` (prompt, answer) or ``sft`` (prompt,
+            completion).
+        correct_rate: ``sft`` rows: the share of completions that name the right category.
     """
 
     num_train: int = 2000
     num_eval: int = 256
     seed: int = 1234
+    rows: str = "pairs"
+    correct_rate: float = 1.0
 
-    def _row(self, rng: random.Random) -> dict[str, Any]:
+    def __post_init__(self) -> None:
+        check_choice("data.source.rows", self.rows, ROW_LAYOUTS)
+        check_range("data.source.correct_rate", self.correct_rate, 0.0, 1.0)
+
+    def _row(self, rng: random.Random, coin: random.Random) -> dict[str, Any]:
         category = rng.choice(sorted(CATEGORIES))
         other = next(c for c in sorted(CATEGORIES) if c != category)
         item = rng.choice(CATEGORIES[category])
@@ -102,15 +118,24 @@ class SyntheticPreferences:
         question = rng.choice(TEMPLATES).format(
             item=item, a=first, b=second, name=rng.choice(NAMES), place=rng.choice(PLACES)
         )
+        prompt = [{"role": "user", "content": question}]
+        right, wrong = ANSWER.format(category=category), ANSWER.format(category=other)
+        if self.rows == "prompts":
+            return {"prompt": prompt, "answer": right}
+        if self.rows == "sft":
+            # Its own generator: every layout draws the same prompts, in the same splits.
+            answer = right if coin.random() < self.correct_rate else wrong
+            return {"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]}
         return {
-            "prompt": [{"role": "user", "content": question}],
-            "chosen": [{"role": "assistant", "content": ANSWER.format(category=category)}],
-            "rejected": [{"role": "assistant", "content": ANSWER.format(category=other)}],
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": right}],
+            "rejected": [{"role": "assistant", "content": wrong}],
         }
 
     def load(self) -> Splits:
         """Rows per split."""
         rng = random.Random(self.seed)
+        coin = random.Random(f"{self.seed}:correct")
         seen: set[str] = set()
         splits: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
         targets = {"train": self.num_train, "val": self.num_eval}
@@ -122,7 +147,7 @@ class SyntheticPreferences:
                     raise ValueError(
                         "data.num_train + data.num_eval exceed the distinct prompts the task has"
                     )
-                row = self._row(rng)
+                row = self._row(rng, coin)
                 key = row["prompt"][0]["content"]
                 if key in seen:
                     continue

@@ -35,6 +35,9 @@ class TokenizedExample:
         margin: The pair's margin from the data, if any.
         mismatched_ids: Unpaired (KTO) examples served for training: the completion of this example's
             mismatched partner (another prompt's completion), set by the dataset; None otherwise.
+        prompt: Prompt-only examples (online RL): the prompt as data (a string or messages), for reward
+            functions; None otherwise.
+        columns: Prompt-only examples: the row's extra columns (`PreferenceExample.columns`); None otherwise.
     """
 
     prompt_ids: list[int]
@@ -44,6 +47,8 @@ class TokenizedExample:
     label: bool | None = None
     margin: float | None = None
     mismatched_ids: list[int] | None = None
+    prompt: Any = None
+    columns: dict[str, Any] | None = None
 
 
 @dataclass
@@ -306,6 +311,8 @@ def tokenize_example(
         truncated=truncated,
         label=example.label,
         margin=example.margin,
+        prompt=example.prompt if example.chosen is None else None,
+        columns=dict(example.columns) if example.chosen is None else None,
     )
 
 

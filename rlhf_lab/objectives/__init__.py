@@ -2,20 +2,26 @@
 
 Pairwise objectives (DPO and its variants, IPO, CPO, SimPO, CPO-SimPO, ORPO) are one class whose loss
 ``conf/algo/<name>.yaml`` names; KTO (unpaired batches), the reward model (a classification head) and SFT
-(single completions) have their own.
+(single completions) have their own; the online-RL objectives (GRPO, RLOO, PPO) share `OnlineObjective`.
 """
 
 from rlhf_lab.objectives.base import AlignmentObjective, OptimConfig, RuntimeConfig, pairwise_metrics
 from rlhf_lab.objectives.kto import KTO
+from rlhf_lab.objectives.online import OnlineObjective
 from rlhf_lab.objectives.pairwise import PAIR_INPUTS, PairwiseObjective
+from rlhf_lab.objectives.policy_gradient import GRPO, PPO, RLOO
 from rlhf_lab.objectives.reward import RewardModel
 from rlhf_lab.objectives.sft import SFT
 
 __all__ = [
+    "GRPO",
     "KTO",
     "PAIR_INPUTS",
+    "PPO",
+    "RLOO",
     "SFT",
     "AlignmentObjective",
+    "OnlineObjective",
     "OptimConfig",
     "PairwiseObjective",
     "RewardModel",

@@ -103,12 +103,21 @@ class RuntimeConfig:
             the batch's examples, its last finite state in ``last.ckpt``, exit non-zero), ``skip`` (the step
             is skipped and counted: ``train/nan_skipped``; past ``max_nan_skips`` the run stops) or ``ignore``.
         max_nan_skips: Most steps ``skip`` may skip.
+        seed: The run's seed (online RL seeds its rollouts with it).
+        run_dir: The run directory (online RL writes its sample tables there).
+        accumulate_grad_batches: Micro-batches per optimiser step, for objectives that optimise manually
+            (Lightning accumulates for the others).
+        gradient_clip_val: Gradient-norm clipping, likewise.
     """
 
     cache_dir: str = field(default_factory=default_cache_dir)
     logps_chunk_size: int = 256
     nan_policy: str = "stop"
     max_nan_skips: int = 10
+    seed: int = 0
+    run_dir: str | None = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
 
     def __post_init__(self) -> None:
         check_range("logps_chunk_size", self.logps_chunk_size, 1)
@@ -145,6 +154,8 @@ class AlignmentObjective(L.LightningModule):
     batch_kind: str = "pairs"
     #: What the model is: ``causal_lm`` (a policy) or ``sequence_classification`` (a reward model).
     model_task: str = "causal_lm"
+    #: The held-out metric checkpoints are ranked by under ``checkpoint.monitor=auto``, and its direction.
+    monitor: tuple[str, str] = ("val/loss", "min")
 
     def __init__(
         self,
@@ -387,6 +398,11 @@ class AlignmentObjective(L.LightningModule):
                 parameter.grad = None  # the optimiser skips parameters without a gradient: no update
             return
         self.log("train/grad_norm", grad_norm, on_step=True, on_epoch=False)
+        if not self.automatic_optimization and self.runtime.gradient_clip_val:
+            # Lightning clips only under automatic optimisation; after the norm above, as it would.
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.runtime.gradient_clip_val, gradient_clip_algorithm="norm"
+            )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, metrics = self.compute(batch, "val")
@@ -437,9 +453,17 @@ class AlignmentObjective(L.LightningModule):
             betas=self.optim.betas,
             eps=self.optim.eps,
         )
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        total_steps = self.total_optimizer_steps()
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.optim.lr_lambda(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def total_optimizer_steps(self) -> int:
+        """Optimiser steps the run will take (the learning-rate schedule's length)."""
+        return max(1, int(self.trainer.estimated_stepping_batches))
+
+    def metric_names(self, split: str) -> set[str] | None:
+        """The metrics ``split`` logs (unprefixed), when known without running a batch; None: probe one."""
+        return None
 
     # -------------------------------------------------------------------------------- checkpoints
     def checkpoint_keys(self) -> set[str]:

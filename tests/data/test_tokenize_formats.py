@@ -81,6 +81,9 @@ def test_prompt_only_conversational_is_the_generation_prompt(tokenizer):
         chosen_ids=[],
         rejected_ids=None,
         truncated=False,
+        # The prompt as data and the row's other columns, for reward functions.
+        prompt=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}],
+        columns={},
     )
     assert result.prompt_ids == text_ids(
         tokenizer, "<s><|system|>\nbe brief</s><|user|>\nhi there</s><|assistant|>\n"
@@ -90,10 +93,15 @@ def test_prompt_only_conversational_is_the_generation_prompt(tokenizer):
 def test_prompt_only_plain_adds_special_tokens_and_no_eos(tokenizer, bos_tokenizer):
     example = convert({"prompt": "Once upon a time"})
     assert tokenize_example(example, tokenizer, NO_LIMITS) == TokenizedExample(
-        ids(tokenizer, "Once", "Ġupon", "Ġa", "Ġtime"), [], None, False
+        ids(tokenizer, "Once", "Ġupon", "Ġa", "Ġtime"), [], None, False, prompt="Once upon a time", columns={}
     )
     assert tokenize_example(example, bos_tokenizer, NO_LIMITS) == TokenizedExample(
-        ids(bos_tokenizer, "<s>", "Once", "Ġupon", "Ġa", "Ġtime"), [], None, False
+        ids(bos_tokenizer, "<s>", "Once", "Ġupon", "Ġa", "Ġtime"),
+        [],
+        None,
+        False,
+        prompt="Once upon a time",
+        columns={},
     )
 
 
@@ -101,7 +109,7 @@ def test_prompt_only_limits(tokenizer):
     example = convert({"prompt": "Once upon a time"})
     keep_end = TokenizeSettings(max_length=8, max_prompt_length=2)
     assert tokenize_example(example, tokenizer, keep_end) == TokenizedExample(
-        ids(tokenizer, "Ġa", "Ġtime"), [], None, True
+        ids(tokenizer, "Ġa", "Ġtime"), [], None, True, prompt="Once upon a time", columns={}
     )
     # A prompt that fills max_length leaves no room to generate: dropped like an over-long pair.
     examples, stats = tokenize_examples(

@@ -26,27 +26,31 @@ def arm(point: str) -> None:
     count = {"seen": 0}
     if kind == "step":
         from rlhf_lab.objectives.base import AlignmentObjective
+        from rlhf_lab.objectives.online import OnlineObjective
 
-        original = AlignmentObjective.training_step
+        for cls in (AlignmentObjective, OnlineObjective):  # online RL has its own training step
+            original = cls.training_step
 
-        def training_step(self, batch, batch_idx):
-            if self.trainer.global_step == int(number):
-                die()
-            return original(self, batch, batch_idx)
+            def training_step(self, batch, batch_idx, original=original):
+                if self.trainer.global_step == int(number):
+                    die()
+                return original(self, batch, batch_idx)
 
-        AlignmentObjective.training_step = training_step
+            cls.training_step = training_step
     elif kind == "val":
         from rlhf_lab.objectives.base import AlignmentObjective
+        from rlhf_lab.objectives.online import OnlineObjective
 
-        original_val = AlignmentObjective.validation_step
+        for cls in (AlignmentObjective, OnlineObjective):
+            original_val = cls.validation_step
 
-        def validation_step(self, batch, batch_idx):
-            count["seen"] += 1
-            if count["seen"] == int(number):
-                die()
-            return original_val(self, batch, batch_idx)
+            def validation_step(self, batch, batch_idx, original_val=original_val):
+                count["seen"] += 1
+                if count["seen"] == int(number):
+                    die()
+                return original_val(self, batch, batch_idx)
 
-        AlignmentObjective.validation_step = validation_step
+            cls.validation_step = validation_step
     elif kind == "save":
         import io
 

@@ -1,0 +1,12 @@
+"""Reward functions a user would bring (TRL's signature), named by import path in tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def even_tokens(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """The share of the completion's tokens with an even id: a dense signal even an untrained model varies on."""
+    return [sum(1 for token in ids if token % 2 == 0) / max(len(ids), 1) for ids in completion_ids]

@@ -1,0 +1,294 @@
+"""Online RL (GRPO, RLOO, PPO): rollouts, metrics pinned to hand computations, accumulation equivalence,
+reproducible rollouts, and config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.objectives.online import Rollout, completion_metrics, reward_metrics
+from rlhf_lab.train import build, run
+from tests.conftest import compose_config
+from tests.naive import full_logits
+
+# A signal on every rollout even for the untrained tiny model (a user-supplied reward, by import path).
+SMALL = (
+    "data=synthetic_rl",
+    "data.source.num_train=32",
+    "data.source.num_eval=8",
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
+    "algo.reward_functions=[tests.custom_rewards.even_tokens]",
+    "algo.max_new_tokens=12",
+    "algo.num_generations=2",
+    "trainer.limit_val_batches=0",
+    "trainer.val_check_interval=1",
+    "export.enabled=false",
+    "checkpoint.save_top_k=0",
+    "checkpoint.save_last=false",
+    "optim.lr=1e-2",
+    "optim.warmup_ratio=0",
+)
+
+
+def trained(tmp_path: Path, name: str, *overrides: str):
+    return run(compose_config([*SMALL, *overrides], run_dir=tmp_path / name))
+
+
+def weights(result) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in result.objective.named_parameters() if p.requires_grad}
+
+
+# ---------------------------------------------------------------------------------------- metrics
+def test_reward_metrics_by_hand() -> None:
+    # Two prompts x 2 samples; reward "a" applies to all rows, "b" only to rows 0 and 3.
+    per_reward = torch.tensor([[1.0, 2.0], [0.0, float("nan")], [1.0, float("nan")], [1.0, 4.0]])
+    rewards = torch.tensor([3.0, 0.0, 1.0, 5.0])
+    metrics = reward_metrics(rewards, per_reward, ["a", "b"], num_generations=2)
+    assert_close(metrics["reward"], torch.tensor(9.0 / 4))
+    # Group stds (unbiased): |3 - 0| / sqrt(2) and |1 - 5| / sqrt(2); their mean.
+    assert_close(metrics["reward_std"], torch.tensor((3 + 4) / 2 / 2**0.5))
+    assert_close(metrics["frac_reward_zero_std"], torch.tensor(0.0))
+    assert_close(metrics["rewards/a/mean"], torch.tensor(0.75))
+    assert_close(metrics["rewards/b/mean"], torch.tensor(3.0))  # NaN rows left out of the mean
+    tied = reward_metrics(torch.tensor([1.0, 1.0, 0.0, 2.0]), per_reward[:, :1], ["a"], 2)
+    assert_close(tied["frac_reward_zero_std"], torch.tensor(0.5))
+
+
+def test_completion_metrics_by_hand() -> None:
+    metrics = completion_metrics(torch.tensor([3, 12, 5, 12]), torch.tensor([False, True, False, True]))
+    assert_close(metrics["completions/mean_length"], torch.tensor(8.0))
+    assert_close(metrics["completions/min_length"], torch.tensor(3.0))
+    assert_close(metrics["completions/max_length"], torch.tensor(12.0))
+    assert_close(metrics["completions/clipped_ratio"], torch.tensor(0.5))
+
+
+def _objective_and_rollout(*overrides: str):
+    objective, datamodule, _ = build(compose_config([*SMALL, *overrides]))
+    objective.configure_model()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in objective.policy.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))  # so the reference differs from the policy
+    batch = next(iter(datamodule.val_dataloader()))
+    generation = objective.sample(batch, objective.sampling, 2, 0, 0)
+    rollout = Rollout(
+        generation.sequences(), generation.prompts.input_ids.shape[1], generation.completion_mask
+    )
+    return objective, rollout
+
+
+def _naive_token_logps(model, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """Sampled tokens' log-probs from the full logits at the sampling temperature, ``[N, L]``."""
+    logits = full_logits(model, rollout.sequences)[:, :-1] / temperature
+    tokens = rollout.sequences.input_ids[:, 1:]
+    logps = logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return logps[:, rollout.prompt_width - 1 :] * rollout.mask
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
+def test_grpo_loss_and_metrics_equal_the_naive_computation(loss_type: str) -> None:
+    """One micro-batch: loss, policy_loss, kl, clip ratios and entropy against full-softmax arithmetic."""
+    objective, rollout = _objective_and_rollout(
+        "algo=grpo",
+        f"algo.loss_type={loss_type}",
+        "algo.beta=0.1",
+        "algo.temperature=0.7",
+        "algo.epsilon_high=0.3",
+    )
+    mask = rollout.mask.float()
+    naive = _naive_token_logps(objective.policy.model, rollout, 0.7)
+    reference = _naive_token_logps(objective.reference.model.model, rollout, 0.7)
+    # Old log-probs pushed away from the current ones so the clip binds on some tokens.
+    old = (naive + torch.linspace(-0.5, 0.5, naive.numel()).view_as(naive)).detach() * mask
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.0, 0.0]).repeat(rollout.size // 8)
+    rollout.tensors.update(advantages=advantages, old_logps=old, reference_logps=reference)
+    totals = objective.step_totals(rollout)
+    loss, metrics = objective.micro_loss(rollout, totals)
+
+    ratio = torch.exp(naive - old)
+    clipped = ratio.clamp(1 - 0.2, 1 + 0.3)
+    surrogate = -torch.min(ratio * advantages[:, None], clipped * advantages[:, None]) * mask
+    log_ratio = reference - naive
+    kl = (torch.exp(log_ratio) - log_ratio - 1) * mask
+    per_token = surrogate + 0.1 * kl
+    lengths, tokens = mask.sum(1), mask.sum()
+    reduce = {
+        "grpo": lambda x: ((x * mask).sum(1) / lengths).mean(),
+        "dr_grpo": lambda x: (x * mask).sum() / (rollout.size * 12),
+        "dapo": lambda x: (x * mask).sum() / tokens,
+        "bnpo": lambda x: (x * mask).sum() / tokens,
+    }[loss_type]
+    assert_close(loss, reduce(per_token), rtol=1e-5, atol=1e-6)
+    assert_close(metrics["policy_loss"], reduce(surrogate), rtol=1e-5, atol=1e-6)
+    assert_close(metrics["kl"], (kl * mask).sum() / tokens, rtol=1e-5, atol=1e-6)
+    low = ((ratio < 0.8) & (advantages[:, None] < 0) & mask.bool()).float()
+    high = ((ratio > 1.3) & (advantages[:, None] > 0) & mask.bool()).float()
+    assert float(low.sum()) > 0 and float(high.sum()) > 0
+    assert_close(metrics["clip_ratio/low"], low.sum() / tokens)
+    assert_close(metrics["clip_ratio/high"], high.sum() / tokens)
+    probs = (full_logits(objective.policy.model, rollout.sequences)[:, :-1] / 0.7).softmax(-1)
+    entropy = -(probs * probs.log()).sum(-1)[:, rollout.prompt_width - 1 :]
+    assert_close(metrics["entropy"], (entropy * mask).sum() / tokens, rtol=1e-4, atol=1e-5)
+
+
+def test_ppo_value_and_policy_losses_equal_the_naive_computation() -> None:
+    objective, rollout = _objective_and_rollout("algo=ppo", "algo.cliprange=0.1", "algo.cliprange_value=0.05")
+    mask = rollout.mask.float()
+    with torch.no_grad():
+        objective.score_rollout_inputs = None
+        rollout.tensors["rewards"] = torch.linspace(0, 1, rollout.size)
+        rollout.tensors["truncated"] = torch.zeros(rollout.size, dtype=torch.bool)
+        naive = _naive_token_logps(objective.policy.model, rollout, 1.0)
+        rollout.tensors["sample_logps"] = rollout.tensors["old_logps"] = naive - 0.05 * mask
+        rollout.tensors["reference_logps"] = _naive_token_logps(objective.reference.model.model, rollout, 1.0)
+        metrics = objective.score_rollout(rollout)
+    # The value of the state before completion token t is the value head's output at the token before it.
+    scores = (
+        objective.companions["value_model"]
+        .model(input_ids=rollout.sequences.input_ids, attention_mask=rollout.sequences.attention_mask)
+        .logits
+    )
+    assert scores.shape[-1] == 1
+    values = rollout.tensors["values"]
+    assert torch.equal(values == 0, ~rollout.mask)  # off-mask values are zeroed
+    # Rewards: -beta * k1 per token, the score added on the last token; GAE with gamma=1, lam=0.95.
+    k1 = (rollout.tensors["sample_logps"] - rollout.tensors["reference_logps"]) * mask
+    rewards = -0.05 * k1
+    last = mask.sum(1).long() - 1
+    rewards[torch.arange(rollout.size), last] += rollout.tensors["rewards"]
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros(rollout.size)
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros(rollout.size)
+        running = rewards[:, t] + next_value - values[:, t] + 0.95 * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    assert_close(metrics["advantages/mean"], advantages.sum() / mask.sum(), rtol=1e-5, atol=1e-6)
+    assert_close(rollout.tensors["returns"], advantages + values * mask, rtol=1e-5, atol=1e-6)
+
+    totals = objective.step_totals(rollout)
+    loss, step = objective.micro_loss(rollout, totals)
+    whitened = rollout.tensors["advantages"]
+    ratio = torch.exp(naive - rollout.tensors["old_logps"])
+    policy = (-torch.min(ratio * whitened, ratio.clamp(0.9, 1.1) * whitened) * mask).sum() / mask.sum()
+    value_losses = torch.max(
+        (values - rollout.tensors["returns"]).square(),
+        (values.clamp(values - 0.05, values + 0.05) - rollout.tensors["returns"]).square(),
+    )
+    value = 0.5 * (value_losses * mask).sum() / mask.sum()
+    assert_close(step["policy_loss"], policy, rtol=1e-5, atol=1e-6)
+    assert_close(step["value_loss"], value, rtol=1e-5, atol=1e-6)
+    assert_close(loss, policy + 0.1 * value, rtol=1e-5, atol=1e-6)
+    assert_close(step["approx_kl"], 0.5 * (0.05**2) * torch.tensor(1.0), rtol=1e-4, atol=1e-6)
+    assert_close(step["value_clipfrac"], torch.tensor(0.0))  # the values have not moved yet
+
+
+# --------------------------------------------------------------------------------- equivalences
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("algo=grpo", "algo.loss_type=grpo"),
+        ("algo=grpo", "algo.loss_type=dr_grpo"),
+        ("algo=grpo", "algo.loss_type=dapo", "algo.beta=0.1"),
+        ("algo=grpo", "algo.loss_type=bnpo", "algo.importance_sampling_level=sequence"),
+        ("algo=rloo",),
+        ("algo=ppo", "algo.num_mini_batches=2", "algo.num_ppo_epochs=2"),
+    ],
+    ids=["grpo", "dr_grpo", "dapo", "bnpo-gspo", "rloo", "ppo"],
+)
+def test_batch_8_accumulation_1_equals_4_x_2(tmp_path: Path, overrides: tuple[str, ...]) -> None:
+    """One rollout of 8 completions, two passes over it: splitting each optimiser step into 2 micro-batches
+    gives the same weights (policy and value model) as one micro-batch of 8."""
+    # Adam's eps above float noise: a gradient that is 0 up to rounding would otherwise step by +-lr.
+    common = [*overrides, "trainer.max_steps=2", "optim.eps=1e-5"]
+    if overrides[0] != "algo=ppo":
+        common.append("algo.num_iterations=2")
+    whole = trained(tmp_path, "whole", *common, "trainer.accumulate_grad_batches=1")
+    split = trained(tmp_path, "split", *common, "trainer.accumulate_grad_batches=2")
+    assert whole.trainer.global_step == split.trainer.global_step >= 2
+    initial = build(compose_config([*SMALL, *common]))[0]
+    initial.configure_model()
+    before = dict(initial.named_parameters())
+    moved = 0
+    for name, value in weights(whole).items():
+        assert_close(weights(split)[name], value, rtol=1e-5, atol=1e-6, msg=name)
+        moved += not torch.equal(before[name], value)
+    assert moved, "no weight moved: the equivalence would be vacuous"
+    assert whole.summary["train/loss"] == pytest.approx(split.summary["train/loss"], rel=1e-4, abs=1e-6)
+
+
+def test_rollouts_are_seeded_by_prompt_and_sample_not_by_batch_layout() -> None:
+    """The same prompt gets the same completions alone or in a batch; a different rollout index resamples."""
+    objective, datamodule, _ = build(compose_config([*SMALL, "algo=grpo", "data.eval_batch_size=4"]))
+    objective.configure_model()
+    loader = iter(datamodule.val_dataloader())
+    batch = next(loader)
+    together = objective.sample(batch, objective.sampling, 2, 0, 5)
+    one = type(batch)(
+        sequences=batch.sequences.rows(slice(2, 3)),
+        index=batch.index[2:3],
+        prompts=batch.prompts[2:3],
+        columns={k: v[2:3] for k, v in batch.columns.items()},
+    )
+    # Strip the extra left padding a one-row batch does not need.
+    width = int(one.sequences.attention_mask.sum())
+    one.sequences = one.sequences.rows(slice(None)).__class__(
+        *(
+            t[:, -width:]
+            for t in (one.sequences.input_ids, one.sequences.attention_mask, one.sequences.completion_mask)
+        )
+    )
+    alone = objective.sample(one, objective.sampling, 2, 0, 5)
+    length = alone.completion_ids.shape[1]
+    assert torch.equal(alone.completion_ids, together.completion_ids[4:6, :length])
+    again = objective.sample(batch, objective.sampling, 2, 0, 6)
+    assert not torch.equal(again.completion_ids, together.completion_ids)
+
+
+def test_samples_are_written_every_n_rollouts(tmp_path: Path) -> None:
+    result = trained(tmp_path, "run", "algo=grpo", "trainer.max_steps=3", "algo.log_samples_every=2")
+    files = sorted(p.name for p in (result.run_dir / "samples").glob("*.jsonl"))
+    assert files == ["step_000001.jsonl", "step_000003.jsonl"]
+    rows = [json.loads(line) for line in (result.run_dir / "samples" / files[0]).read_text().splitlines()]
+    assert len(rows) == 8  # 4 prompts x 2 completions
+    assert {"prompt", "completion", "reward", "rewards/even_tokens", "advantage"} <= set(rows[0])
+    # Shares of even token ids.
+    assert all(0.0 <= row["reward"] <= 1.0 for row in rows)
+
+
+# ------------------------------------------------------------------------------------ config errors
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("algo=grpo", "algo.num_generations=1"), r"algo.num_generations=1 must be at least 2"),
+        (("algo=grpo", "algo.reward_functions=[]"), r"online RL needs a reward"),
+        (("algo=grpo", "algo.reward_weights=[1.0,2.0]"), r"algo.reward_weights has 2 weights for 1 rewards"),
+        (("algo=grpo", "algo.reward_functions=[nope.missing]"), r"algo.reward_functions\[0\]='nope.missing'"),
+        (("algo=grpo", "algo.loss_type=ppo"), r"algo.loss_type='ppo' is not one of"),
+        (("algo=grpo", "algo.scale_rewards=mean"), r"algo.scale_rewards"),
+        (("algo=grpo", "algo.beta=0.1", "algo.reference=precomputed"), r"algo.reference=precomputed"),
+        (("algo=grpo", "algo.generation_backend=vllm"), r"algo.generation_backend=vllm cannot run here"),
+        (("algo=ppo", "algo.cliprange=1.5"), r"algo.cliprange"),
+        (
+            ("algo=grpo", "data.batch_size=3", "algo.num_generations=2", "trainer.accumulate_grad_batches=4"),
+            r"equal micro-batches",
+        ),
+    ],
+)
+def test_bad_online_config_fails_before_training(overrides: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build(compose_config([*SMALL, *overrides]))
+
+
+def test_grpo_without_beta_loads_no_reference(tmp_path: Path) -> None:
+    objective, _, _ = build(compose_config([*SMALL, "algo=grpo"]))
+    objective.configure_model()
+    assert objective.reference_mode == "none" and objective.reference.model is None
+    with_kl, _, _ = build(compose_config([*SMALL, "algo=grpo", "algo.beta=0.04"]))
+    assert with_kl.reference_mode == "copy"
