@@ -34,6 +34,10 @@ RUN_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("rewards/accuracies", ("rewards/accuracies",)),
     ("rewards/margins", ("rewards/margins",)),
     ("log-probs: chosen vs rejected", ("logps/chosen", "logps/rejected")),
+    # Online RL.
+    ("reward", ("reward",)),
+    ("completion length", ("completions/mean_length",)),
+    ("KL to the reference", ("kl",)),
 )
 
 
@@ -440,7 +444,8 @@ def plot_objectives(
 
 
 def plot_run_curves(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
-    """One run's curves (loss, accuracies, margins, chosen vs rejected log-probs; train and val) as a PNG.
+    """One run's curves (loss, accuracies, margins, chosen vs rejected log-probs; for online RL reward,
+    completion length and KL; train and val) as a PNG.
 
     Panels whose metrics the objective does not log (SFT has no rewards) are left out.
 

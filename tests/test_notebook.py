@@ -100,3 +100,44 @@ def test_notebook_executes_against_a_beta_sweep(tmp_path: Path) -> None:
     table = pd.read_csv(out / "objectives.csv")
     assert table["objective"].tolist() == ["dpo"] and table["n"].tolist() == [2]
     assert table["val/rewards/accuracies/low"].notna().all()
+
+
+@pytest.mark.slow
+def test_notebook_executes_against_online_runs(tmp_path: Path) -> None:
+    """Two GRPO runs (a beta sweep): reward, completion length and KL curves, and val/reward compared."""
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_lab",
+            "--multirun",
+            "algo=grpo",
+            "algo.beta=0.0,0.1",
+            "data=synthetic_rl",
+            "algo.num_generations=2",
+            "algo.max_new_tokens=8",
+            "algo.reward_functions=[tests.custom_rewards.even_tokens]",
+            *TINY,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "figures"
+    nb = execute({"runs_dir": str(sweep), "out_dir": str(out), "metric": "val/reward"}, cwd=tmp_path)
+    printed = "".join(
+        output.get("text", "") for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs
+    )
+    assert "2 runs" in printed and "swept parameter: algo.beta" in printed
+    for name in ("curves.png", "online.png", "parameter.png", "objectives.png"):
+        assert_png(out / name)
+    table = pd.read_csv(out / "objectives.csv")
+    assert table["objective"].tolist() == ["grpo"] and table["val/reward/low"].notna().all()
+    for run_dir in ("0", "1"):
+        assert_png(sweep / run_dir / "curves.png")  # the run's own curves: reward, length (and KL)

@@ -292,3 +292,75 @@ def test_grpo_without_beta_loads_no_reference(tmp_path: Path) -> None:
     assert objective.reference_mode == "none" and objective.reference.model is None
     with_kl, _, _ = build(compose_config([*SMALL, "algo=grpo", "algo.beta=0.04"]))
     assert with_kl.reference_mode == "copy"
+
+
+def test_wandb_gets_the_sample_table(tmp_path: Path, no_wandb_login: None) -> None:
+    result = trained(
+        tmp_path, "run", "algo=grpo", "trainer.max_steps=2", "algo.log_samples_every=1", "logger=wandb"
+    )
+    tables = list((result.run_dir / "wandb").rglob("samples_*.table.json"))
+    assert len(tables) == 2  # one per rollout
+    table = json.loads(tables[0].read_text())
+    assert table["columns"][:4] == ["step", "prompt", "completion", "reward"]
+    assert len(table["data"]) == 8
+
+
+def test_prompt_only_rows_pass_their_columns_to_the_reward_functions(tmp_path: Path) -> None:
+    """A prompt_only JSONL file (plain and conversational prompts) with extra columns: every reward function
+    receives the columns, repeated per sample, beside the prompts and decoded completions."""
+    rows = [
+        {"prompt": "Say yes.", "answer": "yes", "topic": "a"},
+        {"prompt": [{"role": "user", "content": "Say no."}], "answer": "no", "topic": "b"},
+    ] * 4
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    objective, datamodule, _ = build(
+        compose_config(
+            [
+                "algo=grpo",
+                "data=jsonl",
+                f"data.source.train_path={data}",
+                f"data.source.eval_path={data}",
+                "data.eval_batch_size=8",
+                "algo.num_generations=2",
+                "algo.max_new_tokens=6",
+                "algo.reward_functions=[tests.custom_rewards.record_call,rlhf_lab.rewards.exact_match]",
+            ],
+            tiny=False,
+        )
+    )
+    objective.configure_model()
+    batch = next(iter(datamodule.val_dataloader()))
+    assert batch.columns == {"answer": ["yes", "no"] * 4, "topic": ["a", "b"] * 4}
+    generation = objective.sample(batch, objective.sampling, 2, 0, 0)
+    scores = objective.score(batch, generation, 2)
+    from tests.custom_rewards import CALLS
+
+    call = CALLS[-1]
+    assert call["answer"] == ["yes", "yes", "no", "no"] * 4 and call["topic"][:4] == ["a", "a", "b", "b"]
+    assert call["prompts"][:3] == ["Say yes.", "Say yes.", [{"role": "user", "content": "Say no."}]]
+    # Plain prompts get string completions, conversational ones assistant messages.
+    assert isinstance(call["completions"][0], str)
+    assert call["completions"][2][0]["role"] == "assistant"
+    eos = objective.tokenizer.eos_token_id
+    for ids, row, mask in zip(
+        call["completion_ids"], generation.completion_ids, generation.completion_mask, strict=True
+    ):
+        sampled = row[mask].tolist()
+        assert ids == (sampled[:-1] if sampled[-1] == eos else sampled)  # without EOS
+    assert scores.shape == (16, 2)
+
+
+def test_truncated_completions_can_leave_the_loss() -> None:
+    """With max_new_tokens=2 the untrained model ends no completion: all count as clipped, and with
+    mask_truncated_completions none of their tokens is in the loss."""
+    for masked in (False, True):
+        objective, datamodule, _ = build(
+            compose_config(
+                [*SMALL, "algo=grpo", "algo.max_new_tokens=2", f"algo.mask_truncated_completions={masked}"]
+            )
+        )
+        objective.configure_model()
+        rollout, metrics = objective.make_rollout(next(iter(datamodule.train_dataloader())))
+        assert metrics["completions/clipped_ratio"] == 1.0
+        assert int(rollout.mask.sum()) == (0 if masked else 2 * rollout.size)

@@ -51,7 +51,16 @@ def sample_value(spec: dict[str, Any]) -> Any:
 
 def test_the_sweeps_cover_the_objectives_with_every_search_method() -> None:
     names = {path.stem for path in SWEEP_FILES}
-    assert names == {"dpo_beta", "dpo_sft_beta", "simpo_beta_gamma", "orpo_lambda", "kto_beta", "cpo_alpha"}
+    assert names == {
+        "dpo_beta",
+        "dpo_sft_beta",
+        "simpo_beta_gamma",
+        "orpo_lambda",
+        "kto_beta",
+        "cpo_alpha",
+        "grpo_beta_epsilon_high",
+        "ppo_kl_vf",
+    }
     methods = {yaml.safe_load(path.read_text())["method"] for path in SWEEP_FILES}
     assert methods == {"grid", "random", "bayes"}
 
@@ -61,7 +70,12 @@ def test_sweep_yaml_is_a_valid_wandb_sweep_running_rlhf_lab(path: Path) -> None:
     config = yaml.safe_load(path.read_text())
     assert sweep._sweeps().schema_violations_from_proposed_config(config) == []
     assert config["command"] == HYDRA_COMMAND
-    assert config["metric"] == {"name": "val/rewards/accuracies", "goal": "maximize"}
+    # Preference objectives rank pairs held out; online RL maximises the held-out reward of its completions.
+    online = config["parameters"]["algo"]["value"] in ("grpo", "rloo", "ppo")
+    assert config["metric"] == {
+        "name": "val/reward" if online else "val/rewards/accuracies",
+        "goal": "maximize",
+    }
     assert config["early_terminate"] == {"type": "hyperband", "min_iter": 2}
     assert config["parameters"]["logger"] == {"value": "wandb"}
     assert config["parameters"]["algo"]["value"] == path.stem.split("_")[0]

@@ -609,7 +609,7 @@ class OnlineObjective(AlignmentObjective):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         for logger in self.trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
+            if hasattr(logger, "log_table"):  # W&B
                 columns = list(rows[0])
                 logger.log_table(
                     key="samples",

@@ -214,7 +214,9 @@ class PPO(OnlineObjective):
         whiten_rewards: Whiten the per-token rewards before GAE.
         missing_eos_penalty: Subtracted from the score of a completion that hit ``max_new_tokens`` (None: 0).
         value_model: The critic's initial weights: a local directory or hub id of a sequence classifier
-            (None: the first reward model, else the policy's own spec with a new value head).
+            sharing the policy's tokenizer, e.g. a reward model trained from the same base (the N+ details
+            initialise the critic from the reward model); None: the policy's own weights with a new value
+            head.
         **kwargs: `OnlineObjective` arguments (``num_generations`` defaults to 1).
     """
 
@@ -256,9 +258,12 @@ class PPO(OnlineObjective):
 
     def companion_specs(self) -> dict[str, Companion]:
         specs = super().companion_specs()
-        path = self.value_model_path or (self.reward_model_paths[0] if self.reward_model_paths else None)
+        path = self.value_model_path
         spec = self.model_spec if path is None else self.reward_model_spec(path)
-        specs["value_model"] = Companion(spec, task="sequence_classification", trainable=True)
+        # The critic reads the policy's token ids, so it must tokenise exactly like the policy.
+        specs["value_model"] = Companion(
+            spec, task="sequence_classification", trainable=True, same_vocabulary=path is not None
+        )
         return specs
 
     def loss_metric_names(self) -> set[str]:
