@@ -141,7 +141,6 @@ def test_ppo_value_and_policy_losses_equal_the_naive_computation() -> None:
     objective, rollout = _objective_and_rollout("algo=ppo", "algo.cliprange=0.1", "algo.cliprange_value=0.05")
     mask = rollout.mask.float()
     with torch.no_grad():
-        objective.score_rollout_inputs = None
         rollout.tensors["rewards"] = torch.linspace(0, 1, rollout.size)
         rollout.tensors["truncated"] = torch.zeros(rollout.size, dtype=torch.bool)
         naive = _naive_token_logps(objective.policy.model, rollout, 1.0)

@@ -167,9 +167,6 @@ class OnlineObjective(AlignmentObjective):
 
     batch_kind = "prompts"
     monitor = ("val/reward", "max")
-    automatic = False
-    #: The objective's default ``beta`` (subclasses override; PPO's reward always includes the KL penalty).
-    default_beta = 0.0
 
     def __init__(
         self,
@@ -529,18 +526,7 @@ class OnlineObjective(AlignmentObjective):
                     scheduler.step()
                 tracker.add({"loss": step_loss, **step_metrics})
         metrics = {**rollout_metrics, **tracker.means()}
-        for key, value in metrics.items():
-            self.log(
-                f"train/{key}",
-                value,
-                on_step=True,
-                on_epoch=False,
-                prog_bar=key in ("reward", "loss"),
-                batch_size=batch.size,
-                # Over every process's rollout (ranks hold equal batches, so a mean of means is the mean).
-                sync_dist=True,
-                reduce_fx=_reduce_fx(key),
-            )
+        self._log_metrics("train", metrics, batch.size)
         if scheduler is not None:
             self.log("train/lr", scheduler.get_last_lr()[0], on_step=True, on_epoch=False)
         self._maybe_write_samples(rollout)
@@ -563,16 +549,21 @@ class OnlineObjective(AlignmentObjective):
         rewards = combine_rewards(per_reward, torch.tensor(self.reward_weights, device=per_reward.device))
         metrics = reward_metrics(rewards, per_reward, self.reward_names, generations)
         metrics.update(completion_metrics(generation.lengths, generation.truncated))
+        self._log_metrics("val", metrics, batch.size)
+
+    def _log_metrics(self, split: str, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Training metrics per rollout, held-out ones per validation; both over every process (ranks hold
+        equal batches, so a mean of means is the mean; lengths' extremes stay extremes)."""
         for key, value in metrics.items():
             self.log(
-                f"val/{key}",
+                f"{split}/{key}",
                 value,
-                on_step=False,
-                on_epoch=True,
-                batch_size=batch.size,
+                on_step=split == "train",
+                on_epoch=split != "train",
+                batch_size=batch_size,
                 sync_dist=True,
                 reduce_fx=_reduce_fx(key),
-                prog_bar=key == "reward",
+                prog_bar=key in ("reward", "loss"),
             )
 
     def compute(self, batch: Any, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
