@@ -43,6 +43,7 @@ bench: install
 	$(PY) -m pip install -q -e ".[bench]" "$(TORCH)"
 	$(PY) benchmarks/losses_vs_trl.py
 	$(PY) benchmarks/logps_memory.py
+	$(PY) benchmarks/kd_memory.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache .mypy_cache

@@ -228,3 +228,78 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def last_hidden_state(outputs: Any) -> torch.Tensor:
     return outputs[0] if isinstance(outputs, tuple) else outputs.last_hidden_state
+
+
+def _distill_chunk(
+    student_hidden: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module,
+    beta: float,
+    temperature: float,
+    teacher_topk: int,
+) -> tuple[torch.Tensor, ...]:
+    from rlhf_lab.losses.distill import distillation_tokens
+
+    tokens = distillation_tokens(
+        head(student_hidden),
+        teacher_logits,
+        targets,
+        beta=beta,
+        temperature=temperature,
+        teacher_topk=teacher_topk,
+    )
+    return tokens.divergence, tokens.nll, tokens.forward_kl, tokens.reverse_kl
+
+
+def completion_distillation(
+    student_hidden: torch.Tensor,
+    teacher_logits_at: Any,
+    input_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    student_head: nn.Module,
+    *,
+    chunk_size: int = 256,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    teacher_topk: int = 0,
+) -> Any:
+    """Per-token distillation quantities (`rlhf_lab.losses.distill.DistillationTokens`) of every completion
+    token, chunked like `completion_logps`: a chunk's student and teacher ``[chunk, vocab]`` logits exist
+    only while it is scored, and the student's are recomputed in backward (checkpointed).
+
+    Args:
+        student_hidden: ``[N, T, H]`` the student's final hidden states.
+        teacher_logits_at: ``(rows, cols) -> [M, V]`` the teacher's logits predicting the tokens after those
+            positions (no gradient), called once per chunk.
+        input_ids: ``[N, T]``.
+        completion_mask: ``[N, T]`` the scored tokens.
+        student_head: The student's output projection.
+    """
+    from rlhf_lab.losses.distill import DistillationTokens
+
+    rows, cols = completion_mask[:, 1:].bool().nonzero(as_tuple=True)
+    targets = input_ids[:, 1:][rows, cols]
+    selected = student_hidden[:, :-1][rows, cols]
+    parts = []
+    for start in range(0, targets.numel(), chunk_size):
+        part = slice(start, start + chunk_size)
+        with torch.no_grad():
+            teacher_logits = teacher_logits_at(rows[part], cols[part])
+        arguments = (
+            selected[part],
+            teacher_logits,
+            targets[part],
+            student_head,
+            beta,
+            temperature,
+            teacher_topk,
+        )
+        if torch.is_grad_enabled() and selected.requires_grad:
+            parts.append(DistillationTokens(*checkpoint(_distill_chunk, *arguments, use_reentrant=False)))
+        else:
+            parts.append(DistillationTokens(*_distill_chunk(*arguments)))
+    if not parts:
+        empty = student_hidden.new_zeros(0, dtype=torch.float32)
+        return DistillationTokens(empty, empty, empty, empty)
+    return DistillationTokens.cat(parts)

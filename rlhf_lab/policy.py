@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 REFERENCE_MODES = ("copy", "adapter_off", "precomputed", "none")
 
 
-def _hidden_states(backbone: nn.Module, sequences: Sequences) -> torch.Tensor:
+def hidden_states(backbone: nn.Module, sequences: Sequences) -> torch.Tensor:
     """``[N, T, H]`` final hidden states of a decoder stack (positions counted over real tokens)."""
     outputs = backbone(
         input_ids=sequences.input_ids,
@@ -70,7 +70,7 @@ def sequence_logps(
     """Run the decoder once over ``sequences`` and score their completion (and, if asked, prompt) tokens."""
     decoder, head = decoder_and_head(model)
     return completion_logps(
-        _hidden_states(decoder, sequences),
+        hidden_states(decoder, sequences),
         sequences.input_ids,
         sequences.completion_mask,
         head,
@@ -87,7 +87,7 @@ def sequence_logps(
 def classifier_outputs(model: nn.Module, sequences: Sequences) -> torch.Tensor:
     """``[N, T]`` scores of a one-label sequence classifier at every position."""
     backbone, score = backbone_and_score_head(model)
-    return score(_hidden_states(backbone, sequences)).squeeze(-1).float()
+    return score(hidden_states(backbone, sequences)).squeeze(-1).float()
 
 
 def sequence_scores(model: nn.Module, sequences: Sequences) -> torch.Tensor:
@@ -328,7 +328,7 @@ class Reference(nn.Module):
         if self.tables and self.tables_key == key:
             return "held"
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        lock = contextlib.nullcontext() if cache_file is None or distributed else _file_lock(cache_file)
+        lock = contextlib.nullcontext() if cache_file is None or distributed else file_lock(cache_file)
         with lock:
             if agree(cache_file is not None and cache_file.exists()):
                 assert cache_file is not None
@@ -381,7 +381,7 @@ class Reference(nn.Module):
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on ``<path>.lock`` (POSIX ``flock``; released if the process dies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

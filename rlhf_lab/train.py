@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_lab.callbacks import FiniteModelCheckpoint, LastCheckpoint, RunProgress
@@ -146,6 +146,15 @@ def _instantiate(node: DictConfig) -> Any:
         raise
 
 
+def build_teacher(node: DictConfig | None) -> Any:
+    """``cfg.teacher``: None (``teacher=none``), ``"adapter_off"`` (self-distillation) or a model spec."""
+    if node is None or not node:
+        return None
+    if node.get("adapter_off"):
+        return "adapter_off"
+    return _instantiate(node)
+
+
 def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[AlignmentObjective, Any, Any]:
     """Instantiate the objective and the DataModule (tokenised) from a composed config.
 
@@ -176,9 +185,18 @@ def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[Align
     )
     # Built objects go in after instantiation: Hydra would merge them into the config otherwise.
     make_objective = instantiate(cfg.algo, _partial_=True, _convert_="all")
+    extra = {}
+    teacher = build_teacher(cfg.get("teacher"))
+    if teacher is not None:
+        if "teacher" not in getattr(get_object(cfg.algo._target_), "RUNTIME_ARGS", ()):
+            raise ConfigError(
+                "a teacher is set (teacher=...) but this objective does not distil; use algo=kd, seqkd or gkd, "
+                "or teacher=none"
+            )
+        extra["teacher"] = teacher
     try:
         objective: AlignmentObjective = make_objective(
-            model=model_spec, adapter=adapter, optim=optim, runtime=runtime, quant=quant
+            model=model_spec, adapter=adapter, optim=optim, runtime=runtime, quant=quant, **extra
         )
     except TypeError as error:
         raise ConfigError(f"algo: {error}") from error

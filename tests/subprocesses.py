@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import subprocess
 import sys
@@ -21,3 +23,18 @@ def python_module(module: str, *args: str, timeout: int = 600) -> subprocess.Com
         timeout=timeout,
         check=False,
     )
+
+
+def built_once(name: str, *overrides: str) -> Path:
+    """The export of a ``python -m rlhf_lab <overrides>`` run, trained once per shared test cache (a fixture's
+    teacher, warm start or reward model), under a file lock so parallel workers wait instead of training it
+    twice."""
+    key = hashlib.sha256("|".join(overrides).encode()).hexdigest()[:8]  # other settings, another run
+    root = Path(os.environ["RLHF_LAB_CACHE"]) / "test_runs" / f"{name}-{key}"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "export" / "config.json").exists():
+            result = python_module("rlhf_lab", *overrides, f"hydra.run.dir={root}")
+            assert result.returncode == 0, result.stderr[-3000:]
+    return root / "export"

@@ -34,6 +34,7 @@ OPTIONS = [
 # Required (``???``) keys of some options, and a dummy value for each: composing must not need the file.
 DUMMY_REQUIRED = {
     "model.name_or_path": "some-org/some-model",
+    "teacher.name_or_path": "some-org/some-teacher",
     "data.source.train_path": "data/train.jsonl",
     "data.source.name": "some-org/some-dataset",
     "strategy.config_path": "ds_config.json",
@@ -62,9 +63,19 @@ def _option_values(group: str, option: str) -> dict[str, Any]:
     """The option file's own values as dotted keys of the composed config (``defaults`` left out)."""
     path = CONF / group / f"{option}.yaml"
     text = path.read_text(encoding="utf-8")
-    own = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    own = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
     assert isinstance(own, dict)
-    own.pop("defaults", None)
+    defaults = own.pop("defaults", None) or []
+    mirrored = [
+        d for d in defaults if isinstance(d, str) and d.endswith("@_here_") and not d.startswith("/schema/")
+    ]
+    if not own and len(mirrored) == 1:
+        # An option that is another group's option (teacher=tiny is model=tiny): that file's values, here.
+        other_group, other_option = mirrored[0].removesuffix("@_here_").strip("/").split("/")
+        return {
+            f"{group}.{key.removeprefix(other_group + '.')}": value
+            for key, value in _option_values(other_group, other_option).items()
+        }
     package = "" if "@package _global_" in text else group
     return {f"{package}.{key}" if package else key: value for key, value in _leaves(own)}
 
@@ -85,7 +96,7 @@ def test_every_option_composes(group: str, option: str) -> None:
 
     # The option's own values are what the run gets (nothing later in the defaults list overrides them).
     values = _option_values(group, option)
-    assert values, f"conf/{group}/{option}.yaml sets nothing"
+    assert values or option == "none", f"conf/{group}/{option}.yaml sets nothing"
     for key, expected in values.items():
         if isinstance(expected, str) and "${" in expected:
             continue  # interpolations resolve to other keys' values

@@ -21,16 +21,17 @@ from tests.naive import full_logits, naive_logps
 
 ALGO_DIR = Path(__file__).resolve().parents[1] / "conf" / "algo"
 ALGOS = sorted(path.stem for path in ALGO_DIR.glob("*.yaml"))
+
+
 # The online-RL options: those whose target samples its own completions (read from the YAML, not listed).
-ONLINE = tuple(
-    algo
-    for algo in ALGOS
-    # (An option without a _target_ builds on another one, e.g. ipo on dpo: not online.)
-    if issubclass(
-        get_object(OmegaConf.load(ALGO_DIR / f"{algo}.yaml").get("_target_") or "builtins.object"),
-        OnlineObjective,
-    )
-)
+def _target(algo: str) -> type:
+    # (An option without a _target_ builds on another one, e.g. ipo on dpo: neither online nor distillation.)
+    return get_object(OmegaConf.load(ALGO_DIR / f"{algo}.yaml").get("_target_") or "builtins.object")
+
+
+ONLINE = tuple(algo for algo in ALGOS if issubclass(_target(algo), OnlineObjective))
+# The distillation options: their target takes a teacher.
+DISTILL = tuple(algo for algo in ALGOS if "teacher" in getattr(_target(algo), "RUNTIME_ARGS", ()))
 ONLINE_SMOKE = (
     "data=synthetic_rl",
     "data.source.num_train=64",
@@ -50,6 +51,11 @@ def test_every_algo_config_trains(algo: str, tmp_path: Path) -> None:
     if online:
         # The untrained tiny model earns no exact-match reward; a dense user-supplied reward gives every rollout a signal.
         overrides += [*ONLINE_SMOKE, "algo.num_generations=2"]
+    if algo in DISTILL:
+        # A larger tiny teacher built from the same corpus: the same tokenizer, other weights.
+        overrides += ["teacher=tiny", "teacher.hidden_size=96", "teacher.seed=1"]
+        if algo != "kd":
+            overrides.append("algo.max_new_tokens=8")  # seqkd and gkd generate
     result = run(compose_config(overrides, run_dir=tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert math.isfinite(summary["train/loss"])
@@ -62,6 +68,10 @@ def test_every_algo_config_trains(algo: str, tmp_path: Path) -> None:
             "val/completions/mean_length",
             "train/kl" if algo != "grpo" else "train/entropy",
         } <= set(summary)
+    elif algo in DISTILL:
+        assert {"val/teacher_student_kl/forward", "val/teacher_student_kl/reverse", "val/kd_loss"} <= set(
+            summary
+        )
     elif algo != "sft":
         # Every preference objective reports held-out accuracy and margin on paired data, on one scale.
         assert {"val/rewards/accuracies", "val/rewards/margins"} <= set(summary)

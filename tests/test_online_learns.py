@@ -9,14 +9,12 @@ reward source.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.subprocesses import built_once
 from tests.test_e2e import cli
 
 WARM_START = (
@@ -31,29 +29,16 @@ WARM_START = (
 RL = ("data=synthetic_rl", "model=hub", "model.dtype=float32", "trainer.enable_progress_bar=false")
 
 
-def _built_once(name: str, *overrides: str) -> Path:
-    """A run's export, built once per test session (and per shared cache) under a file lock."""
-    key = hashlib.sha256("|".join(overrides).encode()).hexdigest()[:8]  # other settings, another run
-    root = Path(os.environ["RLHF_LAB_CACHE"]) / "test_online_learns" / f"{name}-{key}"
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "export" / "config.json").exists():
-            result = cli(*overrides, run_dir=root)
-            assert result.returncode == 0, result.stderr[-3000:]
-    return root / "export"
-
-
 @pytest.fixture(scope="session")
 def warm_start() -> Path:
-    return _built_once("sft_half_right", *WARM_START)
+    return built_once("sft_half_right", *WARM_START)
 
 
 @pytest.fixture(scope="session")
 def reward_model() -> Path:
     # A random score head needs the higher learning rate (docs/objectives.md); held-out accuracy ~1.0. Its
     # own, smaller vocabulary: the policy's completions must be decoded and re-encoded to be scored.
-    return _built_once(
+    return built_once(
         "reward_model",
         "algo=reward",
         "data=synthetic",

@@ -8,6 +8,7 @@ names and defaults, constrained with `hyperparameters` (checked once, when an ob
 """
 
 from rlhf_lab.losses.cpo import cpo_loss
+from rlhf_lab.losses.distill import generalized_jsd, generalized_jsd_loss
 from rlhf_lab.losses.dpo import LOSS_TYPES as DPO_LOSS_TYPES
 from rlhf_lab.losses.dpo import PreferenceLossOutput, dpo_loss, sigmoid_loss
 from rlhf_lab.losses.hyperparameters import check_hyperparameters, hyperparameters
@@ -26,6 +27,8 @@ __all__ = [
     "clamp_kl",
     "cpo_loss",
     "dpo_loss",
+    "generalized_jsd",
+    "generalized_jsd_loss",
     "hyperparameters",
     "kto_kl_estimate",
     "kto_loss",

@@ -59,6 +59,8 @@ class OneOf:
 POSITIVE = Range(0.0, None, low_inclusive=False)
 NON_NEGATIVE = Range(0.0, None)
 LABEL_SMOOTHING = Range(0.0, 0.5, high_inclusive=False)
+#: A probability or a mixing weight.
+UNIT_INTERVAL = Range(0.0, 1.0)
 #: An inverse temperature: above 1e3 the loss is a step function of float32 log-probs (a typo, not a setting).
 BETA = Range(0.0, 1e3, low_inclusive=False)
 

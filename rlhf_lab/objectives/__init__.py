@@ -2,10 +2,11 @@
 
 Pairwise objectives (DPO and its variants, IPO, CPO, SimPO, CPO-SimPO, ORPO) are one class whose loss
 ``conf/algo/<name>.yaml`` names; KTO (unpaired batches), the reward model (a classification head) and SFT
-(single completions) have their own; the online-RL objectives (GRPO, RLOO, PPO) share `OnlineObjective`.
+(single completions) have their own; the online-RL objectives (GRPO, RLOO, PPO) share `OnlineObjective`; distillation (KD, SeqKD, GKD) shares `Distillation`.
 """
 
 from rlhf_lab.objectives.base import AlignmentObjective, OptimConfig, RuntimeConfig, pairwise_metrics
+from rlhf_lab.objectives.distill import GKD, KD, Distillation, SeqKD
 from rlhf_lab.objectives.kto import KTO
 from rlhf_lab.objectives.online import OnlineObjective
 from rlhf_lab.objectives.pairwise import PAIR_INPUTS, PairwiseObjective
@@ -14,17 +15,21 @@ from rlhf_lab.objectives.reward import RewardModel
 from rlhf_lab.objectives.sft import SFT
 
 __all__ = [
+    "GKD",
     "GRPO",
+    "KD",
     "KTO",
     "PAIR_INPUTS",
     "PPO",
     "RLOO",
     "SFT",
     "AlignmentObjective",
+    "Distillation",
     "OnlineObjective",
     "OptimConfig",
     "PairwiseObjective",
     "RewardModel",
     "RuntimeConfig",
+    "SeqKD",
     "pairwise_metrics",
 ]
