@@ -70,6 +70,7 @@ def loss_of(variant: str, student, teacher, ids, completion, args: argparse.Name
             student.lm_head,
             chunk_size=args.chunk,
             beta=args.beta,
+            nll_grad=False,  # GKD's loss: the divergence alone
         )
         return tokens.divergence.mean()
     from trl.experimental.gkd import GKDTrainer

@@ -238,6 +238,7 @@ def _distill_chunk(
     beta: float,
     temperature: float,
     teacher_topk: int,
+    nll_grad: bool,
 ) -> tuple[torch.Tensor, ...]:
     from rlhf_lab.losses.distill import distillation_tokens
 
@@ -248,6 +249,7 @@ def _distill_chunk(
         beta=beta,
         temperature=temperature,
         teacher_topk=teacher_topk,
+        nll_grad=nll_grad,
     )
     return tokens.divergence, tokens.nll, tokens.forward_kl, tokens.reverse_kl
 
@@ -263,6 +265,7 @@ def completion_distillation(
     beta: float = 0.5,
     temperature: float = 1.0,
     teacher_topk: int = 0,
+    nll_grad: bool = True,
 ) -> Any:
     """Per-token distillation quantities (`rlhf_lab.losses.distill.DistillationTokens`) of every completion
     token, chunked like `completion_logps`: a chunk's student and teacher ``[chunk, vocab]`` logits exist
@@ -275,6 +278,7 @@ def completion_distillation(
         input_ids: ``[N, T]``.
         completion_mask: ``[N, T]`` the scored tokens.
         student_head: The student's output projection.
+        nll_grad: Whether the loss uses the NLL (False: a metric, computed without gradient).
     """
     from rlhf_lab.losses.distill import DistillationTokens
 
@@ -294,6 +298,7 @@ def completion_distillation(
             beta,
             temperature,
             teacher_topk,
+            nll_grad,
         )
         if torch.is_grad_enabled() and selected.requires_grad:
             parts.append(DistillationTokens(*checkpoint(_distill_chunk, *arguments, use_reentrant=False)))

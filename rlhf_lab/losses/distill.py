@@ -100,11 +100,15 @@ def distillation_tokens(
     beta: float = 0.5,
     temperature: float = 1.0,
     teacher_topk: int = 0,
+    nll_grad: bool = True,
 ) -> DistillationTokens:
     """Every per-token quantity of one chunk of ``[M, V]`` logits and ``[M]`` target tokens.
 
     With ``teacher_topk = k > 0`` the divergence compares the two distributions restricted to the teacher's
     ``k`` most likely tokens (each renormalised over them): only ``[M, k]`` teacher values are needed.
+    ``nll_grad=False`` computes the NLL as a metric only (no gradient): under activation checkpointing a
+    differentiable quantity the loss does not use would keep its recomputed ``[M, V]`` tensors alive until
+    the end of the backward pass.
     """
     student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     if teacher_topk and teacher_topk < teacher_logits.shape[-1]:
@@ -114,8 +118,9 @@ def distillation_tokens(
         )
     else:
         divergence = generalized_jsd(student_logits, teacher_logits, beta=beta, temperature=temperature)
-    student = F.log_softmax(student_logits, dim=-1)
-    nll = -student.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    with torch.set_grad_enabled(nll_grad and torch.is_grad_enabled()):
+        student = F.log_softmax(student_logits, dim=-1)
+        nll = -student.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
         teacher = F.log_softmax(teacher_logits, dim=-1)
         detached = student.detach()

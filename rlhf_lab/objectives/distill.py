@@ -87,6 +87,9 @@ class Distillation(AlignmentObjective):
         self.beta, self.temperature, self.teacher_topk = beta, temperature, teacher_topk
         self.tokenizer: Any = None
 
+    #: Whether the training loss uses the NLL of the target tokens (KD with alpha < 1); otherwise it is a metric.
+    uses_nll = False
+
     @property
     def self_distillation(self) -> bool:
         return self.teacher_spec == ADAPTER_OFF
@@ -132,6 +135,7 @@ class Distillation(AlignmentObjective):
             beta=self.beta if beta is None else beta,
             temperature=self.temperature if temperature is None else temperature,
             teacher_topk=self.teacher_topk,
+            nll_grad=self.uses_nll,
         )
 
     @staticmethod
@@ -189,6 +193,7 @@ class KD(Distillation):
         UNIT_INTERVAL.check("algo.alpha", alpha)
         super().__init__(**kwargs)
         self.alpha = alpha
+        self.uses_nll = alpha < 1
 
     def loss_of(self, tokens: DistillationTokens) -> torch.Tensor:
         return ((1 - self.alpha) * tokens.nll + self.alpha * tokens.divergence).mean()
