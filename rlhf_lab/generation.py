@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -218,6 +219,16 @@ def generate(
         logps=torch.stack(logps, 1),
         truncated=~finished,
     )
+
+
+def stop_and_pad_ids(model: nn.Module, tokenizer: Any) -> dict[str, Any]:
+    """``eos_token_id`` (the tokenizer's EOS and any the model's generation config adds, e.g. an end-of-turn
+    token) and ``pad_token_id``, as `generate` takes them."""
+    eos = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        eos |= set(configured if isinstance(configured, list) else [configured])
+    return {"eos_token_id": sorted(e for e in eos if e is not None), "pad_token_id": tokenizer.pad_token_id}
 
 
 #: Where rollouts are generated: ``hf`` (`generate` on the policy itself, any strategy) or ``vllm``.

@@ -271,14 +271,7 @@ class Reference(nn.Module):
     @torch.no_grad()
     def compute(self, sequences: Sequences) -> torch.Tensor:
         """Summed reference log-probs ``[N]`` of every row, computed now."""
-        policy = self._policy[0]
-        if self.mode == "copy":
-            assert self.model is not None
-            return self.model(sequences).logps
-        if self.mode == "adapter_off":
-            with policy.adapters_disabled():
-                return policy(sequences).logps
-        raise ConfigError(f"algo.reference={self.mode} has no reference model to run")
+        return self.run(sequences).logps
 
     @torch.no_grad()
     def run(self, sequences: Sequences, **options: Any) -> SequenceLogps:
@@ -291,7 +284,9 @@ class Reference(nn.Module):
             policy = self._policy[0]
             with policy.adapters_disabled():
                 return policy(sequences, **options)
-        raise ConfigError(f"algo.reference={self.mode} cannot score new samples; use copy or adapter_off")
+        raise ConfigError(
+            f"algo.reference={self.mode} has no reference model to run; use copy or adapter_off"
+        )
 
     def logps(self, batch: Batch, split: str) -> torch.Tensor | None:
         """Reference log-probs ``[N]`` in the batch's row order, or None for ``none``."""

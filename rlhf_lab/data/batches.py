@@ -38,8 +38,8 @@ class Sequences:
     def num_rows(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def rows(self, part: slice) -> Sequences:
-        """The rows ``part`` (a slice), as their own `Sequences`."""
+    def rows(self, part: slice | torch.Tensor) -> Sequences:
+        """The rows ``part`` (a slice, or a tensor of row indices), as their own `Sequences`."""
         return Sequences(self.input_ids[part], self.attention_mask[part], self.completion_mask[part])
 
     def to(self, device: torch.device | str) -> Sequences:

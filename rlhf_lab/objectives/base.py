@@ -9,6 +9,7 @@ once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -456,6 +457,12 @@ class AlignmentObjective(L.LightningModule):
         total_steps = self.total_optimizer_steps()
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.optim.lr_lambda(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def derived_seed(self, *parts: Any) -> int:
+        """A seed derived from the run's seed and ``parts`` (a rollout, a prompt, a step): draws that depend on
+        what they are for, never on batch layout, rank or how often the run was resumed."""
+        digest = hashlib.sha256(":".join(map(str, (self.runtime.seed, *parts))).encode()).digest()
+        return int.from_bytes(digest[:8], "little") >> 1
 
     def total_optimizer_steps(self) -> int:
         """Optimiser steps the run will take (the learning-rate schedule's length)."""

@@ -26,7 +26,7 @@ import torch
 from rlhf_lab.data.batches import Sequences, SingleBatch
 from rlhf_lab.data.collate import pad_rows
 from rlhf_lab.errors import ConfigError, check_range
-from rlhf_lab.generation import Generation, SamplingConfig, generate
+from rlhf_lab.generation import Generation, SamplingConfig, generate, stop_and_pad_ids
 from rlhf_lab.logprobs import completion_distillation, decoder_and_head
 from rlhf_lab.losses.distill import DistillationTokens, generalized_jsd
 from rlhf_lab.losses.hyperparameters import UNIT_INTERVAL, check_hyperparameters
@@ -164,20 +164,10 @@ class Distillation(AlignmentObjective):
         seeds: list[int],
         context: Any = nullcontext,
     ) -> Generation:
-        eos = self.tokenizer.eos_token_id
         with context():
             return generate(
-                model,
-                prompts,
-                sampling,
-                eos_token_id=eos,
-                pad_token_id=self.tokenizer.pad_token_id,
-                row_seeds=seeds,
+                model, prompts, sampling, row_seeds=seeds, **stop_and_pad_ids(model, self.tokenizer)
             )
-
-    def seed(self, *parts: Any) -> int:
-        digest = hashlib.sha256(":".join(map(str, (self.runtime.seed, *parts))).encode()).digest()
-        return int.from_bytes(digest[:8], "little") >> 1
 
 
 class KD(Distillation):
@@ -278,7 +268,7 @@ class SeqKD(Distillation):
             prompts = pad_rows([(e.prompt_ids, []) for e in part], self.tokenizer.pad_token_id, left=True).to(
                 self.device
             )
-            seeds = [self.seed("seqkd", start + i) for i in range(len(part))]
+            seeds = [self.derived_seed("seqkd", start + i) for i in range(len(part))]
             generation = self.generate_with(teacher, prompts, self.sampling, seeds, context)
             for example, row, mask in zip(
                 part, generation.completion_ids.cpu(), generation.completion_mask.cpu(), strict=True
@@ -329,7 +319,7 @@ class GKD(Distillation):
         self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=generation_temperature)
 
     def _coin(self, step: int) -> float:
-        return (self.seed("gkd", step) % 2**53) / 2**53
+        return (self.derived_seed("gkd", step) % 2**53) / 2**53
 
     def compute(self, batch: SingleBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if split != "train":
@@ -340,7 +330,7 @@ class GKD(Distillation):
         metrics: dict[str, torch.Tensor] = {}
         if on_policy or self.seq_kd:
             prompts = prompts_of(sequences, self.tokenizer.pad_token_id)
-            seeds = [self.seed("gkd", step, int(i)) for i in batch.index.tolist()]
+            seeds = [self.derived_seed("gkd", step, int(i)) for i in batch.index.tolist()]
             if on_policy:
                 generation = self.generate_with(self.policy.model, prompts, self.sampling, seeds)
             else:

@@ -19,7 +19,6 @@ scored by the same rewards: ``val/reward`` is what a sweep maximises and what ch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -33,7 +32,7 @@ import torch
 from rlhf_lab.data.batches import PromptBatch, Sequences
 from rlhf_lab.data.formats import PreferenceExample
 from rlhf_lab.errors import ConfigError, check_range
-from rlhf_lab.generation import Generation, SamplingConfig, check_generation_backend
+from rlhf_lab.generation import Generation, SamplingConfig, check_generation_backend, stop_and_pad_ids
 from rlhf_lab.losses.policy_gradient import kl_estimate, masked_mean
 from rlhf_lab.models.build import Companion
 from rlhf_lab.models.hub import HubModel
@@ -50,6 +49,23 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Completions:
+    """Sampled completions as the reward functions see them, row-aligned (TRL's arguments).
+
+    Attributes:
+        prompts: Each row's prompt as data (a string or messages).
+        completions: Decoded completions (strings, or assistant messages for conversational prompts).
+        ids: Completion token ids without EOS.
+        columns: The data's extra columns, one value per row.
+    """
+
+    prompts: list[Any]
+    completions: list[Any]
+    ids: list[list[int]]
+    columns: dict[str, list[Any]]
+
+
+@dataclass
 class Rollout:
     """One rollout: sampled completions and everything the loss needs about them, row-aligned.
 
@@ -58,14 +74,16 @@ class Rollout:
         prompt_width: ``P``: completion token ``t`` is column ``P + t``.
         mask: ``[N, L]`` completion tokens the loss counts (truncated ones dropped under
             ``mask_truncated_completions``).
-        tensors: Per-row tensors (``[N]`` or ``[N, L]``): ``advantages``, ``old_logps``,
-            ``reference_logps``, PPO's ``values`` and ``returns``...
+        tensors: Per-row tensors (``[N]`` or ``[N, L]``): ``rewards``, ``per_reward``, ``advantages``,
+            ``old_logps``, ``reference_logps``, PPO's ``values`` and ``returns``...
+        texts: What the rewards saw (for the sample tables); not carried into `rows`.
     """
 
     sequences: Sequences
     prompt_width: int
     mask: torch.Tensor
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    texts: Completions | None = None
 
     @property
     def size(self) -> int:
@@ -73,14 +91,11 @@ class Rollout:
 
     def rows(self, index: torch.Tensor) -> Rollout:
         """The rows ``index`` (a ``[n]`` long tensor) of everything."""
-        sequences = Sequences(
-            *(
-                getattr(self.sequences, name)[index]
-                for name in ("input_ids", "attention_mask", "completion_mask")
-            )
-        )
         return Rollout(
-            sequences, self.prompt_width, self.mask[index], {k: v[index] for k, v in self.tensors.items()}
+            self.sequences.rows(index),
+            self.prompt_width,
+            self.mask[index],
+            {k: v[index] for k, v in self.tensors.items()},
         )
 
 
@@ -313,25 +328,12 @@ class OnlineObjective(AlignmentObjective):
 
     # ----------------------------------------------------------------------------------- rollouts
     def _token_ids(self) -> dict[str, Any]:
-        tokenizer = self.tokenizer
-        eos = {tokenizer.eos_token_id}
-        generation_config = getattr(self.policy.model, "generation_config", None)
-        configured = getattr(generation_config, "eos_token_id", None)
-        if configured is not None:
-            eos |= set(configured if isinstance(configured, list) else [configured])
-        return {
-            "eos_token_id": sorted(e for e in eos if e is not None),
-            "pad_token_id": tokenizer.pad_token_id,
-        }
-
-    def _seed(self, *parts: Any) -> int:
-        digest = hashlib.sha256(":".join(map(str, (self.runtime.seed, *parts))).encode()).digest()
-        return int.from_bytes(digest[:8], "little") >> 1
+        return stop_and_pad_ids(self.policy.model, self.tokenizer)
 
     def _generator(self, stream: int, index: int) -> torch.Generator:
         """A generator for draw ``index`` of ``stream`` (PPO's mini-batch order): the same on every resume."""
         rank = self.trainer.global_rank if self._trainer is not None else 0
-        return torch.Generator(device=self.device).manual_seed(self._seed(stream, index, rank))
+        return torch.Generator(device=self.device).manual_seed(self.derived_seed(stream, index, rank))
 
     def sample(
         self, batch: PromptBatch, sampling: SamplingConfig, generations: int, stream: int, index: int
@@ -347,15 +349,15 @@ class OnlineObjective(AlignmentObjective):
                 )
             )
         seeds = [
-            self._seed(stream, index, example, j)
+            self.derived_seed(stream, index, example, j)
             for example in batch.index.tolist()
             for j in range(generations)
         ]
         return self.policy.generate(prompts, sampling, row_seeds=seeds, **self._token_ids())
 
-    def score(self, batch: PromptBatch, generation: Generation, generations: int) -> torch.Tensor:
-        """``[N, R]`` rewards of every completion by every reward (NaN: not applicable)."""
-        tokenizer = self.tokenizer
+    def decode(self, batch: PromptBatch, generation: Generation, generations: int) -> Completions:
+        """What the rewards see: each row's prompt, decoded completion (assistant messages for conversational
+        prompts), token ids without EOS, and the data's extra columns, repeated per sample."""
         ids = [
             row[mask].tolist()
             for row, mask in zip(
@@ -364,7 +366,7 @@ class OnlineObjective(AlignmentObjective):
         ]
         eos = set(self._token_ids()["eos_token_id"])
         ids = [row[:-1] if row and row[-1] in eos else row for row in ids]
-        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         prompts = [prompt for prompt in batch.prompts for _ in range(generations)]
         completions: list[Any] = [
             [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
@@ -373,37 +375,46 @@ class OnlineObjective(AlignmentObjective):
         columns = {
             name: [v for v in values for _ in range(generations)] for name, values in batch.columns.items()
         }
+        return Completions(prompts, completions, ids, columns)
+
+    def score(self, batch: PromptBatch, generation: Generation, generations: int) -> torch.Tensor:
+        """``[N, R]`` rewards of every completion by every reward (NaN: not applicable)."""
+        return self.score_completions(self.decode(batch, generation, generations))
+
+    def score_completions(self, decoded: Completions) -> torch.Tensor:
         scores = [
-            call_reward_function(function, prompts, completions, ids, columns)
+            call_reward_function(function, decoded.prompts, decoded.completions, decoded.ids, decoded.columns)
             for function in self.reward_functions
         ]
         if self.reward_model_paths:
             examples = [
                 PreferenceExample(prompt=prompt, chosen=completion, rejected=None, source=f"rollout:{i}")
-                for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True))
+                for i, (prompt, completion) in enumerate(
+                    zip(decoded.prompts, decoded.completions, strict=True)
+                )
             ]
             for position in range(len(self.reward_model_paths)):
                 model = self.companions[f"reward_model_{position}"]
                 scores.append(model.score_examples(examples).float().cpu())
-        self._last_texts = (prompts, completions)
         return torch.stack(scores, 1).to(self.device)
 
     def make_rollout(self, batch: PromptBatch) -> tuple[Rollout, dict[str, torch.Tensor]]:
         """Sample, score and prepare one rollout; returns it and its metrics."""
         generation = self.sample(batch, self.sampling, self.num_generations, 0, int(self.rollouts_done))
-        per_reward = self.score(batch, generation, self.num_generations)
+        decoded = self.decode(batch, generation, self.num_generations)
+        per_reward = self.score_completions(decoded)
         weights = torch.tensor(self.reward_weights, device=per_reward.device)
         rewards = combine_rewards(per_reward, weights)
         mask = generation.completion_mask.clone()
         if self.mask_truncated_completions:
             mask &= ~generation.truncated.unsqueeze(1)
-        rollout = Rollout(generation.sequences(), generation.prompts.input_ids.shape[1], mask)
+        rollout = Rollout(generation.sequences(), generation.prompts.input_ids.shape[1], mask, texts=decoded)
         rollout.tensors["rewards"] = rewards
+        rollout.tensors["per_reward"] = per_reward
         rollout.tensors["truncated"] = generation.truncated
         metrics = reward_metrics(rewards, per_reward, self.reward_names, self.num_generations)
         metrics.update(completion_metrics(generation.lengths, generation.truncated))
         self._rollout_tokens = int(rollout.sequences.attention_mask.sum())
-        self._last_rollout = (per_reward, rewards)
         with torch.no_grad():
             if self.reference_mode != "none":
                 rollout.tensors["reference_logps"] = self._chunked(rollout, self._reference_token_logps)
@@ -578,8 +589,9 @@ class OnlineObjective(AlignmentObjective):
         run_dir = self.runtime.run_dir
         if run_dir is None:
             return
-        prompts, completions = self._last_texts
-        per_reward, rewards = self._last_rollout
+        assert rollout.texts is not None
+        prompts, completions = rollout.texts.prompts, rollout.texts.completions
+        per_reward, rewards = rollout.tensors["per_reward"], rollout.tensors["rewards"]
         advantages = rollout.tensors.get("advantages")
         rows = []
         for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):

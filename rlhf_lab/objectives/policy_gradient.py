@@ -15,6 +15,7 @@ from rlhf_lab.errors import ConfigError, check_range
 from rlhf_lab.losses.hyperparameters import check_hyperparameters
 from rlhf_lab.losses.policy_gradient import (
     CLIP_RANGE,
+    LOSS_TYPES,
     clipped_surrogate,
     clipped_value_loss,
     gae_advantages,
@@ -125,8 +126,10 @@ class GRPO(_ClippedPolicyGradient):
 
     def __init__(self, scale_rewards: str = "group", loss_type: str = "grpo", **kwargs: Any) -> None:
         check_hyperparameters(group_advantages, {"scale_rewards": scale_rewards})
-        if loss_type not in ("grpo", "dr_grpo", "dapo", "bnpo"):
-            raise ConfigError(f"algo.loss_type={loss_type!r} is not one of: grpo, dr_grpo, dapo, bnpo")
+        # Every reduction but RLOO's per-sequence sum.
+        allowed = [t for t in LOSS_TYPES if t != "sequence"]
+        if loss_type not in allowed:
+            raise ConfigError(f"algo.loss_type={loss_type!r} is not one of: {', '.join(allowed)}")
         super().__init__(**kwargs)
         self.scale_rewards = scale_rewards
         self.loss_type = loss_type
