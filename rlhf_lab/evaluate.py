@@ -172,10 +172,8 @@ def load_weights(objective: Any, source: Path) -> None:
         raise ValueError(
             f"{source}: an exported (merged) model cannot be loaded under adapter=lora/dora; use weights=checkpoint"
         )
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    auto = AutoModelForSequenceClassification if objective.model_task == "sequence_classification" else None
-    trained = (auto or AutoModelForCausalLM).from_pretrained(source)
+    # The class the run's model spec loads with (a causal LM, a classifier, a vision-language model).
+    trained = objective.model_spec.auto_class(objective.model_task).from_pretrained(source)
     result = objective.policy.model.load_state_dict(trained.state_dict(), strict=False)
     if result.unexpected_keys or result.missing_keys:
         raise ValueError(
@@ -225,7 +223,6 @@ def generate_samples(
     Each record has ``prompt``, ``chosen`` (the reference completion), ``rejected`` if any, and either
     ``completion`` and ``new_tokens`` (tokens before EOS) or ``chosen_score`` and ``rejected_score``.
     """
-    from rlhf_lab.data.collate import PreferenceCollator, PromptCollator
     from rlhf_lab.generation import SamplingConfig
 
     examples = list(datamodule.datasets["val"].examples[:count]) if "val" in datamodule.datasets else []
@@ -234,10 +231,10 @@ def generate_samples(
     objective.to(device).eval()
     items = list(enumerate(examples))
     if objective.model_task == "sequence_classification":
-        batch = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)(items)
+        batch = datamodule.collator_for("pairs")(items)
         scores = objective.policy.scores(batch.sequences.to(device)).cpu()
     else:
-        prompts = PromptCollator(pad_token_id=tokenizer.pad_token_id)(items).sequences.to(device)
+        prompts = datamodule.collator_for("prompts")(items).sequences.to(device)
         generation = objective.policy.generate(
             prompts,
             SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False),
@@ -248,11 +245,13 @@ def generate_samples(
     for index, example in enumerate(examples):
         record: dict[str, Any] = {
             "index": index,
-            "prompt": tokenizer.decode(example.prompt_ids),
+            "prompt": datamodule.readable(tokenizer.decode(example.prompt_ids)),
             "chosen": tokenizer.decode(example.chosen_ids, skip_special_tokens=True),
         }
         if example.rejected_ids is not None:
             record["rejected"] = tokenizer.decode(example.rejected_ids, skip_special_tokens=True)
+        if example.images:
+            record["images"] = [image.path or f"sha256:{image.digest}" for image in example.images]
         if objective.model_task == "sequence_classification":
             record["chosen_score"] = float(scores[index])
             if example.rejected_ids is not None:

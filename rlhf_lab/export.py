@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from rlhf_lab.models.vision import save_processor
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +28,8 @@ def export_model(
 
     Args:
         model: The trained model (possibly peft-wrapped).
-        tokenizer: Its tokenizer (saved beside it, with the chat template).
+        tokenizer: Its tokenizer (saved beside it, with the chat template), or a vision-language model's
+            processor (its image processor too).
         out_dir: Target directory.
         merge_adapter: Merge LoRA/DoRA weights into the base.
         state_dict: A full (gathered) state dict of a sharded model; saved instead of the model's own. A
@@ -48,7 +51,7 @@ def export_model(
                 # QLoRA: merged into the 4/8-bit base, then dequantised so the export loads without bitsandbytes.
                 model = model.dequantize()
         model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
+    save_processor(tokenizer, staging)
     if out_dir.exists():
         previous = out_dir.with_name(f".{out_dir.name}.tmp-old-{os.getpid()}")
         out_dir.rename(previous)

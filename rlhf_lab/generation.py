@@ -23,7 +23,7 @@ from torch import nn
 
 from rlhf_lab.data.batches import Sequences
 from rlhf_lab.errors import check_range
-from rlhf_lab.logprobs import decoder_and_head, last_hidden_state, position_ids
+from rlhf_lab.logprobs import decoder_and_head, forward_inputs, last_hidden_state, unwrap_model
 
 
 @dataclass
@@ -84,6 +84,7 @@ class Generation:
             completion_mask=torch.cat(
                 [torch.zeros_like(self.prompts.completion_mask[:, :prompt_width]), self.completion_mask], 1
             ),
+            images=self.prompts.images,
         )
 
 
@@ -130,7 +131,8 @@ def generate(
     generator: torch.Generator | None = None,
     row_seeds: list[int] | None = None,
 ) -> Generation:
-    """Complete left-padded ``prompts`` with ``model`` (a causal LM, possibly peft-wrapped).
+    """Complete left-padded ``prompts`` with ``model`` (a causal LM, possibly peft-wrapped; a vision-language
+    model reads the prompts' images in its first pass and never generates its image tokens).
 
     Args:
         model: The model to sample from.
@@ -154,10 +156,13 @@ def generate(
     )
     batch = prompts.input_ids.shape[0]
     attention_mask = prompts.attention_mask.clone()
-    inputs = prompts.input_ids
-    positions = position_ids(attention_mask)
+    banned = multimodal_token_ids(model)
+    banned = torch.tensor(banned, device=prompts.input_ids.device) if banned else None
+    # The first pass reads the prompts (and their images); each later one a single new token.
+    step_inputs = forward_inputs(decoder, prompts)
+    positions = step_inputs["position_ids"]
     cache = None
-    finished = torch.zeros(batch, dtype=torch.bool, device=inputs.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=prompts.input_ids.device)
     tokens, logps = [], []
     uniforms = None
     if row_seeds is not None and sampling.do_sample:
@@ -172,18 +177,14 @@ def generate(
                 )
                 for seed in row_seeds
             ]
-        ).to(inputs.device)
+        ).to(prompts.input_ids.device)
     with _eval_mode(model):
         for step in range(sampling.max_new_tokens):
-            outputs = decoder(
-                input_ids=inputs,
-                attention_mask=attention_mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
+            outputs = decoder(**step_inputs, past_key_values=cache, use_cache=True)
             cache = outputs.past_key_values
             logits = head(last_hidden_state(outputs)[:, -1]).float()
+            if banned is not None:
+                logits[:, banned] = float("-inf")
             if sampling.do_sample:
                 scaled = logits / sampling.temperature
                 filtered = _filter_logits(scaled, sampling.top_k, sampling.top_p)
@@ -206,8 +207,14 @@ def generate(
             finished = finished | torch.isin(token, eos)
             # The mask of this step's token: it is part of the completion unless the row had already ended.
             attention_mask = torch.cat([attention_mask, alive.long().unsqueeze(1)], 1)
-            inputs = token.unsqueeze(1)
-            positions = positions[:, -1:] + 1
+            # [..., -1:]: multimodal rotary positions are [3, B, T], text positions [B, T]; after the prompt's
+            # last (text) token every axis advances by one.
+            positions = positions[..., -1:] + 1
+            step_inputs = {
+                "input_ids": token.unsqueeze(1),
+                "attention_mask": attention_mask,
+                "position_ids": positions,
+            }
             if _all_finished(finished):
                 break
     completion_ids = torch.stack(tokens, 1)
@@ -218,6 +225,21 @@ def generate(
         completion_mask=completion_mask,
         logps=torch.stack(logps, 1),
         truncated=~finished,
+    )
+
+
+#: Config keys of the tokens that stand for images and videos in a vision-language model's input.
+MULTIMODAL_TOKEN_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+def multimodal_token_ids(model: nn.Module) -> list[int]:
+    """The token ids a vision-language model reads images through, which it must never generate: a
+    completion holding one would be taken for an image's place. Empty for a text model."""
+    config = getattr(unwrap_model(model), "config", None)
+    if getattr(config, "vision_config", None) is None:
+        return []
+    return sorted(
+        {value for key in MULTIMODAL_TOKEN_KEYS if isinstance(value := getattr(config, key, None), int)}
     )
 
 

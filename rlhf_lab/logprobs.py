@@ -206,10 +206,14 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The decoder stack and the output projection of a causal LM."""
+    """The decoder stack and the output projection of a causal LM (of a vision-language model: its multimodal
+    base, which takes the images, and the language model's head)."""
     causal_lm = unwrap_model(model)
     head = causal_lm.get_output_embeddings()
-    decoder = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else causal_lm.model
+    if hasattr(getattr(causal_lm, "model", None), "get_image_features"):
+        decoder = causal_lm.model
+    else:
+        decoder = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else causal_lm.model
     if head is None or decoder is None:
         raise ConfigError(f"{type(causal_lm).__name__} exposes no decoder/output head; it is not a causal LM")
     return decoder, head
@@ -224,6 +228,39 @@ def backbone_and_score_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, so left- and right-padded rows get the same positions."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def forward_inputs(backbone: nn.Module, sequences: Any) -> dict[str, Any]:
+    """The keyword arguments of one decoder pass over ``sequences`` (`rlhf_lab.data.batches.Sequences`).
+
+    Text rows get positions counted over real tokens. Rows with images (a vision-language model's
+    multimodal base) also get the image features: the vision tower encodes each distinct image once and
+    its features go to every row that shows it (``mm_encoder_outputs``), so a pair's chosen and rejected
+    rows share one encoding. Models with multimodal rotary positions (Qwen2-VL's mRoPE) get them from the
+    model's own ``get_rope_index``, with the image sizes in the rows' order and padding ignored.
+    """
+    inputs: dict[str, Any] = {"input_ids": sequences.input_ids, "attention_mask": sequences.attention_mask}
+    images = sequences.images
+    if images is None or images.shown.numel() == 0:
+        inputs["position_ids"] = position_ids(sequences.attention_mask)
+        return inputs
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    encoded = backbone.get_image_features(pixel_values=images.pixel_values, **images.per_image)
+    distinct = encoded.pooler_output if hasattr(encoded, "pooler_output") else encoded
+    shown = tuple(distinct[index] for index in images.shown.tolist())
+    inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=shown)}
+    if hasattr(backbone, "get_rope_index"):
+        image_token_id = backbone.config.image_token_id
+        inputs["position_ids"] = backbone.get_rope_index(
+            sequences.input_ids,
+            mm_token_type_ids=(sequences.input_ids == image_token_id).int(),
+            image_grid_thw=images.per_image["image_grid_thw"][images.shown],
+            attention_mask=sequences.attention_mask,
+        )[0]
+    else:
+        inputs["position_ids"] = position_ids(sequences.attention_mask)
+    return inputs
 
 
 def last_hidden_state(outputs: Any) -> torch.Tensor:

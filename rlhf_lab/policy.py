@@ -35,8 +35,8 @@ from rlhf_lab.logprobs import (
     backbone_and_score_head,
     completion_logps,
     decoder_and_head,
+    forward_inputs,
     last_hidden_state,
-    position_ids,
     unwrap_model,
 )
 
@@ -46,14 +46,9 @@ REFERENCE_MODES = ("copy", "adapter_off", "precomputed", "none")
 
 
 def hidden_states(backbone: nn.Module, sequences: Sequences) -> torch.Tensor:
-    """``[N, T, H]`` final hidden states of a decoder stack (positions counted over real tokens)."""
-    outputs = backbone(
-        input_ids=sequences.input_ids,
-        attention_mask=sequences.attention_mask,
-        position_ids=position_ids(sequences.attention_mask),
-        use_cache=False,
-    )
-    return last_hidden_state(outputs)
+    """``[N, T, H]`` final hidden states of a decoder stack (`rlhf_lab.logprobs.forward_inputs`: positions
+    counted over real tokens, and the images of a vision-language model's rows)."""
+    return last_hidden_state(backbone(**forward_inputs(backbone, sequences), use_cache=False))
 
 
 def sequence_logps(

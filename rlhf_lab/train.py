@@ -211,7 +211,10 @@ def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[Align
             spec.prepare(corpus.corpus)
             prepared.add(id(spec))
     tokenizer = model_spec.load_tokenizer()
-    datamodule.set_tokenizer(tokenizer)
+    processor = model_spec.load_processor()  # None for a text model
+    if processor is not None:
+        processor.tokenizer = tokenizer  # one tokenizer (pad token, chat template) for data and export
+    datamodule.set_tokenizer(tokenizer, processor)
     datamodule.setup("fit")
     objective.check_data(datamodule)
     return objective, datamodule, tokenizer
@@ -295,7 +298,7 @@ def run(cfg: DictConfig) -> Run:
             if finite and not summary["run/diverged"]:
                 export_model(
                     objective.policy.model,
-                    tokenizer,
+                    datamodule.images.processor if datamodule.images is not None else tokenizer,
                     run_dir / "export",
                     cfg.export.merge_adapter,
                     state_dict,

@@ -5,6 +5,7 @@ from rlhf_lab.data.datamodule import PreferenceDataModule
 from rlhf_lab.data.formats import FORMATS, DataError, PreferenceExample, convert_rows, to_unpaired
 from rlhf_lab.data.sources import HubDataset, LocalFiles, RowBlock
 from rlhf_lab.data.synthetic import SyntheticPreferences
+from rlhf_lab.data.synthetic_vision import SyntheticImagePreferences
 
 __all__ = [
     "FORMATS",
@@ -15,6 +16,7 @@ __all__ = [
     "PreferenceDataModule",
     "PreferenceExample",
     "RowBlock",
+    "SyntheticImagePreferences",
     "SyntheticPreferences",
     "UnpairedCollator",
     "convert_rows",

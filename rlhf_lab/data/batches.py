@@ -21,6 +21,60 @@ import torch
 
 
 @dataclass
+class ImageInputs:
+    """The pixels of the images some rows show, each distinct image processed once.
+
+    A pair's chosen and rejected rows show the same images (unless the data gives ``rejected_images``), so
+    the vision tower encodes each image once and its features are placed in every row that shows it.
+
+    Attributes:
+        pixel_values: The image processor's pixels of every distinct image, concatenated along dim 0.
+        pixel_rows: ``[I]`` rows of ``pixel_values`` per distinct image.
+        per_image: The processor's other outputs, one row per distinct image (``image_grid_thw``...).
+        shown: ``[M]`` the distinct image of each image the rows show, in reading order (row by row, left to
+            right), which is the order of the image-token runs in ``input_ids``.
+        row_counts: ``[N]`` images shown per row.
+    """
+
+    pixel_values: torch.Tensor
+    pixel_rows: torch.Tensor
+    per_image: dict[str, torch.Tensor]
+    shown: torch.Tensor
+    row_counts: torch.Tensor
+
+    def rows(self, part: slice | torch.Tensor) -> ImageInputs:
+        """The images of the rows ``part``, keeping only the distinct images those rows show."""
+        selected = torch.arange(self.row_counts.numel(), device=self.row_counts.device)[part]
+        starts = self.row_counts.cumsum(0) - self.row_counts
+        spans = [torch.arange(int(starts[r]), int(starts[r] + self.row_counts[r])) for r in selected.tolist()]
+        occurrences = torch.cat(spans).long() if spans else torch.zeros(0, dtype=torch.long)
+        shown = self.shown[occurrences.to(self.shown.device)]
+        kept, remapped = torch.unique(shown, sorted=True, return_inverse=True)
+        pixel_starts = self.pixel_rows.cumsum(0) - self.pixel_rows
+        pixel_index = [
+            torch.arange(int(pixel_starts[i]), int(pixel_starts[i] + self.pixel_rows[i]))
+            for i in kept.tolist()
+        ]
+        gather = torch.cat(pixel_index).long() if pixel_index else torch.zeros(0, dtype=torch.long)
+        return ImageInputs(
+            pixel_values=self.pixel_values[gather.to(self.pixel_values.device)],
+            pixel_rows=self.pixel_rows[kept],
+            per_image={key: value[kept.to(value.device)] for key, value in self.per_image.items()},
+            shown=remapped.reshape(-1),
+            row_counts=self.row_counts[selected],
+        )
+
+    def to(self, device: torch.device | str) -> ImageInputs:
+        return ImageInputs(
+            self.pixel_values.to(device),
+            self.pixel_rows.to(device),
+            {key: value.to(device) for key, value in self.per_image.items()},
+            self.shown.to(device),
+            self.row_counts.to(device),
+        )
+
+
+@dataclass
 class Sequences:
     """Padded token rows and which of their tokens are completion tokens.
 
@@ -28,11 +82,13 @@ class Sequences:
         input_ids: ``[N, T]`` token ids.
         attention_mask: ``[N, T]`` 1 at real tokens, 0 at padding.
         completion_mask: ``[N, T]`` True at completion tokens (the tokens objectives score).
+        images: The images the rows show (vision-language models), or None.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     completion_mask: torch.Tensor
+    images: ImageInputs | None = None
 
     @property
     def num_rows(self) -> int:
@@ -40,10 +96,18 @@ class Sequences:
 
     def rows(self, part: slice | torch.Tensor) -> Sequences:
         """The rows ``part`` (a slice, or a tensor of row indices), as their own `Sequences`."""
-        return Sequences(self.input_ids[part], self.attention_mask[part], self.completion_mask[part])
+        return Sequences(
+            self.input_ids[part],
+            self.attention_mask[part],
+            self.completion_mask[part],
+            None if self.images is None else self.images.rows(part),
+        )
 
     def to(self, device: torch.device | str) -> Sequences:
-        return Sequences(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return Sequences(
+            *(getattr(self, f.name).to(device) for f in fields(self) if f.name != "images"),
+            images=None if self.images is None else self.images.to(device),
+        )
 
     @property
     def prompt_mask(self) -> torch.Tensor:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_lab.data.batches import PairBatch, PromptBatch, Sequences, SingleBatch, UnpairedBatch
+from rlhf_lab.data.batches import ImageInputs, PairBatch, PromptBatch, Sequences, SingleBatch, UnpairedBatch
+from rlhf_lab.data.images import ImageProcessing, ImageSource
 from rlhf_lab.data.tokenize import TokenizedExample
 
 
@@ -32,6 +33,36 @@ def pad_rows(
     return Sequences(input_ids, attention_mask, completion_mask)
 
 
+def image_inputs(shown: list[list[ImageSource]], processing: ImageProcessing | None) -> ImageInputs | None:
+    """The pixels of the images each row shows (``shown[r]``, in reading order), each distinct image (by
+    content) processed once; None when no row shows an image."""
+    if not any(shown):
+        return None
+    if processing is None:
+        raise ValueError("these rows show images but the collator has no image processing (a text model?)")
+    distinct: dict[str, int] = {}
+    sources: list[ImageSource] = []
+    order: list[int] = []
+    for images in shown:
+        for image in images:
+            if image.digest not in distinct:
+                distinct[image.digest] = len(sources)
+                sources.append(image)
+            order.append(distinct[image.digest])
+    pixel_values, pixel_rows, per_image = processing.pixels(sources)
+    return ImageInputs(
+        pixel_values=pixel_values,
+        pixel_rows=pixel_rows,
+        per_image=per_image,
+        shown=torch.tensor(order, dtype=torch.long),
+        row_counts=torch.tensor([len(images) for images in shown], dtype=torch.long),
+    )
+
+
+def _images(example: TokenizedExample) -> list[ImageSource]:
+    return list(example.images or [])
+
+
 def _indices(items: list[tuple[int, TokenizedExample]]) -> torch.Tensor:
     return torch.tensor([index for index, _ in items], dtype=torch.long)
 
@@ -44,10 +75,12 @@ class PreferenceCollator:
     Attributes:
         pad_token_id: Id written after each sequence.
         pad_to_multiple_of: Round the padded length up to a multiple of this (e.g. 8 for tensor cores).
+        images: A vision-language model's image processing (the rows' pixels); None for text.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    images: ImageProcessing | None = None
 
     def __call__(self, items: list[tuple[int, TokenizedExample]]) -> PairBatch | SingleBatch:
         """Chosen rows then rejected rows (``[2B, T]``), with ``index`` ``[B]`` and optional ``margin``.
@@ -67,13 +100,19 @@ class PreferenceCollator:
             )
         prompts = [example.prompt_ids for _, example in items]
         completions = [example.chosen_ids for _, example in items]
+        shown = [_images(example) for _, example in items]
         if not has_rejected.pop():
             rows = list(zip(prompts, completions, strict=True))
             sequences = pad_rows(rows, self.pad_token_id, self.pad_to_multiple_of)
+            sequences.images = image_inputs(shown, self.images)
             return SingleBatch(sequences=sequences, index=_indices(items))
         completions += [example.rejected_ids for _, example in items]  # type: ignore[misc]
-        rows = list(zip(prompts + prompts, completions, strict=True))
+        # A rejected row shows the pair's images unless the data gives it its own (then with its own prompt).
+        prompts += [example.rejected_prompt_ids or example.prompt_ids for _, example in items]
+        shown += [list(example.rejected_images or example.images or []) for _, example in items]
+        rows = list(zip(prompts, completions, strict=True))
         sequences = pad_rows(rows, self.pad_token_id, self.pad_to_multiple_of)
+        sequences.images = image_inputs(shown, self.images)
         margins = [example.margin for _, example in items]
         margin = None
         if all(value is not None for value in margins):
@@ -101,11 +140,13 @@ class UnpairedCollator:
         pad_token_id: Id written after each sequence.
         max_length: Longest row; a mismatched row over it loses the end of its completion. None: no limit.
         pad_to_multiple_of: Round the padded length up to a multiple of this.
+        images: A vision-language model's image processing; None for text.
     """
 
     pad_token_id: int
     max_length: int | None
     pad_to_multiple_of: int | None = None
+    images: ImageProcessing | None = None
 
     def __call__(self, items: list[tuple[int, TokenizedExample]]) -> UnpairedBatch:
         """Build the ``[2B, T]`` rows plus ``labels`` and ``index`` (``[B]``).
@@ -136,8 +177,11 @@ class UnpairedCollator:
             rows = [
                 (prompt, completion[: max(0, self.max_length - len(prompt))]) for prompt, completion in rows
             ]
+        sequences = pad_rows(rows, self.pad_token_id, self.pad_to_multiple_of)
+        # A mismatched row is prompt b (with its images) followed by another example's completion.
+        sequences.images = image_inputs([_images(example) for _, example in items] * 2, self.images)
         return UnpairedBatch(
-            sequences=pad_rows(rows, self.pad_token_id, self.pad_to_multiple_of),
+            sequences=sequences,
             index=_indices(items),
             labels=torch.tensor([bool(example.label) for _, example in items], dtype=torch.bool),
         )
@@ -149,17 +193,21 @@ class PromptCollator:
 
     Attributes:
         pad_token_id: Id written before each prompt.
+        images: A vision-language model's image processing; None for text.
     """
 
     pad_token_id: int
+    images: ImageProcessing | None = None
 
     def __call__(self, items: list[tuple[int, TokenizedExample]]) -> PromptBatch:
         if not items:
             raise ValueError("cannot collate an empty batch")
         rows = [(example.prompt_ids, []) for _, example in items]
         names = sorted({name for _, example in items for name in example.columns or {}})
+        sequences = pad_rows(rows, self.pad_token_id, left=True)
+        sequences.images = image_inputs([_images(example) for _, example in items], self.images)
         return PromptBatch(
-            sequences=pad_rows(rows, self.pad_token_id, left=True),
+            sequences=sequences,
             index=_indices(items),
             prompts=[example.prompt for _, example in items],
             # A column a row lacks is None for that row (reward functions see aligned lists).

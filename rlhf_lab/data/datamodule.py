@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rlhf_lab.data.collate import PreferenceCollator, PromptCollator, UnpairedCollator
 from rlhf_lab.data.formats import DataError, PreferenceExample, convert_rows, to_unpaired
+from rlhf_lab.data.images import ImageProcessing, blank_like
 from rlhf_lab.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_examples
 from rlhf_lab.errors import ConfigError, check_choice
 
@@ -76,11 +77,16 @@ def mismatched_partners(examples: list[TokenizedExample], seed: int) -> list[int
         )
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
     partners = [0] * size
+    # A prompt is its tokens and the images it shows (one question about two pictures is two prompts).
+    prompts = [
+        (tuple(example.prompt_ids), tuple(image.digest for image in example.images or []))
+        for example in examples
+    ]
     for position, index in enumerate(order):
-        prompt = examples[index].prompt_ids
+        prompt = prompts[index]
         for step in range(1, size):
             candidate = order[(position + step) % size]
-            if examples[candidate].prompt_ids != prompt:
+            if prompts[candidate] != prompt:
                 break
         else:  # every example has this prompt: any other completion will do
             candidate = order[(position + 1) % size]
@@ -142,6 +148,15 @@ def _texts(value: Any) -> Iterator[str]:
             yield message["content"]
 
 
+def _blanked(example: PreferenceExample) -> PreferenceExample:
+    """``example`` with each image replaced by a blank one of its size (``data.blank_images``)."""
+    if not example.images:
+        return example
+    blank = [blank_like(image) for image in example.images]
+    rejected = None if example.rejected_images is None else [blank_like(i) for i in example.rejected_images]
+    return dataclasses.replace(example, images=blank, rejected_images=rejected)
+
+
 def _unsuitable(example: PreferenceExample, kind: str) -> str | None:
     """Why ``example`` cannot go into batches of ``kind``, or None when it can."""
     if kind == "prompts":
@@ -196,6 +211,8 @@ class PreferenceDataModule(L.LightningDataModule):
         pad_to_multiple_of: Round padded length up to a multiple (e.g. 8 for tensor cores).
         num_workers: DataLoader workers.
         seed: Shuffling seed.
+        blank_images: Replace every image with a uniform grey one of the same size (same tokens, no visual
+            information): the ablation that shows whether a run uses its images.
     """
 
     def __init__(
@@ -210,6 +227,7 @@ class PreferenceDataModule(L.LightningDataModule):
         pad_to_multiple_of: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        blank_images: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -228,6 +246,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.pad_to_multiple_of = pad_to_multiple_of
         self.num_workers = num_workers
         self.seed = seed
+        self.blank_images = blank_images
+        self.images: ImageProcessing | None = None
         self._batch_kind = "pairs"
         self.tokenizer: Any = None
         self.examples: dict[str, list[PreferenceExample]] | None = None
@@ -264,6 +284,8 @@ class PreferenceDataModule(L.LightningDataModule):
                     converted, counts = convert_rows(
                         block.rows, self.format, file=block.name, row_numbers=block.row_numbers
                     )
+                    if self.blank_images:
+                        converted = [_blanked(example) for example in converted]
                     examples[split].extend(converted)
                     pairs = [example for example in converted if example.is_pair]
                     if pairs:
@@ -317,8 +339,10 @@ class PreferenceDataModule(L.LightningDataModule):
             for value in (example.prompt, example.chosen, example.rejected):
                 yield from _texts(value)
 
-    def set_tokenizer(self, tokenizer: Any) -> None:
+    def set_tokenizer(self, tokenizer: Any, processor: Any = None) -> None:
+        """The tokenizer, and a vision-language model's processor (None for a text model)."""
         self.tokenizer = tokenizer
+        self.images = None if processor is None else ImageProcessing(processor)
         self.datasets = {}
 
     def _split_kind(self, split: str, examples: list[PreferenceExample]) -> str:
@@ -342,10 +366,12 @@ class PreferenceDataModule(L.LightningDataModule):
             elif kind == "prompts":
                 # The prompt alone, tokenised as generation sees it (a completion's tokens can merge into it).
                 examples = [
-                    dataclasses.replace(example, chosen=None, rejected=None, label=None, margin=None)
+                    dataclasses.replace(
+                        example, chosen=None, rejected=None, label=None, margin=None, rejected_images=None
+                    )
                     for example in examples
                 ]
-            tokenized, token_stats = tokenize_examples(examples, self.tokenizer, self.settings)
+            tokenized, token_stats = tokenize_examples(examples, self.tokenizer, self.settings, self.images)
             self.stats[split] = {**stats, **token_stats}
             self.split_kinds[split] = kind
             self.datasets[split] = TokenizedDataset(tokenized, kind=kind, seed=self.seed)
@@ -359,16 +385,26 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def collator(self, split: str = "train") -> PreferenceCollator | UnpairedCollator | PromptCollator:
         """The collator for ``split``'s batch kind (see `split_kinds`)."""
-        if self.split_kinds.get(split) == "prompts":
-            return PromptCollator(pad_token_id=self.tokenizer.pad_token_id)
-        if self.split_kinds.get(split) == "unpaired":
+        return self.collator_for(self.split_kinds.get(split, "pairs"))
+
+    def readable(self, text: str) -> str:
+        """Decoded text with each image's run of image tokens shown as one ``<image>``."""
+        return text if self.images is None else self.images.readable(text)
+
+    def collator_for(self, kind: str) -> PreferenceCollator | UnpairedCollator | PromptCollator:
+        """A collator making batches of ``kind`` (``prompts``, ``unpaired``; else pairs or single rows)."""
+        pad = self.tokenizer.pad_token_id
+        if kind == "prompts":
+            return PromptCollator(pad_token_id=pad, images=self.images)
+        if kind == "unpaired":
             return UnpairedCollator(
-                pad_token_id=self.tokenizer.pad_token_id,
+                pad_token_id=pad,
                 max_length=self.settings.max_length,
                 pad_to_multiple_of=self.pad_to_multiple_of,
+                images=self.images,
             )
         return PreferenceCollator(
-            pad_token_id=self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of
+            pad_token_id=pad, pad_to_multiple_of=self.pad_to_multiple_of, images=self.images
         )
 
     def _loader(
@@ -432,9 +468,17 @@ class PreferenceDataModule(L.LightningDataModule):
         for split in sorted(self.datasets):
             digest.update(split.encode())
             for example in self.datasets[split].examples:
-                for ids in (example.prompt_ids, example.chosen_ids, example.rejected_ids or []):
+                for ids in (
+                    example.prompt_ids,
+                    example.chosen_ids,
+                    example.rejected_ids or [],
+                    example.rejected_prompt_ids or [],
+                ):
                     digest.update(array("q", ids).tobytes())
                     digest.update(b"|")
+                # The pixels change the log-probs as much as the tokens do.
+                for image in [*(example.images or []), *(example.rejected_images or [])]:
+                    digest.update(image.digest.encode())
                 if example.label is not None:
                     digest.update(b"+" if example.label else b"-")
             partners = self.datasets[split].partners

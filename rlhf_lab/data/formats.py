@@ -13,8 +13,10 @@ import numbers
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from rlhf_lab.data.images import IMAGE_PLACEHOLDER, ImageError, ImageSource, image_source
 from rlhf_lab.errors import check_choice
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ FORMAT_COLUMNS = frozenset(
         "messages",
         "margin",
         "images",
+        "image",
+        "rejected_images",
         "system",
         "history",
         "query",
@@ -78,7 +82,10 @@ class PreferenceExample:
         source: Where the row came from, e.g. ``data/train.jsonl:row 12``, for error messages.
         label: Unpaired (KTO) rows: True when ``chosen`` is desirable, False when undesirable; None otherwise.
         margin: Per-pair margin from a ``margin`` column (reward-model training); None when absent.
-        images: The row's ``images`` column, carried for multimodal models (unused so far).
+        images: The images the prompt shows, in the order of its ``<image>`` placeholders (read and checked);
+            None for text rows.
+        rejected_images: Images the rejected completion's row shows instead (ms-swift's ``rejected_images``:
+            chosen and rejected see different images); None when both see ``images``.
         columns: The row's other columns (those no format reads, e.g. ``answer``), passed through to
             online-RL reward functions as keyword arguments.
     """
@@ -89,7 +96,8 @@ class PreferenceExample:
     source: str
     label: bool | None = None
     margin: float | None = None
-    images: list | None = None
+    images: list[ImageSource] | None = None
+    rejected_images: list[ImageSource] | None = None
     columns: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -149,7 +157,8 @@ def detect_format(columns: Iterable[str], first_row: dict, *, file: str = "<data
     2. ``conversations`` + ``chosen`` + ``rejected``: ``sharegpt`` (LLaMA-Factory ranking data).
     3. ``instruction`` + ``chosen`` + ``rejected``: ``alpaca`` (LLaMA-Factory ranking data).
     4. ``chosen`` + ``rejected``: ``implicit_prompt``.
-    5. ``query`` + ``response``: ``swift`` (ms-swift; paired when it has ``rejected_response``).
+    5. ``query`` + ``response``, or ``messages`` + ``rejected_response``: ``swift`` (ms-swift; paired when it
+       has ``rejected_response``).
     6. ``prompt`` + ``completion`` + ``label``: ``kto`` (unpaired).
     7. ``messages``, or ``prompt`` + ``completion``: ``sft``.
     8. ``prompt`` alone (no completion column): ``prompt_only``.
@@ -176,7 +185,7 @@ def detect_format(columns: Iterable[str], first_row: dict, *, file: str = "<data
         if "instruction" in names:
             return "alpaca"
         return "implicit_prompt"
-    if {"query", "response"} <= names:
+    if {"query", "response"} <= names or {"messages", "rejected_response"} <= names:
         return "swift"
     if {"prompt", "completion", "label"} <= names:
         return "kto"
@@ -197,11 +206,12 @@ def detect_format(columns: Iterable[str], first_row: dict, *, file: str = "<data
 class _RowContext:
     """Builds `DataError`s for one row, so validators need not thread file/row/format around."""
 
-    def __init__(self, row: dict, fmt_label: str, file: str, row_index: int):
+    def __init__(self, row: dict, fmt_label: str, file: str, row_index: int, base_dir: Path | None = None):
         self.row = row
         self.fmt = fmt_label
         self.file = file
         self.row_index = row_index
+        self.base_dir = base_dir
 
     def error(self, message: str, field: str | None) -> DataError:
         return DataError(message, file=self.file, row=self.row_index, field=field)
@@ -232,6 +242,8 @@ class _RowContext:
                 if key not in message:
                     raise self.error(f"message has no {key!r} (keys: {', '.join(map(str, message))})", where)
             role, content = message["role"], message["content"]
+            if isinstance(content, list):
+                content = self.content_parts(content, f"{where}.content")
             if role not in ROLES:
                 raise self.error(
                     f"unknown role {role!r}; expected one of: {', '.join(ROLES)}", f"{where}.role"
@@ -242,6 +254,24 @@ class _RowContext:
                 )
             messages.append({"role": role, "content": content})
         return messages
+
+    def content_parts(self, parts: list, field: str) -> str:
+        """TRL's multimodal content (``[{"type": "image"}, {"type": "text", "text": ...}]``) as one string with
+        an ``<image>`` placeholder where each image part stands."""
+        pieces = []
+        for position, part in enumerate(parts):
+            where = f"{field}[{position}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image":
+                pieces.append(IMAGE_PLACEHOLDER)
+            elif kind == "text" and isinstance(part.get("text"), str):
+                pieces.append(part["text"])
+            else:
+                raise self.error(
+                    f"expected a content part {{'type': 'text', 'text': ...}} or {{'type': 'image'}}, got {part!r}",
+                    where,
+                )
+        return "".join(pieces)
 
     def text(self, value: Any, field: str) -> str:
         if not isinstance(value, str):
@@ -349,13 +379,53 @@ class _RowContext:
             raise self.error(f"expected a finite number, got {value!r}", "margin")
         return float(value)
 
-    def images(self) -> list | None:
-        value = self.row.get("images")
-        if value is None:
+    def image_list(self, column: str) -> list[ImageSource] | None:
+        """An image column (a list; TRL's ``image``: one image) read and checked; None when absent or empty."""
+        value = self.row.get(column)
+        if value is None or (isinstance(value, list) and not value):
             return None
-        if not isinstance(value, list):
-            raise self.error(f"expected a list of images, got {_kind(value)}", "images")
-        return list(value)
+        if column != "image" and not isinstance(value, list):
+            raise self.error(f"expected a list of images, got {_kind(value)}", column)
+        values = value if isinstance(value, list) else [value]
+        images = []
+        for position, item in enumerate(values):
+            where = f"{column}[{position}]" if isinstance(value, list) else column
+            try:
+                images.append(image_source(item, self.base_dir))
+            except ImageError as error:
+                raise self.error(str(error), where) from None
+        return images
+
+    def images(
+        self, prompt: Any, completions: dict[str, Any]
+    ) -> tuple[list[ImageSource] | None, list[ImageSource] | None]:
+        """The row's images (``images``, or TRL's single ``image``) and ``rejected_images``, each matched
+        against the prompt's ``<image>`` placeholders."""
+        if self.row.get("images") not in (None, []) and self.row.get("image") is not None:
+            raise self.error("the row has both 'images' and 'image'; give one", "image")
+        column = "image" if self.row.get("image") is not None else "images"
+        images = self.image_list(column)
+        rejected = self.image_list("rejected_images")
+        if images is None and rejected is None:
+            return None, None
+        if images is None:
+            raise self.error("the row has rejected_images but no images for its chosen completion", "images")
+        texts = [prompt] if isinstance(prompt, str) else [message["content"] for message in prompt]
+        expected = sum(text.count(IMAGE_PLACEHOLDER) for text in texts)
+        for name, found in ((column, images), ("rejected_images", rejected)):
+            if found is not None and len(found) != expected:
+                raise self.error(
+                    f"{len(found)} image(s) but {expected} {IMAGE_PLACEHOLDER} placeholder(s) in the prompt; put "
+                    f"one {IMAGE_PLACEHOLDER} where each image belongs",
+                    name,
+                )
+        for name, completion in completions.items():
+            parts = [completion] if isinstance(completion, str) else [m["content"] for m in completion or []]
+            if any(IMAGE_PLACEHOLDER in part for part in parts):
+                raise self.error(
+                    f"a completion contains {IMAGE_PLACEHOLDER}; images may only appear in the prompt", name
+                )
+        return images, rejected
 
 
 def to_example(row: dict, fmt: str, *, file: str, row_index: int) -> PreferenceExample:
@@ -371,11 +441,19 @@ def to_example(row: dict, fmt: str, *, file: str, row_index: int) -> PreferenceE
         DataError: The row does not fit the format; the message names file, row and field.
     """
     check_choice("data.format", fmt, FORMATS)
-    return _to_example(row, fmt, file=file, row_index=row_index, fmt_label=fmt)
+    return _to_example(row, fmt, file=file, row_index=row_index, fmt_label=fmt, base_dir=image_dir(file))
 
 
-def _to_example(row: dict, fmt: str, *, file: str, row_index: int, fmt_label: str) -> PreferenceExample:
-    context = _RowContext(row, fmt_label, file, row_index)
+def image_dir(file: str) -> Path | None:
+    """Where a data file's relative image paths point from: the file's own directory (None: not a file)."""
+    path = Path(file)
+    return path.parent if path.is_file() else None
+
+
+def _to_example(
+    row: dict, fmt: str, *, file: str, row_index: int, fmt_label: str, base_dir: Path | None = None
+) -> PreferenceExample:
+    context = _RowContext(row, fmt_label, file, row_index, base_dir)
     if not isinstance(row, dict):
         raise context.error(f"expected an object (column -> value), got {type(row).__name__}", None)
     label = None
@@ -387,11 +465,13 @@ def _to_example(row: dict, fmt: str, *, file: str, row_index: int, fmt_label: st
         (prompt, chosen), rejected = _sft(context), None
     else:
         prompt, chosen, rejected = PAIRED_CONVERTERS[fmt](context)
-    _check_texts(
-        context,
-        prompt,
-        {"chosen": chosen, "rejected": rejected} if fmt not in ("sft", "kto") else {"completion": chosen},
+    completions = (
+        {"chosen": chosen, "rejected": rejected} if fmt not in ("sft", "kto") else {"completion": chosen}
     )
+    _check_texts(context, prompt, completions)
+    images, rejected_images = context.images(prompt, completions)
+    if rejected_images is not None and rejected is None:
+        raise context.error("rejected_images needs a rejected completion to show them to", "rejected_images")
     return PreferenceExample(
         prompt=prompt,
         chosen=chosen,
@@ -400,7 +480,8 @@ def _to_example(row: dict, fmt: str, *, file: str, row_index: int, fmt_label: st
         label=label,
         # A margin belongs to a pair; SFT, KTO and prompt-only rows have nothing to put it on.
         margin=context.margin() if rejected is not None else None,
-        images=context.images(),
+        images=images,
+        rejected_images=rejected_images,
         columns={key: value for key, value in row.items() if key not in FORMAT_COLUMNS},
     )
 
@@ -591,6 +672,22 @@ def _assistant_turn(context: _RowContext, column: str) -> list[Message]:
 
 
 def _swift(context: _RowContext) -> tuple[list[Message], list[Message], list[Message] | None]:
+    if "messages" in context.row and "query" not in context.row:
+        # ms-swift's messages layout: the conversation ends with the chosen assistant turn.
+        (raw,) = context.require("messages")
+        messages = context.messages(raw, "messages")
+        context.check_order(messages, "messages")
+        if not messages or messages[-1]["role"] != "assistant":
+            raise context.error("the conversation must end with the chosen assistant turn", "messages")
+        prompt, chosen = messages[:-1], messages[-1:]
+        context.check_prompt(prompt, "messages")
+        context.check_completion(chosen, "messages")
+        rejected = (
+            None
+            if context.row.get("rejected_response") is None
+            else _assistant_turn(context, "rejected_response")
+        )
+        return prompt, chosen, rejected
     (query, _) = context.require("query", "response")
     user = {"role": "user", "content": context.text(query, "query")}
     prompt = [*context.system_prefix(), *context.history(), user]
@@ -682,9 +779,19 @@ def to_unpaired(examples: Iterable[PreferenceExample]) -> list[PreferenceExample
     unpaired = []
     for example in examples:
         if example.chosen is not None and example.rejected is not None:
-            unpaired.append(dataclasses.replace(example, rejected=None, label=True, margin=None))
             unpaired.append(
-                dataclasses.replace(example, chosen=example.rejected, rejected=None, label=False, margin=None)
+                dataclasses.replace(example, rejected=None, label=True, margin=None, rejected_images=None)
+            )
+            unpaired.append(
+                dataclasses.replace(
+                    example,
+                    chosen=example.rejected,
+                    rejected=None,
+                    label=False,
+                    margin=None,
+                    images=example.rejected_images or example.images,
+                    rejected_images=None,
+                )
             )
         elif example.chosen is not None and example.label is not None:
             unpaired.append(example)
@@ -696,6 +803,17 @@ def to_unpaired(examples: Iterable[PreferenceExample]) -> list[PreferenceExample
                 file=example.source,
             )
     return unpaired
+
+
+def _identical(example: PreferenceExample) -> bool:
+    """Chosen and rejected say and show the same: a pair with nothing to prefer."""
+    if example.chosen != example.rejected:
+        return False
+    if example.rejected_images is None:
+        return True
+    return [image.digest for image in example.rejected_images] == [
+        image.digest for image in example.images or []
+    ]
 
 
 def convert_rows(
@@ -739,8 +857,9 @@ def convert_rows(
     dropped = 0
     # (row number, has a margin) of the first pair, to report a file that gives margins to some pairs only.
     first_pair: tuple[int, bool] | None = None
+    base_dir = image_dir(file)
     for row_number, row in zip(row_numbers, rows, strict=True):
-        example = _to_example(row, fmt, file=file, row_index=row_number, fmt_label=label)
+        example = _to_example(row, fmt, file=file, row_index=row_number, fmt_label=label, base_dir=base_dir)
         if example.rejected is not None:
             has_margin = example.margin is not None
             if first_pair is None:
@@ -754,7 +873,7 @@ def convert_rows(
                     row=without,
                     field="margin",
                 )
-        if example.rejected is not None and example.chosen == example.rejected:
+        if example.rejected is not None and _identical(example):
             dropped += 1
             continue
         examples.append(example)

@@ -80,6 +80,34 @@ class LocalFiles:
         return splits
 
 
+def _undecoded_images(dataset: Any) -> Any:
+    """``dataset`` with its Image features left encoded: rows then hold ``{bytes, path}`` as stored (RLHF-V's
+    Parquet), instead of images decoded to PIL and re-encoded to be checked and hashed."""
+    import copy
+
+    import datasets
+
+    found = False
+
+    def undecode(feature: Any) -> Any:
+        nonlocal found
+        if isinstance(feature, datasets.Image):
+            found = True
+            return datasets.Image(decode=False)
+        if isinstance(feature, dict):
+            return {key: undecode(value) for key, value in feature.items()}
+        if hasattr(feature, "feature"):  # Sequence / List of a feature
+            copied = copy.copy(feature)
+            copied.feature = undecode(feature.feature)
+            return copied
+        if isinstance(feature, list):
+            return [undecode(item) for item in feature]
+        return feature
+
+    features = datasets.Features({name: undecode(feature) for name, feature in dataset.features.items()})
+    return dataset.cast(features) if found else dataset
+
+
 @dataclass
 class HubDataset:
     """A dataset loaded with ``datasets.load_dataset`` (e.g. ``HuggingFaceH4/ultrafeedback_binarized``).
@@ -113,6 +141,7 @@ class HubDataset:
         dataset = datasets.load_dataset(self.name, self.subset, split=split, revision=self.revision)
         if self.columns:
             dataset = dataset.select_columns(self.columns)
+        dataset = _undecoded_images(dataset)
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
         return [dict(row) for row in dataset]

@@ -9,12 +9,14 @@ into the completion on is completion.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from rlhf_lab.data.formats import DataError, Message, PreferenceExample
+from rlhf_lab.data.images import IMAGE_PLACEHOLDER, ImageProcessing, ImageSource
 from rlhf_lab.errors import ConfigError, check_choice, check_range
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,10 @@ class TokenizedExample:
         prompt: Prompt-only examples (online RL): the prompt as data (a string or messages), for reward
             functions; None otherwise.
         columns: Prompt-only examples: the row's extra columns (`PreferenceExample.columns`); None otherwise.
+        images: The images the prompt shows (their tokens are in ``prompt_ids``); None for text.
+        rejected_images: The images the rejected row shows instead, with ``rejected_prompt_ids`` their prompt
+            (image-level pairs); None when the rejected row shows ``images`` after ``prompt_ids``.
+        rejected_prompt_ids: The rejected row's prompt when it shows ``rejected_images``; None otherwise.
     """
 
     prompt_ids: list[int]
@@ -49,6 +55,9 @@ class TokenizedExample:
     mismatched_ids: list[int] | None = None
     prompt: Any = None
     columns: dict[str, Any] | None = None
+    images: list[ImageSource] | None = None
+    rejected_images: list[ImageSource] | None = None
+    rejected_prompt_ids: list[int] | None = None
 
 
 @dataclass
@@ -76,6 +85,28 @@ class TokenizeSettings:
 
 def _inside(spans: list[tuple[int, int]], start: int, end: int) -> bool:
     return any(low <= start and end <= high for low, high in spans)
+
+
+def _carve(text: str, spans: list[tuple[int, int]], pieces: list[str]) -> list[tuple[int, int]]:
+    """``spans`` without the places where one of ``pieces`` stands (image tokens inserted in the data's own
+    text, which must stay special tokens)."""
+    if not pieces:
+        return spans
+    carved = []
+    for low, high in spans:
+        cursor = low
+        while cursor < high:
+            found = [(text.find(piece, cursor, high), piece) for piece in pieces]
+            found = [(start, piece) for start, piece in found if start >= 0]
+            if not found:
+                break
+            start, piece = min(found)
+            if start > cursor:
+                carved.append((cursor, start))
+            cursor = start + len(piece)
+        if cursor < high:
+            carved.append((cursor, high))
+    return carved
 
 
 def encode_text(
@@ -178,7 +209,7 @@ def _render(tokenizer: Any, messages: list[Message], source: str, *, generation_
 
 
 def _split_conversational(
-    example: PreferenceExample, completion: list[Message], tokenizer: Any
+    example: PreferenceExample, completion: list[Message], tokenizer: Any, carve: list[str]
 ) -> tuple[list[int], list[int]]:
     prompt = example.prompt
     assert isinstance(prompt, list)
@@ -196,15 +227,19 @@ def _split_conversational(
         full_text,
         len(prompt_text),
         False,
-        _protected(full_text, prompt + completion, tokenizer, example),
+        _carve(full_text, _protected(full_text, prompt + completion, tokenizer, example), carve),
     )
 
 
-def _split_plain(example: PreferenceExample, completion: str, tokenizer: Any) -> tuple[list[int], list[int]]:
+def _split_plain(
+    example: PreferenceExample, completion: str, tokenizer: Any, carve: list[str]
+) -> tuple[list[int], list[int]]:
     prompt = example.prompt
     assert isinstance(prompt, str)
     text = prompt + completion
-    prompt_ids, completion_ids = _split_at(tokenizer, text, len(prompt), True, [(0, len(text))])
+    prompt_ids, completion_ids = _split_at(
+        tokenizer, text, len(prompt), True, _carve(text, [(0, len(text))], carve)
+    )
     eos = tokenizer.eos_token_id
     # Plain text has no template to end the turn, and the model must learn to stop.
     if eos is not None and (not completion_ids or completion_ids[-1] != eos):
@@ -232,12 +267,71 @@ def _protected(
         return []
 
 
-def _prompt_for_generation(example: PreferenceExample, tokenizer: Any) -> list[int]:
+def _prompt_for_generation(example: PreferenceExample, tokenizer: Any, carve: list[str]) -> list[int]:
     """Prompt ids as a generation call would see them: the template's generation prompt, or the text."""
     if isinstance(example.prompt, list):
         text = _render(tokenizer, example.prompt, example.source, generation_prompt=True)
-        return encode_text(tokenizer, text, False, _protected(text, example.prompt, tokenizer, example))[0]
-    return encode_text(tokenizer, example.prompt, True, [(0, len(example.prompt))])[0]
+        protected = _carve(text, _protected(text, example.prompt, tokenizer, example), carve)
+        return encode_text(tokenizer, text, False, protected)[0]
+    text = example.prompt
+    return encode_text(tokenizer, text, True, _carve(text, [(0, len(text))], carve))[0]
+
+
+def _placeholder_count(prompt: list[Message] | str) -> int:
+    texts = [prompt] if isinstance(prompt, str) else [message["content"] for message in prompt]
+    return sum(text.count(IMAGE_PLACEHOLDER) for text in texts)
+
+
+def _show_images(
+    prompt: list[Message] | str, images: list[ImageSource], processing: ImageProcessing, source: str
+) -> tuple[list[Message] | str, list[str]]:
+    """The prompt with its ``k``-th ``<image>`` replaced by image ``k``'s tokens, and the texts inserted."""
+    spelled = [
+        processing.image_token,
+        *processing.tokenizer.convert_ids_to_tokens(sorted(processing.image_token_ids)),
+    ]
+    inserted: list[str] = []
+    position = 0
+
+    def replace(text: str) -> str:
+        nonlocal position
+        pieces = text.split(IMAGE_PLACEHOLDER)
+        for piece in pieces:
+            token = next((token for token in spelled if token and token in piece), None)
+            if token is not None:
+                raise DataError(
+                    f"the text spells the model's image token {token!r}; write {IMAGE_PLACEHOLDER} where an image "
+                    "stands",
+                    file=source,
+                )
+        out = pieces[0]
+        for piece in pieces[1:]:
+            expansion = processing.expansion(images[position])
+            inserted.append(expansion)
+            position += 1
+            out += expansion + piece
+        return out
+
+    if isinstance(prompt, str):
+        return replace(prompt), inserted
+    return [{**message, "content": replace(message["content"])} for message in prompt], inserted
+
+
+def _truncate_prompt(
+    prompt_ids: list[int], settings: TokenizeSettings, image_token_ids: frozenset[int]
+) -> tuple[list[int], bool] | None:
+    """The prompt cut to ``max_prompt_length``, whether it was cut, or None when the cut would remove an image
+    token (an image is never shown in part)."""
+    limit = settings.max_prompt_length
+    if limit is None or len(prompt_ids) <= limit:
+        return prompt_ids, False
+    if settings.truncation_mode == "keep_end":
+        kept, removed = prompt_ids[len(prompt_ids) - limit :], prompt_ids[: len(prompt_ids) - limit]
+    else:
+        kept, removed = prompt_ids[:limit], prompt_ids[limit:]
+    if image_token_ids and any(token in image_token_ids for token in removed):
+        return None
+    return kept, True
 
 
 def _common_prefix_length(first: list[int], second: list[int]) -> int:
@@ -248,7 +342,10 @@ def _common_prefix_length(first: list[int], second: list[int]) -> int:
 
 
 def tokenize_example(
-    example: PreferenceExample, tokenizer: Any, settings: TokenizeSettings
+    example: PreferenceExample,
+    tokenizer: Any,
+    settings: TokenizeSettings,
+    images: ImageProcessing | None = None,
 ) -> TokenizedExample | None:
     """Tokenise one example and apply the length limits.
 
@@ -256,14 +353,19 @@ def tokenize_example(
         example: A validated example.
         tokenizer: A fast `transformers` tokenizer (with a chat template for conversational examples).
         settings: Length limits and prompt truncation mode.
+        images: A vision-language model's image processing: each ``<image>`` placeholder becomes that image's
+            tokens (which count toward the limits); None for a text model.
 
     Returns:
         The ids, or None when not even one completion token fits after the prompt within ``max_length``
-        (for prompt-only examples: when the prompt leaves no room to generate).
+        (for prompt-only examples: when the prompt leaves no room to generate), or when fitting the prompt
+        would cut through an image's tokens.
 
     Raises:
-        ConfigError: Conversational data but the tokenizer has no chat template, or a slow tokenizer.
-        DataError: The chat template does not render the prompt as a prefix of the conversation.
+        ConfigError: Conversational data but the tokenizer has no chat template, a slow tokenizer, or images
+            for a text model.
+        DataError: The chat template does not render the prompt as a prefix of the conversation, or the
+            placeholders do not match the images.
     """
     if example.is_conversational:
         if not getattr(tokenizer, "chat_template", None):
@@ -274,11 +376,41 @@ def tokenize_example(
         split = _split_conversational
     else:
         split = _split_plain
+    image_token_ids: frozenset[int] = frozenset()
+    shown: dict[str, tuple[PreferenceExample, list[str]]] = {}
+    if images is not None:
+        image_token_ids = images.image_token_ids
+        count = _placeholder_count(example.prompt)
+        if count and not example.images:
+            raise DataError(
+                f"the prompt has {count} {IMAGE_PLACEHOLDER} placeholder(s) but the row has no images",
+                file=example.source,
+            )
+        for name, row_images in (("chosen", example.images), ("rejected", example.rejected_images)):
+            if row_images:
+                prompt, inserted = _show_images(example.prompt, row_images, images, example.source)
+                shown[name] = (dataclasses.replace(example, prompt=prompt), inserted)
+    elif example.images:
+        raise ConfigError(
+            f"{example.source}: this row has images but the model is a text model; use a vision-language model "
+            "(model=tiny_vlm, qwen2_vl_2b, llava1_6_mistral_7b...) or data without images"
+        )
+    chosen_example, chosen_carve = shown.get("chosen", (example, []))
+    rejected_example, rejected_carve = shown.get("rejected", (chosen_example, chosen_carve))
+    own_rejected_prompt = "rejected" in shown
+    rejected_prompt_ids = None
     if example.chosen is None:
-        prompt_ids, completion_ids = _prompt_for_generation(example, tokenizer), [[]]
+        prompt_ids, completion_ids = _prompt_for_generation(chosen_example, tokenizer, chosen_carve), [[]]
+    elif own_rejected_prompt:
+        # Chosen and rejected show different images: each row has its own prompt.
+        prompt_ids, chosen_ids = split(chosen_example, example.chosen, tokenizer, chosen_carve)  # type: ignore[arg-type]
+        rejected_prompt_ids, rejected_ids = split(
+            rejected_example, example.rejected, tokenizer, rejected_carve
+        )  # type: ignore[arg-type]
+        completion_ids = [chosen_ids, rejected_ids]
     else:
         completions = [example.chosen] if example.rejected is None else [example.chosen, example.rejected]
-        splits = [split(example, text, tokenizer) for text in completions]  # type: ignore[arg-type]
+        splits = [split(chosen_example, text, tokenizer, chosen_carve) for text in completions]  # type: ignore[arg-type]
 
         # The prompt's last token can merge with a completion's first characters differently for chosen and
         # rejected; the shared prompt is then the common part and the rest moves to each completion, which
@@ -289,23 +421,26 @@ def tokenize_example(
         prompt_ids = splits[0][0][:shared]
         completion_ids = [prompt[shared:] + completion for prompt, completion in splits]
 
+    prompts = [prompt_ids] if rejected_prompt_ids is None else [prompt_ids, rejected_prompt_ids]
     truncated = False
-    limit = settings.max_prompt_length
-    if limit is not None and len(prompt_ids) > limit:
-        truncated = True
-        if settings.truncation_mode == "keep_end":
-            prompt_ids = prompt_ids[len(prompt_ids) - limit :]
-        else:
-            prompt_ids = prompt_ids[:limit]
-    if settings.max_length is not None:
-        room = settings.max_length - len(prompt_ids)
-        if room <= 0:
+    fitted = []
+    for ids in prompts:
+        result = _truncate_prompt(ids, settings, image_token_ids)
+        if result is None:
             return None
-        if any(len(ids) > room for ids in completion_ids):
+        fitted.append(result[0])
+        truncated |= result[1]
+    if settings.max_length is not None:
+        rooms = [settings.max_length - len(fitted[0])] * len(completion_ids)
+        if len(fitted) > 1:
+            rooms[1] = settings.max_length - len(fitted[1])
+        if min(rooms) <= 0:
+            return None
+        if any(len(ids) > room for ids, room in zip(completion_ids, rooms, strict=True)):
             truncated = True
-            completion_ids = [ids[:room] for ids in completion_ids]
+            completion_ids = [ids[:room] for ids, room in zip(completion_ids, rooms, strict=True)]
     return TokenizedExample(
-        prompt_ids=prompt_ids,
+        prompt_ids=fitted[0],
         chosen_ids=completion_ids[0],
         rejected_ids=completion_ids[1] if len(completion_ids) > 1 else None,
         truncated=truncated,
@@ -313,11 +448,17 @@ def tokenize_example(
         margin=example.margin,
         prompt=example.prompt if example.chosen is None else None,
         columns=dict(example.columns) if example.chosen is None else None,
+        images=example.images,
+        rejected_images=example.rejected_images if own_rejected_prompt else None,
+        rejected_prompt_ids=fitted[1] if len(fitted) > 1 else None,
     )
 
 
 def tokenize_examples(
-    examples: Iterable[PreferenceExample], tokenizer: Any, settings: TokenizeSettings
+    examples: Iterable[PreferenceExample],
+    tokenizer: Any,
+    settings: TokenizeSettings,
+    images: ImageProcessing | None = None,
 ) -> tuple[list[TokenizedExample], dict[str, int]]:
     """Tokenise many examples, dropping those that cannot fit.
 
@@ -329,7 +470,7 @@ def tokenize_examples(
     total = truncated = dropped = 0
     for example in examples:
         total += 1
-        result = tokenize_example(example, tokenizer, settings)
+        result = tokenize_example(example, tokenizer, settings, images)
         if result is None:
             dropped += 1
             continue
@@ -338,7 +479,7 @@ def tokenize_examples(
     if truncated or dropped:
         logger.warning(
             "of %d examples, %d were truncated (max_length=%s, max_prompt_length=%s) and %d dropped because "
-            "the prompt leaves no room for a completion",
+            "the prompt leaves no room for a completion (or would lose image tokens)",
             total,
             truncated,
             settings.max_length,

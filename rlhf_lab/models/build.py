@@ -113,7 +113,8 @@ def build_models(
         deepspeed_config = HfDeepSpeedConfig(strategy.config)
     base = policy_spec.load_model(task=task, **quant.load_kwargs())
     base = quant.prepare(base, policy_spec.gradient_checkpointing)
-    policy = adapter.apply(base, task=task)
+    frozen, train_in_full = policy_spec.adapter_plan(base)
+    policy = adapter.apply(base, task=task, frozen=frozen, train_in_full=train_in_full)
 
     loaded: dict[str, nn.Module] = {}
     tokenizers: dict[str, Any] = {}

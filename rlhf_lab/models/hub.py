@@ -72,6 +72,21 @@ class HubModel:
             tokenizer.chat_template = self.chat_template
         return tokenizer
 
+    def adapter_plan(self, model: Any) -> tuple[Any, tuple[str, ...]]:
+        """What an adapter must leave frozen (a predicate on module names, or None: nothing) and what it trains
+        in full beside its own weights (`rlhf_lab.models.adapters.Adapter.apply`)."""
+        return None, ()
+
+    def load_processor(self) -> Any:
+        """The multimodal processor (images + text); None for a text model."""
+        return None
+
+    def auto_class(self, task: str) -> Any:
+        """The ``Auto*`` class that loads this model for ``task``."""
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        return AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
+
     def resolved_attn_implementation(self) -> str:
         if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             log.warning(
@@ -89,14 +104,12 @@ class HubModel:
                 sequence, read at its last non-pad token; the score head is newly initialised).
             **extra: Further ``from_pretrained`` arguments (quantisation).
         """
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
         check_choice("task", task, ("causal_lm", "sequence_classification"))
+        auto = self.auto_class(task)
         if task == "sequence_classification":
             extra = {"num_labels": 1, **extra}
             if "pad_token_id" not in extra:
                 extra["pad_token_id"] = self.load_tokenizer().pad_token_id
-        auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
         model = auto.from_pretrained(
             self.name_or_path,
             revision=self.revision,
@@ -106,7 +119,10 @@ class HubModel:
             **extra,
         )
         model.config.use_cache = False
-        if model.config.pad_token_id is None and model.config.eos_token_id is not None:
+        # getattr: a vision-language model's config keeps its token ids in its text config.
+        if getattr(model.config, "pad_token_id", None) is None and getattr(
+            model.config, "eos_token_id", None
+        ):
             eos = model.config.eos_token_id
             model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
         if self.gradient_checkpointing:

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rlhf_lab.errors import ConfigError, check_choice, check_range
 from rlhf_lab.models.hub import HubModel, default_cache_dir
@@ -35,13 +35,21 @@ CHAT_TEMPLATE = (
 ARCHITECTURES = ("llama", "mistral")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2) -> Any:
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 512,
+    min_frequency: int = 2,
+    extra_special_tokens: list[str] | None = None,
+    chat_template: str = CHAT_TEMPLATE,
+) -> Any:
     """Train a byte-level BPE tokenizer with the chat special tokens and template.
 
     Args:
         texts: Training corpus (message contents, not rendered templates).
         vocab_size: Target vocabulary size including the 256 byte symbols and the special tokens.
         min_frequency: Minimum pair frequency for a merge.
+        extra_special_tokens: More special tokens (a vision-language model's image tokens).
+        chat_template: The Jinja chat template.
 
     Returns:
         A `transformers` fast tokenizer with ``bos``/``eos``/``pad``/``unk`` set and ``chat_template``.
@@ -56,7 +64,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: 
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + list(extra_special_tokens or []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -67,12 +75,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: 
         eos_token="</s>",
         pad_token="<pad>",
         unk_token="<unk>",
-        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>", *(extra_special_tokens or [])],
         model_max_length=4096,
         padding_side="right",
         clean_up_tokenization_spaces=False,
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     return fast
 
 
@@ -106,8 +114,11 @@ class TinyModel(HubModel):
     cache_dir: str = field(default_factory=default_cache_dir)
     dtype: str = "float32"
 
+    #: The architectures `architecture` may name.
+    architectures: ClassVar[tuple[str, ...]] = ARCHITECTURES
+
     def __post_init__(self) -> None:
-        check_choice("model.architecture", self.architecture, ARCHITECTURES)
+        check_choice("model.architecture", self.architecture, self.architectures)
         for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
             check_range(f"model.{key}", getattr(self, key), 1)
         check_range("model.vocab_size", self.vocab_size, 300)  # 256 byte symbols + the special tokens
@@ -153,11 +164,19 @@ class TinyModel(HubModel):
         self.name_or_path = str(target)
 
     def _build(self, texts: list[str], target: Path) -> None:
-        import torch
         from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
         tokenizer = train_tokenizer(texts, vocab_size=self.vocab_size)
-        common = dict(
+        common = self.text_config(tokenizer)
+        if self.architecture == "llama":
+            config, model_cls = LlamaConfig(**common), LlamaForCausalLM
+        else:
+            config, model_cls = MistralConfig(sliding_window=None, **common), MistralForCausalLM
+        self.publish(target, self.seeded(lambda: model_cls(config)), tokenizer.save_pretrained)
+
+    def text_config(self, tokenizer: Any) -> dict[str, Any]:
+        """The language model's config arguments: this spec's sizes and the tokenizer's special tokens."""
+        return dict(
             vocab_size=len(tokenizer),
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_layers,
@@ -170,19 +189,28 @@ class TinyModel(HubModel):
             pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=False,
         )
-        if self.architecture == "llama":
-            config, model_cls = LlamaConfig(**common), LlamaForCausalLM
-        else:
-            config, model_cls = MistralConfig(sliding_window=None, **common), MistralForCausalLM
+
+    def seeded(self, make: Callable[[], Any]) -> Any:
+        """``make()`` with torch's generator seeded by `seed` (and restored after): the initial weights."""
+        import torch
+
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(self.seed)
-        model = model_cls(config)
-        torch.random.set_rng_state(generator_state)
-        # Build in a temporary directory and rename, so concurrent jobs of a sweep never see half a model.
+        try:
+            return make()
+        finally:
+            torch.random.set_rng_state(generator_state)
+
+    @staticmethod
+    def publish(target: Path, model: Any, save_rest: Callable[[Path], Any]) -> None:
+        """Save ``model`` (and, by ``save_rest``, its tokenizer or processor) as ``target``, whole or not at all.
+
+        Built in a temporary directory and renamed, so concurrent jobs of a sweep never see half a model.
+        """
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
         model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        save_rest(staging)
         try:
             os.rename(staging, target)
         except OSError:  # another process finished first: its copy is identical

@@ -342,12 +342,8 @@ class OnlineObjective(AlignmentObjective):
         ``stream`` is seeded by those alone, so rollouts depend neither on batch layout, rank nor resume."""
         prompts = batch.sequences
         if generations > 1:
-            prompts = Sequences(
-                *(
-                    t.repeat_interleave(generations, 0)
-                    for t in (prompts.input_ids, prompts.attention_mask, prompts.completion_mask)
-                )
-            )
+            rows = torch.arange(prompts.num_rows, device=prompts.input_ids.device)
+            prompts = prompts.rows(rows.repeat_interleave(generations))
         seeds = [
             self.derived_seed(stream, index, example, j)
             for example in batch.index.tolist()

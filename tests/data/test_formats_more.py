@@ -178,7 +178,6 @@ def test_swift_rows_convert() -> None:
             "query": "what is two plus two",
             "response": "four",
             "rejected_response": "five",
-            "images": ["a.png"],
         },
         {"query": "hi", "response": "hello", "rejected_response": "bye", "system": None, "history": None},
         # Without a rejected response the row is SFT-like.
@@ -197,7 +196,6 @@ def test_swift_rows_convert() -> None:
             chosen=[assistant("four")],
             rejected=[assistant("five")],
             source=source(0),
-            images=["a.png"],
         ),
         PreferenceExample([user("hi")], [assistant("hello")], [assistant("bye")], source(1)),
         PreferenceExample([user("hi")], [assistant("hello")], None, source(2)),
@@ -258,7 +256,7 @@ def test_sharegpt_rows_convert() -> None:
             chosen=[assistant("four")],
             rejected=[assistant("five")],
             source=source(0),
-            images=[],
+            images=None,  # an empty list: a text row
         ),
         # A system turn in the conversation wins over the column, as for conversational rows.
         PreferenceExample([system("own"), user("q")], [assistant("a")], [assistant("b")], source(1)),

@@ -1,0 +1,236 @@
+"""Images in preference rows: where they come from, how they are read, and what identifies them.
+
+A row's images arrive as file paths (relative to the data file's directory), as bytes, as ``{bytes, path}``
+dicts (how Hugging Face ``datasets`` stores an ``Image`` feature in Parquet, e.g. RLHF-V), or as PIL images
+(a hub dataset with an ``Image`` feature). Each becomes an `ImageSource`, read and checked once when the
+rows are converted (a missing or unreadable image fails there, naming file, row and field, before any
+model loads), and identified by the SHA-256 of its encoded bytes, which keys the reference cache.
+
+In the text an image stands where its ``<image>`` placeholder stands (LLaMA-Factory's and ms-swift's
+convention; TRL's ``{"type": "image"}`` content parts are converted to it), and tokenisation replaces each
+placeholder with the model's own image tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Where an image stands in a prompt's text.
+IMAGE_PLACEHOLDER = "<image>"
+
+
+class ImageError(ValueError):
+    """An image that cannot be used (missing, unreadable, of an unknown kind); the caller adds the location."""
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One image of a row: encoded bytes or a file, read on demand.
+
+    Attributes:
+        path: The image file (absolute, or relative to the working directory), or None for in-memory bytes.
+        data: The encoded image (PNG, JPEG...), or None to read ``path``.
+        digest: SHA-256 of the encoded bytes (identifies the image in caches).
+        size: ``(height, width)`` in pixels (the number of image tokens depends on it).
+    """
+
+    path: str | None
+    data: bytes | None = field(repr=False)
+    digest: str
+    size: tuple[int, int]
+
+    def encoded(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        return Path(self.path).read_bytes()
+
+    def load(self) -> Any:
+        """The image as an RGB PIL image."""
+        from PIL import Image
+
+        with Image.open(io.BytesIO(self.encoded())) as image:
+            return image.convert("RGB")
+
+
+def _open(data: bytes, what: str) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decodes: a truncated or corrupt file fails here, not mid-training
+            width, height = image.size
+    except UnidentifiedImageError:
+        raise ImageError(f"{what}: not a readable image (no known image format)") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageError(f"{what}: not a readable image ({error})") from None
+    if not width or not height:
+        raise ImageError(f"{what} has no pixels ({width}x{height})")
+    return height, width
+
+
+def image_source(value: Any, base_dir: Path | None) -> ImageSource:
+    """Read and check one image value of a row.
+
+    Args:
+        value: A path string, bytes, a ``{"bytes": ..., "path": ...}`` dict (bytes win when both are set),
+            or a PIL image.
+        base_dir: Directory relative paths are resolved against (the data file's), or None for the
+            working directory.
+
+    Raises:
+        ImageError: The value is of no known kind, the file is missing, or it is not a readable image.
+    """
+    path: str | None = None
+    data: bytes | None = None
+    if isinstance(value, dict):
+        unknown = set(value) - {"bytes", "path"}
+        if unknown:
+            raise ImageError(f"an image object has keys {sorted(value)}; expected 'bytes' and/or 'path'")
+        data, path = value.get("bytes"), value.get("path")
+        if data is None and not path:
+            raise ImageError("an image object has neither 'bytes' nor 'path'")
+        if data is not None:
+            path = None
+    elif isinstance(value, bytes | bytearray):
+        data = bytes(value)
+    elif isinstance(value, str):
+        path = value
+    elif hasattr(value, "save") and hasattr(
+        value, "size"
+    ):  # a PIL image (hub datasets decode Image features)
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        data = buffer.getvalue()
+    else:
+        raise ImageError(
+            f"expected an image as a path, bytes or a {{bytes, path}} object, got {type(value).__name__}"
+        )
+    if data is None:
+        assert path is not None
+        if not path.strip():
+            raise ImageError("empty image path")
+        resolved = Path(path)
+        if not resolved.is_absolute() and base_dir is not None:
+            resolved = base_dir / resolved
+        if not resolved.is_file():
+            raise ImageError(f"image file not found: {resolved}")
+        try:
+            encoded = resolved.read_bytes()
+        except OSError as error:
+            raise ImageError(f"cannot read the image file {resolved}: {error}") from None
+        size = _open(encoded, f"image file {resolved}")
+        return ImageSource(str(resolved), None, hashlib.sha256(encoded).hexdigest(), size)
+    size = _open(data, "the image bytes")
+    return ImageSource(None, data, hashlib.sha256(data).hexdigest(), size)
+
+
+def blank_like(image: ImageSource) -> ImageSource:
+    """A uniform grey image of the same size (an ablation: the same tokens, no visual information)."""
+    from PIL import Image
+
+    height, width = image.size
+    data = encode_png(Image.new("RGB", (width, height), (128, 128, 128)))
+    return ImageSource(None, data, hashlib.sha256(data).hexdigest(), image.size)
+
+
+def encode_png(image: Any) -> bytes:
+    """A PIL image as PNG bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+_MARKS = ("\u2402", "\u2403")  # unlikely characters around the probe image, to cut its rendering out
+
+
+class ImageProcessing:
+    """How a vision-language model's processor turns images into tokens and pixels.
+
+    Args:
+        processor: The model's processor (``image_processor``, ``tokenizer``, ``image_token``).
+
+    Attributes:
+        image_token: The token repeated once per image feature (``<|image_pad|>``, ``<image>``).
+        image_text: How the model's chat template renders one image (``<|vision_start|><|image_pad|>
+            <|vision_end|>`` for Qwen2-VL), holding ``image_token`` once; each ``<image>`` placeholder becomes
+            this text with ``image_token`` repeated as many times as the image has features.
+        image_token_ids: Ids of every token of ``image_text`` (truncation never removes one).
+    """
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_token: str = processor.image_token
+        self.image_text = self._template_image_text()
+        ids = self.tokenizer(self.image_text, add_special_tokens=False)["input_ids"]
+        self.image_token_ids = frozenset(ids) | {self.tokenizer.convert_tokens_to_ids(self.image_token)}
+
+    def _template_image_text(self) -> str:
+        """One image as the chat template renders it (falls back to the bare image token)."""
+        parts = [
+            {"type": "text", "text": _MARKS[0]},
+            {"type": "image"},
+            {"type": "text", "text": _MARKS[1]},
+        ]
+        try:
+            text = self.processor.apply_chat_template([{"role": "user", "content": parts}], tokenize=False)
+            start, end = text.index(_MARKS[0]) + 1, text.index(_MARKS[1])
+            rendered = text[start:end]
+        except Exception:  # no template, or one without content parts
+            return self.image_token
+        return rendered if rendered.count(self.image_token) == 1 else self.image_token
+
+    def readable(self, text: str) -> str:
+        """Decoded text with each image's tokens shown as one ``<image>`` placeholder."""
+        import re
+
+        collapsed = re.sub(f"(?:{re.escape(self.image_token)})+", lambda _: self.image_token, text)
+        return collapsed.replace(self.image_text, IMAGE_PLACEHOLDER)
+
+    def num_tokens(self, image: ImageSource) -> int:
+        """Image tokens the model spends on ``image`` (depends on its size for dynamic-resolution models)."""
+        data = self.processor._get_num_multimodal_tokens(image_sizes=[list(image.size)])
+        return int(data.num_image_tokens[0])
+
+    def expansion(self, image: ImageSource) -> str:
+        """The text that stands for ``image`` in a rendered prompt."""
+        return self.image_text.replace(self.image_token, self.image_token * self.num_tokens(image))
+
+    def pixels(self, images: list[ImageSource]) -> tuple[Any, Any, dict[str, Any]]:
+        """Process each image once: ``(pixel_values, rows of pixel_values per image, other per-image tensors)``.
+
+        Images are processed one at a time and concatenated along the first dimension, so an image's
+        pixels never depend on which images share its batch; a per-image dimension that differs between
+        images (LLaVA-NeXT's tile count) is zero-padded, as its processor pads a batch.
+        """
+        import torch
+
+        outputs = [
+            self.processor.image_processor(images=[image.load()], return_tensors="pt") for image in images
+        ]
+        pixel_values = [output["pixel_values"] for output in outputs]
+        rows = torch.tensor([values.shape[0] for values in pixel_values], dtype=torch.long)
+        extra = {
+            key: torch.cat([torch.as_tensor(output[key]) for output in outputs])
+            for key in outputs[0]
+            if key != "pixel_values"
+        }
+        return _cat_padded(pixel_values), rows, extra
+
+
+def _cat_padded(tensors: list[Any]) -> Any:
+    import torch
+
+    shape = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
+    padded = []
+    for tensor in tensors:
+        pad: list[int] = []
+        for dim in reversed(range(1, tensor.dim())):
+            pad += [0, shape[dim] - tensor.shape[dim]]
+        padded.append(torch.nn.functional.pad(tensor, pad) if any(pad) else tensor)
+    return torch.cat(padded)

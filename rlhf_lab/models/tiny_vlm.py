@@ -1,0 +1,187 @@
+"""Tiny vision-language models built from config: a tiny Qwen2-VL or LLaVA with a small vision tower.
+
+Like `rlhf_lab.models.tiny`, the tokenizer is trained on the run's own texts and the weights come from a
+seed; the processor is assembled locally from an image processor configured here, that tokenizer (with the
+model's image tokens) and a chat template that renders ``{"type": "image"}`` content parts as those
+tokens. Everything is saved with ``save_pretrained`` and loaded back through the hub-loading path
+(``AutoModelForImageTextToText``, `rlhf_lab.models.vision.load_processor`), cached per corpus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rlhf_lab.errors import check_range
+from rlhf_lab.models.tiny import TinyModel, train_tokenizer
+from rlhf_lab.models.vision import VisionLanguageModel, assemble_processor, save_processor
+
+#: How each architecture's chat template renders one image, and its extra special tokens.
+IMAGE_TEXT = {
+    "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "llava": "<image>",
+}
+IMAGE_TOKENS = {
+    "qwen2_vl": ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"],
+    "llava": ["<image>"],
+}
+
+
+def chat_template(image_text: str) -> str:
+    """The tiny models' Zephyr-style template, also rendering content parts (text, and images as tokens)."""
+    return (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "<|{{ message['role'] }}|>\n"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        f"{{% if part['type'] == 'image' %}}{image_text}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{{ eos_token }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+
+
+def _image_processor(name: str) -> Any:
+    """The PIL image processor (no torchvision needed), or the default one on older transformers."""
+    import transformers
+
+    return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+
+
+@dataclass
+class TinyVisionLanguageModel(VisionLanguageModel, TinyModel):
+    """A tiny Qwen2-VL (multimodal rotary positions) or LLaVA (CLIP tower + MLP projector) built from config.
+
+    Attributes:
+        architecture: ``qwen2_vl`` or ``llava``.
+        image_size: Images are resized to about ``image_size x image_size`` pixels.
+        patch_size: Vision patch size in pixels (Qwen2-VL merges 2 x 2 patches into one image token, so an
+            image is ``(image_size / patch_size / 2)^2`` tokens; LLaVA uses one token per patch).
+        vision_hidden_size: Width of the vision tower.
+        vision_layers: Depth of the vision tower.
+    """
+
+    # TinyModel's defaults, which VisionLanguageModel's (HubModel's) would otherwise override.
+    name_or_path: str = ""  # set by `prepare`
+    dtype: str = "float32"
+    architecture: str = "qwen2_vl"
+    image_size: int = 32
+    patch_size: int = 4
+    vision_hidden_size: int = 32
+    vision_layers: int = 1
+
+    architectures: ClassVar[tuple[str, ...]] = tuple(IMAGE_TEXT)
+
+    def __post_init__(self) -> None:
+        for key in ("image_size", "patch_size", "vision_hidden_size", "vision_layers"):
+            check_range(f"model.{key}", getattr(self, key), 1)
+        super().__post_init__()
+
+    def _architecture_fields(self) -> dict[str, Any]:
+        keys = ("image_size", "patch_size", "vision_hidden_size", "vision_layers")
+        return {**super()._architecture_fields(), **{key: getattr(self, key) for key in keys}}
+
+    def _build(self, texts: list[str], target: Path) -> None:
+        image_text = IMAGE_TEXT[self.architecture]
+        tokenizer = train_tokenizer(
+            texts,
+            vocab_size=self.vocab_size,
+            extra_special_tokens=IMAGE_TOKENS[self.architecture],
+            chat_template=chat_template(image_text),
+        )
+        build = self._qwen2_vl if self.architecture == "qwen2_vl" else self._llava
+        make_model, processor = build(tokenizer, self.text_config(tokenizer))
+        model = self.seeded(make_model)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        self.publish(target, model, lambda directory: save_processor(processor, directory))
+
+    def _qwen2_vl(self, tokenizer: Any, text: dict[str, Any]) -> tuple[Any, Any]:
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+        half = self.hidden_size // self.num_heads // 2
+        temporal = max(1, half // 4)
+        height = (half - temporal) // 2
+        ids = {token: tokenizer.convert_tokens_to_ids(token) for token in IMAGE_TOKENS["qwen2_vl"]}
+        config = Qwen2VLConfig(
+            text_config={
+                **text,
+                "rope_scaling": {
+                    "type": "mrope",
+                    "mrope_section": [temporal, height, half - temporal - height],
+                },
+            },
+            vision_config=dict(
+                depth=self.vision_layers,
+                embed_dim=self.vision_hidden_size,
+                hidden_size=self.hidden_size,
+                num_heads=2,
+                mlp_ratio=2,
+                patch_size=self.patch_size,
+                temporal_patch_size=2,
+                spatial_merge_size=2,
+                in_channels=3,
+            ),
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
+        )
+        pixels = self.image_size**2
+        image_processor = _image_processor("Qwen2VLImageProcessor")(
+            patch_size=self.patch_size,
+            temporal_patch_size=2,
+            merge_size=2,
+            min_pixels=pixels,
+            max_pixels=pixels,
+        )
+        processor = assemble_processor(Qwen2VLProcessor, image_processor, tokenizer, tokenizer.chat_template)
+        return (lambda: Qwen2VLForConditionalGeneration(config)), processor
+
+    def _llava(self, tokenizer: Any, text: dict[str, Any]) -> tuple[Any, Any]:
+        from transformers import (
+            CLIPVisionConfig,
+            LlamaConfig,
+            LlavaConfig,
+            LlavaForConditionalGeneration,
+            LlavaProcessor,
+        )
+
+        config = LlavaConfig(
+            vision_config=CLIPVisionConfig(
+                image_size=self.image_size,
+                patch_size=self.patch_size,
+                hidden_size=self.vision_hidden_size,
+                intermediate_size=2 * self.vision_hidden_size,
+                num_hidden_layers=self.vision_layers,
+                num_attention_heads=2,
+                projection_dim=self.vision_hidden_size,
+            ),
+            text_config=LlamaConfig(**text),
+            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+            projector_hidden_act="gelu",
+            tie_word_embeddings=False,
+        )
+        size = self.image_size
+        image_processor = _image_processor("CLIPImageProcessor")(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        )
+        processor = assemble_processor(
+            LlavaProcessor,
+            image_processor,
+            tokenizer,
+            tokenizer.chat_template,
+            patch_size=self.patch_size,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
+        return (lambda: LlavaForConditionalGeneration(config)), processor
