@@ -21,7 +21,7 @@ from rlhf_lab.logprobs import naive_completion_logps
 from rlhf_lab.models.tiny_vlm import TinyVisionLanguageModel
 from rlhf_lab.policy import Policy
 
-ARCHITECTURES = ("qwen2_vl", "llava")
+ARCHITECTURES = ("qwen2_vl", "llava", "llava_next")
 CORPUS = ["What colour is the shape?", "It is red.", "It is blue.", "Tell me the colour of the square."] * 8
 
 

@@ -66,7 +66,7 @@ def _open(data: bytes, what: str) -> tuple[int, int]:
             width, height = image.size
     except UnidentifiedImageError:
         raise ImageError(f"{what}: not a readable image (no known image format)") from None
-    except (OSError, ValueError, SyntaxError) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageError(f"{what}: not a readable image ({error})") from None
     if not width or not height:
         raise ImageError(f"{what} has no pixels ({width}x{height})")

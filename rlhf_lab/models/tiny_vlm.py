@@ -21,10 +21,12 @@ from rlhf_lab.models.vision import VisionLanguageModel, assemble_processor, save
 IMAGE_TEXT = {
     "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "llava": "<image>",
+    "llava_next": "<image>",
 }
 IMAGE_TOKENS = {
     "qwen2_vl": ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"],
     "llava": ["<image>"],
+    "llava_next": ["<image>"],
 }
 
 
@@ -54,10 +56,11 @@ def _image_processor(name: str) -> Any:
 
 @dataclass
 class TinyVisionLanguageModel(VisionLanguageModel, TinyModel):
-    """A tiny Qwen2-VL (multimodal rotary positions) or LLaVA (CLIP tower + MLP projector) built from config.
+    """A tiny Qwen2-VL (multimodal rotary positions), LLaVA (CLIP tower + MLP projector) or LLaVA-NeXT (LLaVA
+    with any-resolution tiles: an image is a base view plus up to 2 x 2 tiles) built from config.
 
     Attributes:
-        architecture: ``qwen2_vl`` or ``llava``.
+        architecture: ``qwen2_vl``, ``llava`` or ``llava_next``.
         image_size: Images are resized to about ``image_size x image_size`` pixels.
         patch_size: Vision patch size in pixels (Qwen2-VL merges 2 x 2 patches into one image token, so an
             image is ``(image_size / patch_size / 2)^2`` tokens; LLaVA uses one token per patch).
@@ -93,7 +96,9 @@ class TinyVisionLanguageModel(VisionLanguageModel, TinyModel):
             extra_special_tokens=IMAGE_TOKENS[self.architecture],
             chat_template=chat_template(image_text),
         )
-        build = self._qwen2_vl if self.architecture == "qwen2_vl" else self._llava
+        build = {"qwen2_vl": self._qwen2_vl, "llava": self._llava, "llava_next": self._llava_next}[
+            self.architecture
+        ]
         make_model, processor = build(tokenizer, self.text_config(tokenizer))
         model = self.seeded(make_model)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -145,18 +150,21 @@ class TinyVisionLanguageModel(VisionLanguageModel, TinyModel):
         processor = assemble_processor(Qwen2VLProcessor, image_processor, tokenizer, tokenizer.chat_template)
         return (lambda: Qwen2VLForConditionalGeneration(config)), processor
 
-    def _llava(self, tokenizer: Any, text: dict[str, Any]) -> tuple[Any, Any]:
-        from transformers import (
-            CLIPVisionConfig,
-            LlamaConfig,
-            LlavaConfig,
-            LlavaForConditionalGeneration,
-            LlavaProcessor,
-        )
+    def _llava(self, tokenizer: Any, text: dict[str, Any], next_: bool = False) -> tuple[Any, Any]:
+        import transformers
+        from transformers import CLIPVisionConfig, LlamaConfig
 
-        config = LlavaConfig(
+        size = self.image_size
+        # LLaVA-NeXT: any-resolution tiles of size x size, up to 2 x 2 (plus the resized base view).
+        tiles = (
+            {"image_grid_pinpoints": [[size, 2 * size], [2 * size, size], [2 * size, 2 * size]]}
+            if next_
+            else {}
+        )
+        name = "LlavaNext" if next_ else "Llava"
+        config = getattr(transformers, f"{name}Config")(
             vision_config=CLIPVisionConfig(
-                image_size=self.image_size,
+                image_size=size,
                 patch_size=self.patch_size,
                 hidden_size=self.vision_hidden_size,
                 intermediate_size=2 * self.vision_hidden_size,
@@ -170,13 +178,13 @@ class TinyVisionLanguageModel(VisionLanguageModel, TinyModel):
             vision_feature_select_strategy="default",
             projector_hidden_act="gelu",
             tie_word_embeddings=False,
+            **tiles,
         )
-        size = self.image_size
-        image_processor = _image_processor("CLIPImageProcessor")(
-            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        image_processor = _image_processor(f"{name}ImageProcessor" if next_ else "CLIPImageProcessor")(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **tiles
         )
         processor = assemble_processor(
-            LlavaProcessor,
+            getattr(transformers, f"{name}Processor"),
             image_processor,
             tokenizer,
             tokenizer.chat_template,
@@ -184,4 +192,8 @@ class TinyVisionLanguageModel(VisionLanguageModel, TinyModel):
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,
         )
-        return (lambda: LlavaForConditionalGeneration(config)), processor
+        model_cls = getattr(transformers, f"{name}ForConditionalGeneration")
+        return (lambda: model_cls(config)), processor
+
+    def _llava_next(self, tokenizer: Any, text: dict[str, Any]) -> tuple[Any, Any]:
+        return self._llava(tokenizer, text, next_=True)
