@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf_lab.data.images import IMAGE_PLACEHOLDER, ImageError, ImageSource, image_source
+from rlhf_lab.data.images import IMAGE_PLACEHOLDER, ImageError, ImageSource, count_placeholders, image_source
 from rlhf_lab.errors import check_choice
 
 logger = logging.getLogger(__name__)
@@ -410,8 +410,7 @@ class _RowContext:
             return None, None
         if images is None:
             raise self.error("the row has rejected_images but no images for its chosen completion", "images")
-        texts = [prompt] if isinstance(prompt, str) else [message["content"] for message in prompt]
-        expected = sum(text.count(IMAGE_PLACEHOLDER) for text in texts)
+        expected = count_placeholders(prompt)
         for name, found in ((column, images), ("rejected_images", rejected)):
             if found is not None and len(found) != expected:
                 raise self.error(

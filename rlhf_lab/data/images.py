@@ -23,6 +23,12 @@ from typing import Any
 IMAGE_PLACEHOLDER = "<image>"
 
 
+def count_placeholders(prompt: Any) -> int:
+    """``<image>`` placeholders in a prompt (a string, or messages with string contents)."""
+    texts = [prompt] if isinstance(prompt, str) else [message["content"] for message in prompt]
+    return sum(text.count(IMAGE_PLACEHOLDER) for text in texts)
+
+
 class ImageError(ValueError):
     """An image that cannot be used (missing, unreadable, of an unknown kind); the caller adds the location."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhf_lab.data.formats import DataError, Message, PreferenceExample
-from rlhf_lab.data.images import IMAGE_PLACEHOLDER, ImageProcessing, ImageSource
+from rlhf_lab.data.images import IMAGE_PLACEHOLDER, ImageProcessing, ImageSource, count_placeholders
 from rlhf_lab.errors import ConfigError, check_choice, check_range
 
 logger = logging.getLogger(__name__)
@@ -277,11 +277,6 @@ def _prompt_for_generation(example: PreferenceExample, tokenizer: Any, carve: li
     return encode_text(tokenizer, text, True, _carve(text, [(0, len(text))], carve))[0]
 
 
-def _placeholder_count(prompt: list[Message] | str) -> int:
-    texts = [prompt] if isinstance(prompt, str) else [message["content"] for message in prompt]
-    return sum(text.count(IMAGE_PLACEHOLDER) for text in texts)
-
-
 def _show_images(
     prompt: list[Message] | str, images: list[ImageSource], processing: ImageProcessing, source: str
 ) -> tuple[list[Message] | str, list[str]]:
@@ -380,7 +375,7 @@ def tokenize_example(
     shown: dict[str, tuple[PreferenceExample, list[str]]] = {}
     if images is not None:
         image_token_ids = images.image_token_ids
-        count = _placeholder_count(example.prompt)
+        count = count_placeholders(example.prompt)
         if count and not example.images:
             raise DataError(
                 f"the prompt has {count} {IMAGE_PLACEHOLDER} placeholder(s) but the row has no images",
