@@ -48,7 +48,41 @@ REFERENCE_MODES = ("copy", "adapter_off", "precomputed", "none")
 def hidden_states(backbone: nn.Module, sequences: Sequences) -> torch.Tensor:
     """``[N, T, H]`` final hidden states of a decoder stack (`rlhf_lab.logprobs.forward_inputs`: positions
     counted over real tokens, and the images of a vision-language model's rows)."""
+    if sequences.shared is not None and shares_prompts(backbone):
+        shared = sequences.shared
+        outputs = backbone(
+            input_ids=shared.input_ids,
+            attention_mask=shared.attention(None if _attention(backbone) == "sdpa" else _dtype(backbone)),
+            position_ids=shared.position_ids,
+            use_cache=False,
+        )
+        # Each unshared row's hidden states, read from the packed rows: the head sees the usual layout.
+        return last_hidden_state(outputs)[shared.source_rows, shared.source_positions]
     return last_hidden_state(backbone(**forward_inputs(backbone, sequences), use_cache=False))
+
+
+def _attention(backbone: nn.Module) -> str:
+    return str(getattr(backbone.config, "_attn_implementation", None) or "eager")
+
+
+def _dtype(backbone: nn.Module) -> torch.dtype:
+    return next(backbone.parameters()).dtype
+
+
+_warned_unshared: set[str] = set()
+
+
+def shares_prompts(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` can read packed pairs: a text decoder taking a custom 4-D mask (sdpa or eager
+    attention); others fall back to unshared rows, saying so once."""
+    implementation = _attention(backbone)
+    if implementation in ("sdpa", "eager") and getattr(backbone.config, "vision_config", None) is None:
+        return True
+    name = f"{type(backbone).__name__}/{implementation}"
+    if name not in _warned_unshared:
+        _warned_unshared.add(name)
+        log.info("data.prefix_sharing: %s cannot take a custom 4-D attention mask; pairs run unshared", name)
+    return False
 
 
 def sequence_logps(

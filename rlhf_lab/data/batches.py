@@ -75,6 +75,50 @@ class ImageInputs:
 
 
 @dataclass
+class SharedPrompts:
+    """Pairs packed one row each, ``[prompt | chosen | rejected]``, so the decoder reads each prompt once.
+
+    The rejected block attends to the prompt and to itself, never to the chosen block, and its positions
+    restart where the chosen block's start, so each block sees exactly what it sees in its own row.
+    `source_rows` / `source_positions` map every position of the unshared rows (`Sequences`: chosen rows,
+    then rejected rows) to the packed position holding its hidden state.
+
+    Attributes:
+        input_ids: ``[B, L]`` packed token ids (right-padded).
+        position_ids: ``[B, L]``.
+        segments: ``[B, L]`` 0 prompt, 1 chosen, 2 rejected, -1 padding.
+        source_rows: ``[2B, T]`` the packed row of each unshared position.
+        source_positions: ``[2B, T]`` its position in that row (0 at padding).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    segments: torch.Tensor
+    source_rows: torch.Tensor
+    source_positions: torch.Tensor
+
+    def attention(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``[B, 1, L, L]`` attention mask: boolean (True: attend), or additive in ``dtype`` (eager attention)."""
+        segments = self.segments
+        length = segments.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+        allowed = causal[None] & (segments >= 0)[:, None, :]
+        allowed &= ~((segments[:, :, None] == 2) & (segments[:, None, :] == 1))
+        # A padding query sees itself: a row with nothing to attend to would be NaN, and NaN times a zero
+        # attention weight is still NaN in the next layer.
+        allowed |= torch.eye(length, dtype=torch.bool, device=segments.device)[None]
+        mask = allowed[:, None]
+        if dtype is None:
+            return mask
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(dtype).min
+        )
+
+    def to(self, device: torch.device | str) -> SharedPrompts:
+        return SharedPrompts(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+@dataclass
 class Sequences:
     """Padded token rows and which of their tokens are completion tokens.
 
@@ -83,19 +127,23 @@ class Sequences:
         attention_mask: ``[N, T]`` 1 at real tokens, 0 at padding.
         completion_mask: ``[N, T]`` True at completion tokens (the tokens objectives score).
         images: The images the rows show (vision-language models), or None.
+        shared: The same pairs with each prompt read once (``data.prefix_sharing``), or None. A forward may use
+            either layout; both give the same hidden states at every position.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     completion_mask: torch.Tensor
     images: ImageInputs | None = None
+    shared: SharedPrompts | None = None
 
     @property
     def num_rows(self) -> int:
         return int(self.input_ids.shape[0])
 
     def rows(self, part: slice | torch.Tensor) -> Sequences:
-        """The rows ``part`` (a slice, or a tensor of row indices), as their own `Sequences`."""
+        """The rows ``part`` (a slice, or a tensor of row indices), as their own `Sequences` (unshared: a part of
+        a pair batch is no longer pairs)."""
         return Sequences(
             self.input_ids[part],
             self.attention_mask[part],
@@ -105,8 +153,9 @@ class Sequences:
 
     def to(self, device: torch.device | str) -> Sequences:
         return Sequences(
-            *(getattr(self, f.name).to(device) for f in fields(self) if f.name != "images"),
+            *(getattr(self, f.name).to(device) for f in fields(self) if f.name not in ("images", "shared")),
             images=None if self.images is None else self.images.to(device),
+            shared=None if self.shared is None else self.shared.to(device),
         )
 
     @property

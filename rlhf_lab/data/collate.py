@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_lab.data.batches import ImageInputs, PairBatch, PromptBatch, Sequences, SingleBatch, UnpairedBatch
+from rlhf_lab.data.batches import (
+    ImageInputs,
+    PairBatch,
+    PromptBatch,
+    Sequences,
+    SharedPrompts,
+    SingleBatch,
+    UnpairedBatch,
+)
 from rlhf_lab.data.images import ImageProcessing, ImageSource
 from rlhf_lab.data.tokenize import TokenizedExample
 
@@ -59,6 +67,35 @@ def image_inputs(shown: list[list[ImageSource]], processing: ImageProcessing | N
     )
 
 
+def share_prompts(examples: list[TokenizedExample], sequences: Sequences, pad_token_id: int) -> SharedPrompts:
+    """Pack each pair as ``[prompt | chosen | rejected]`` (see `SharedPrompts`), beside its unshared rows."""
+    size = len(examples)
+    width = max(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids or []) for e in examples)
+    input_ids = torch.full((size, width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((size, width), dtype=torch.long)
+    segments = torch.full((size, width), -1, dtype=torch.long)
+    rows = sequences.input_ids.shape[1]
+    source_rows = torch.arange(size).repeat(2).unsqueeze(1).expand(2 * size, rows).clone()
+    source_positions = torch.zeros((2 * size, rows), dtype=torch.long)
+    for b, example in enumerate(examples):
+        prompt, chosen, rejected = (
+            len(example.prompt_ids),
+            len(example.chosen_ids),
+            len(example.rejected_ids or []),
+        )
+        ids = example.prompt_ids + example.chosen_ids + list(example.rejected_ids or [])
+        input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        position_ids[b, : prompt + chosen] = torch.arange(prompt + chosen)
+        position_ids[b, prompt + chosen : len(ids)] = torch.arange(prompt, prompt + rejected)
+        segments[b, :prompt] = 0
+        segments[b, prompt : prompt + chosen] = 1
+        segments[b, prompt + chosen : len(ids)] = 2
+        source_positions[b, : prompt + chosen] = torch.arange(prompt + chosen)
+        source_positions[size + b, :prompt] = torch.arange(prompt)
+        source_positions[size + b, prompt : prompt + rejected] = torch.arange(prompt + chosen, len(ids))
+    return SharedPrompts(input_ids, position_ids, segments, source_rows, source_positions)
+
+
 def _images(example: TokenizedExample) -> list[ImageSource]:
     return list(example.images or [])
 
@@ -76,11 +113,14 @@ class PreferenceCollator:
         pad_token_id: Id written after each sequence.
         pad_to_multiple_of: Round the padded length up to a multiple of this (e.g. 8 for tensor cores).
         images: A vision-language model's image processing (the rows' pixels); None for text.
+        prefix_sharing: Also pack each pair with its prompt once (`share_prompts`), for text pairs that share
+            their prompt.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     images: ImageProcessing | None = None
+    prefix_sharing: bool = False
 
     def __call__(self, items: list[tuple[int, TokenizedExample]]) -> PairBatch | SingleBatch:
         """Chosen rows then rejected rows (``[2B, T]``), with ``index`` ``[B]`` and optional ``margin``.
@@ -113,6 +153,13 @@ class PreferenceCollator:
         rows = list(zip(prompts, completions, strict=True))
         sequences = pad_rows(rows, self.pad_token_id, self.pad_to_multiple_of)
         sequences.images = image_inputs(shown, self.images)
+        examples = [example for _, example in items]
+        if (
+            self.prefix_sharing
+            and sequences.images is None
+            and all(e.rejected_prompt_ids is None for e in examples)
+        ):
+            sequences.shared = share_prompts(examples, sequences, self.pad_token_id)
         margins = [example.margin for _, example in items]
         margin = None
         if all(value is not None for value in margins):

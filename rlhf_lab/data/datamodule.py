@@ -213,6 +213,8 @@ class PreferenceDataModule(L.LightningDataModule):
         seed: Shuffling seed.
         blank_images: Replace every image with a uniform grey one of the same size (same tokens, no visual
             information): the ablation that shows whether a run uses its images.
+        prefix_sharing: Read each pair's prompt once: chosen and rejected packed in one row behind it, with an
+            attention mask that keeps them apart (same log-probs, less compute on prompt-heavy data).
     """
 
     def __init__(
@@ -228,6 +230,7 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         blank_images: bool = False,
+        prefix_sharing: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -247,6 +250,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.blank_images = blank_images
+        self.prefix_sharing = prefix_sharing
         self.images: ImageProcessing | None = None
         self._batch_kind = "pairs"
         self.tokenizer: Any = None
@@ -404,7 +408,10 @@ class PreferenceDataModule(L.LightningDataModule):
                 images=self.images,
             )
         return PreferenceCollator(
-            pad_token_id=pad, pad_to_multiple_of=self.pad_to_multiple_of, images=self.images
+            pad_token_id=pad,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            images=self.images,
+            prefix_sharing=self.prefix_sharing,
         )
 
     def _loader(
