@@ -11,7 +11,8 @@ unshared batch holds them, so any sharing shows up as speed rather than as fewer
 time after warm-up, peak memory (RSS on CPU, ``torch.cuda.max_memory_allocated`` on a GPU) and the ratios to
 TRL with their spread over the repetitions. A second TRL row uses its own best setting here
 (``precompute_ref_log_probs=True``), so the comparison is not against a strawman, and ``rlhf_lab_shared``
-is rlhf_lab with ``data.prefix_sharing=true`` (each pair's prompt read once, by the policy and the reference).
+is rlhf_lab with ``data.prefix_sharing=true`` (each pair's prompt read once, by the policy and the reference),
+``rlhf_lab_grouped`` adds ``data.group_by_length=8`` (batches of similar lengths: less padding).
 
 Before timing anything, `check` runs both systems' own code on one batch and requires the same token ids,
 the same per-sequence log-probs and the same DPO loss (policy moved away from the reference so the loss is
@@ -34,7 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-SYSTEMS = ("rlhf_lab", "rlhf_lab_shared", "trl", "trl_precompute")
+#: rlhf_lab's variants: the data options each adds (the levers), then the peer's.
+RLHF_LAB_VARIANTS = {
+    "rlhf_lab": [],
+    "rlhf_lab_shared": ["data.prefix_sharing=true"],
+    "rlhf_lab_grouped": ["data.prefix_sharing=true", "data.group_by_length=8"],
+}
+SYSTEMS = (*RLHF_LAB_VARIANTS, "trl", "trl_precompute")
 
 
 # -------------------------------------------------------------------------------------------- setup
@@ -59,14 +66,16 @@ def make_rows(
     ]
 
 
-def prepare(args: argparse.Namespace, workdir: Path) -> None:
+def prepare(args: argparse.Namespace, workdir: Path, completion_words: tuple[int, int] = (12, 150)) -> None:
     """The data file and the model directory (tokenizer trained on the data, weights from a seed)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rlhf_lab.models.tiny import train_tokenizer
 
-    rows = make_rows(args.examples, args.seed, (args.min_prompt_words, args.max_prompt_words), (12, 150))
+    rows = make_rows(
+        args.examples, args.seed, (args.min_prompt_words, args.max_prompt_words), completion_words
+    )
     (workdir / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     texts = [row[key] for row in rows for key in ("prompt", "chosen", "rejected")]
     tokenizer = train_tokenizer(texts, vocab_size=min(args.vocab, 32000))
@@ -88,7 +97,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> None:
     tokenizer.save_pretrained(workdir / "model")
 
 
-def rlhf_lab_config(args: argparse.Namespace, workdir: Path, prefix_sharing: bool = False) -> Any:
+def rlhf_lab_config(args: argparse.Namespace, workdir: Path, extra: list[str] | tuple[str, ...] = ()) -> Any:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
@@ -98,7 +107,6 @@ def rlhf_lab_config(args: argparse.Namespace, workdir: Path, prefix_sharing: boo
     overrides = [
         "algo=dpo",
         "algo.reference=copy",
-        f"data.prefix_sharing={str(prefix_sharing).lower()}",
         "model=hub",
         f"model.name_or_path={workdir / 'model'}",
         "model.dtype=float32",
@@ -116,6 +124,7 @@ def rlhf_lab_config(args: argparse.Namespace, workdir: Path, prefix_sharing: boo
         "optim.warmup_ratio=0.0",
         "trainer=cpu",
         "logger=csv",
+        *extra,
     ]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("config", overrides=overrides)
@@ -227,12 +236,12 @@ def _tokens(attention_mask: Any) -> int:
     return int(attention_mask.sum())
 
 
-def time_rlhf_lab(args: argparse.Namespace, workdir: Path, prefix_sharing: bool) -> dict[str, float]:
+def time_rlhf_lab(args: argparse.Namespace, workdir: Path, extra: list[str]) -> dict[str, float]:
     import lightning as L
 
     from rlhf_lab.train import build
 
-    objective, datamodule, _ = build(rlhf_lab_config(args, workdir, prefix_sharing))
+    objective, datamodule, _ = build(rlhf_lab_config(args, workdir, extra))
     times: list[float] = []
     tokens: list[int] = []
 
@@ -298,6 +307,37 @@ def _summary(times: list[float], tokens: list[int]) -> dict[str, float]:
     }
 
 
+def time_sweep_run(args: argparse.Namespace, workdir: Path, reference: str, beta: float) -> dict[str, float]:
+    """One run of an ``algo.beta`` sweep, whole: model loading, any reference precomputation (train and
+    held-out splits) and one epoch of training."""
+    import lightning as L
+
+    from rlhf_lab.train import build
+
+    start = time.perf_counter()
+    # A sweep's run trains on its data (one epoch here) and holds out a split, as a real one does.
+    extra = [
+        f"algo.reference={reference}",
+        f"algo.beta={beta}",
+        "data.source.eval_path=null",
+        "data.source.eval_fraction=0.125",
+    ]
+    objective, datamodule, _ = build(rlhf_lab_config(args, workdir, extra))
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(objective, datamodule=datamodule)
+    return {"wall_s": time.perf_counter() - start}
+
+
 # --------------------------------------------------------------------------------------------- main
 def child(args: argparse.Namespace) -> None:
     import torch
@@ -306,8 +346,11 @@ def child(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir)
     if args.child == "check":
         result = check(args, workdir)
-    elif args.child.startswith("rlhf_lab"):
-        result = time_rlhf_lab(args, workdir, prefix_sharing=args.child == "rlhf_lab_shared")
+    elif args.child.startswith("sweep_"):
+        _, reference, beta = args.child.split("_", 2)
+        result = time_sweep_run(args, workdir, reference, float(beta))
+    elif args.child in RLHF_LAB_VARIANTS:
+        result = time_rlhf_lab(args, workdir, RLHF_LAB_VARIANTS[args.child])
     else:
         result = time_trl(args, workdir, precompute=args.child == "trl_precompute")
     print("RESULT " + json.dumps(result))
@@ -344,6 +387,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--systems", default=",".join(SYSTEMS), help="comma-separated, from " + ", ".join(SYSTEMS)
     )
     parser.add_argument("--check-only", action="store_true", help="run the equality check and stop")
+    parser.add_argument(
+        "--sweep-cost",
+        action="store_true",
+        help="instead: a 4-point algo.beta sweep with algo.reference=precomputed (one cached table) against "
+        "4 runs with a live reference copy, whole runs timed",
+    )
+    parser.add_argument(
+        "--scaling",
+        default=None,
+        help="instead: the scaling sweep, written as CSV and PNG with this path prefix (e.g. docs/dpo_scaling)",
+    )
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -352,12 +406,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dpo_vs_trl-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.scaling:
+        return {"scaling": scaling(args, workdir, Path(args.scaling))}
     prepare(args, workdir)
     # The children get every setting, and the directory the data and the model are in.
     common = [
         f"--{key.replace('_', '-')}={value}"
         for key, value in vars(args).items()
-        if key not in ("child", "workdir", "check_only") and value is not None
+        if key not in ("child", "workdir", "check_only", "sweep_cost", "scaling") and value is not None
     ] + ["--workdir", str(workdir)]
     checked = run_child("check", common)
     print(
@@ -366,6 +422,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if args.check_only:
         return {"check": checked}
+    if args.sweep_cost:
+        return {"check": checked, "sweep_cost": sweep_cost(common)}
     systems = [name for name in args.systems.split(",") if name]
     results: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
     for _ in range(args.repeats):
@@ -395,6 +453,111 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             line += f"{_spread(speed_ratio):>22}{_spread(memory_ratio):>22}"
         print(line)
     return {"check": checked, "results": results}
+
+
+#: (max_length, vocabulary) of the scaling sweep: max_length at a 32k vocabulary, the vocabulary at 512.
+SCALING_POINTS = ((256, 32000), (512, 32000), (1024, 32000), (2048, 32000), (512, 64000), (512, 128000))
+
+
+def scaling(args: argparse.Namespace, workdir: Path, prefix: Path) -> list[dict[str, float]]:
+    """rlhf_lab and TRL at each `SCALING_POINTS` (word counts scaled with max_length); CSV and PNG at ``prefix``."""
+    import csv
+
+    rows = []
+    for max_length, vocab in SCALING_POINTS:
+        scale = max_length / 512
+        point = argparse.Namespace(
+            **{
+                **vars(args),
+                "max_length": max_length,
+                "vocab": vocab,
+                "min_prompt_words": max(4, round(24 * scale)),
+                "max_prompt_words": round(300 * scale),
+                "scaling": None,
+            }
+        )
+        directory = workdir / f"L{max_length}_V{vocab}"
+        directory.mkdir(parents=True, exist_ok=True)
+        prepare(point, directory, completion_words=(max(2, round(12 * scale)), round(150 * scale)))
+        common = [
+            f"--{key.replace('_', '-')}={value}"
+            for key, value in vars(point).items()
+            if key not in ("child", "workdir", "check_only", "sweep_cost", "scaling") and value is not None
+        ] + ["--workdir", str(directory)]
+        result = {"max_length": max_length, "vocab": vocab}
+        for name in ("rlhf_lab", "trl"):
+            measured = run_child(name, common)
+            result[f"{name}_tokens_per_s"] = measured["tokens_per_s"]
+            result[f"{name}_ms_per_token"] = 1000 / measured["tokens_per_s"]
+            result[f"{name}_peak_mib"] = measured["peak_mib"]
+        result["speed_ratio"] = result["rlhf_lab_tokens_per_s"] / result["trl_tokens_per_s"]
+        result["memory_ratio"] = result["rlhf_lab_peak_mib"] / result["trl_peak_mib"]
+        print(
+            f"max_length={max_length:5d} vocab={vocab:6d}: rlhf_lab {result['rlhf_lab_tokens_per_s']:7.0f} tok/s "
+            f"{result['rlhf_lab_peak_mib']:6.0f} MiB, trl {result['trl_tokens_per_s']:6.0f} tok/s "
+            f"{result['trl_peak_mib']:6.0f} MiB: {result['speed_ratio']:.2f}x speed, {result['memory_ratio']:.2f}x memory",
+            flush=True,
+        )
+        rows.append(result)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with open(prefix.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot(rows, prefix.with_suffix(".png"))
+    return rows
+
+
+def _plot(rows: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [row for row in rows if row["vocab"] == 32000]
+    vocabs = [row for row in rows if row["max_length"] == 512]
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for name, style in (("rlhf_lab", "o-"), ("trl", "s--")):
+        axes[0].plot(
+            [r["max_length"] for r in lengths],
+            [r[f"{name}_ms_per_token"] for r in lengths],
+            style,
+            label=name,
+        )
+        axes[1].plot(
+            [r["vocab"] for r in vocabs], [r[f"{name}_ms_per_token"] for r in vocabs], style, label=name
+        )
+    axes[0].set(xlabel="max_length (vocab 32k)", ylabel="ms per token", xscale="log", title="time per token")
+    axes[1].set(
+        xlabel="vocabulary (max_length 512)", ylabel="ms per token", xscale="log", title="time per token"
+    )
+    axes[2].plot(
+        [r["max_length"] for r in lengths], [r["memory_ratio"] for r in lengths], "o-", label="vs max_length"
+    )
+    axes[2].plot(
+        [r["vocab"] / 64 for r in vocabs], [r["memory_ratio"] for r in vocabs], "s--", label="vs vocab / 64"
+    )
+    axes[2].set(xlabel="max_length, or vocabulary / 64", ylabel="rlhf_lab / TRL peak memory", xscale="log")
+    axes[2].set_title("memory ratio")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def sweep_cost(common: list[str]) -> dict[str, float]:
+    """Wall time of 4 runs (betas 0.05-0.5), live reference copy against one precomputed, cached table."""
+    betas = (0.05, 0.1, 0.2, 0.5)
+    costs = {}
+    for reference in ("copy", "precomputed"):
+        costs[reference] = sum(run_child(f"sweep_{reference}_{beta}", common)["wall_s"] for beta in betas)
+    ratio = costs["precomputed"] / costs["copy"]
+    print(
+        f"beta sweep of {len(betas)} runs: live reference {costs['copy']:.1f} s, precomputed (cached once) "
+        f"{costs['precomputed']:.1f} s: {ratio:.2f}x"
+    )
+    return {**costs, "ratio": ratio}
 
 
 def _spread(values: list[float]) -> str:

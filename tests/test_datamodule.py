@@ -489,3 +489,38 @@ def test_margins_in_one_file_of_a_split_only(tmp_path, arithmetic_tokenizer) -> 
         f"{tmp_path}/b.jsonl, field 'margin': the pairs have no margin but those of {tmp_path}/a.jsonl do; "
         "give every pair of a split a margin or none"
     )
+
+
+def test_length_grouping_keeps_each_epochs_examples_and_cuts_padding() -> None:
+    lengths = [((i * 37) % 101) + 1 for i in range(96)]
+    batch = 4
+
+    def padding(order: list[int]) -> int:
+        batches = [order[i : i + batch] for i in range(0, len(order), batch)]
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    for epoch in range(3):
+        plain = EpochSampler(96, 5, True)
+        grouped = EpochSampler(96, 5, True, lengths=lengths, group_size=8 * batch)
+        plain.set_epoch(epoch)
+        grouped.set_epoch(epoch)
+        plain_order, grouped_order = list(plain), list(grouped)
+        assert grouped_order != plain_order and sorted(grouped_order) == sorted(plain_order)
+        # The same examples in each group of 8 batches, only reordered within it.
+        for start in range(0, 96, 32):
+            assert sorted(grouped_order[start : start + 32]) == sorted(plain_order[start : start + 32])
+        assert padding(grouped_order) < padding(plain_order) / 2
+    # Ranks split a grouped epoch as they split a plain one: together they see one process's examples.
+    ranks = [
+        list(EpochSampler(96, 5, True, rank=r, world_size=2, lengths=lengths, group_size=64)) for r in (0, 1)
+    ]
+    assert sorted(ranks[0] + ranks[1]) == list(range(96))
+
+
+def test_group_by_length_serves_the_same_examples_per_epoch(make_config) -> None:
+    seen = []
+    for group in (0, 4):
+        _, datamodule, _ = build(make_config(f"data.group_by_length={group}", "data.batch_size=4"))
+        indices = [int(i) for batch in datamodule.train_dataloader() for i in batch.index]
+        seen.append(indices)
+    assert seen[0] != seen[1] and sorted(seen[0]) == sorted(seen[1])

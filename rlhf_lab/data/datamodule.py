@@ -18,7 +18,7 @@ from rlhf_lab.data.collate import PreferenceCollator, PromptCollator, UnpairedCo
 from rlhf_lab.data.formats import DataError, PreferenceExample, convert_rows, to_unpaired
 from rlhf_lab.data.images import ImageProcessing, blank_like
 from rlhf_lab.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_examples
-from rlhf_lab.errors import ConfigError, check_choice
+from rlhf_lab.errors import ConfigError, check_choice, check_range
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,14 @@ def mismatched_partners(examples: list[TokenizedExample], seed: int) -> list[int
     return partners
 
 
+def length_grouped(order: torch.Tensor, lengths: list[int], group_size: int) -> torch.Tensor:
+    """``order`` cut into consecutive groups of ``group_size``, each sorted by length (longest first): the
+    same examples in the same groups, so batches drawn from a group hold similar lengths and little padding."""
+    groups = [order[start : start + group_size] for start in range(0, len(order), group_size)]
+    keyed = [group[torch.tensor([-lengths[int(i)] for i in group]).argsort(stable=True)] for group in groups]
+    return torch.cat(keyed) if keyed else order
+
+
 class EpochSampler(Sampler[int]):
     """Order of epoch ``e`` is a permutation seeded by ``seed + e``, so any epoch can be regenerated.
 
@@ -102,6 +110,10 @@ class EpochSampler(Sampler[int]):
     would have seen. Under data parallelism rank ``r`` of ``w`` takes every ``w``-th index of the same
     permutation (the tail that does not divide evenly is dropped), so ``w`` ranks with batch ``b`` see
     the examples one process with batch ``w * b`` sees.
+
+    With ``lengths`` and ``group_size``, each run of ``group_size`` examples of the permutation is sorted by
+    length (`length_grouped`; ``data.group_by_length``): the epoch holds the same examples, batches less
+    padding.
     """
 
     def __init__(
@@ -112,6 +124,8 @@ class EpochSampler(Sampler[int]):
         resume_offset: Callable[[], int] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        lengths: list[int] | None = None,
+        group_size: int = 0,
     ) -> None:
         self.size = size
         self.seed = seed
@@ -120,6 +134,8 @@ class EpochSampler(Sampler[int]):
         self.resume_offset = resume_offset
         self.rank = rank
         self.world_size = world_size
+        self.lengths = lengths
+        self.group_size = group_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -129,6 +145,8 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(self.size)
+        if self.lengths is not None and self.group_size > 1:
+            order = length_grouped(order, self.lengths, self.group_size)
         per_rank = self.size // self.world_size
         order = order[: per_rank * self.world_size][self.rank :: self.world_size]
         # Only the first epoch a process runs can be a resumed one.
@@ -215,6 +233,8 @@ class PreferenceDataModule(L.LightningDataModule):
             information): the ablation that shows whether a run uses its images.
         prefix_sharing: Read each pair's prompt once: chosen and rejected packed in one row behind it, with an
             attention mask that keeps them apart (same log-probs, less compute on prompt-heavy data).
+        group_by_length: Training batches of similar lengths: each run of ``group_by_length`` batches of the
+            epoch's shuffled order is sorted by length (0: off). The epoch's examples stay the same.
     """
 
     def __init__(
@@ -231,6 +251,7 @@ class PreferenceDataModule(L.LightningDataModule):
         seed: int = 0,
         blank_images: bool = False,
         prefix_sharing: bool = False,
+        group_by_length: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -251,6 +272,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.seed = seed
         self.blank_images = blank_images
         self.prefix_sharing = prefix_sharing
+        check_range("data.group_by_length", group_by_length, 0)
+        self.group_by_length = group_by_length
         self.images: ImageProcessing | None = None
         self._batch_kind = "pairs"
         self.tokenizer: Any = None
@@ -430,11 +453,21 @@ class PreferenceDataModule(L.LightningDataModule):
                 resume_offset,
                 rank,
                 world_size,
+                lengths=self._lengths(split) if shuffle and self.group_by_length else None,
+                # Whole batches of every rank per group, so each rank's batches are length-homogeneous.
+                group_size=self.group_by_length * batch_size * world_size,
             ),
             collate_fn=self.collator(split),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _lengths(self, split: str) -> list[int]:
+        """Each example's longest row in tokens (what its batch is padded to)."""
+        return [
+            len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids or []))
+            for e in self.datasets[split].examples
+        ]
 
     def _batches_done_this_epoch(self) -> int:
         """Batches of the current epoch a restored run has processed (0 unless resuming mid-epoch)."""
