@@ -48,7 +48,7 @@ REFERENCE_MODES = ("copy", "adapter_off", "precomputed", "none")
 def hidden_states(backbone: nn.Module, sequences: Sequences) -> torch.Tensor:
     """``[N, T, H]`` final hidden states of a decoder stack (`rlhf_lab.logprobs.forward_inputs`: positions
     counted over real tokens, and the images of a vision-language model's rows)."""
-    if sequences.shared is not None and shares_prompts(backbone):
+    if sequences.shared is not None and shares_prompts(backbone, sequences.shared.input_ids.shape[1]):
         shared = sequences.shared
         outputs = backbone(
             input_ids=shared.input_ids,
@@ -72,16 +72,25 @@ def _dtype(backbone: nn.Module) -> torch.dtype:
 _warned_unshared: set[str] = set()
 
 
-def shares_prompts(backbone: nn.Module) -> bool:
-    """Whether ``backbone`` can read packed pairs: a text decoder taking a custom 4-D mask (sdpa or eager
-    attention); others fall back to unshared rows, saying so once."""
+def shares_prompts(backbone: nn.Module, width: int) -> bool:
+    """Whether ``backbone`` can read packed pairs ``width`` tokens long: a text decoder taking a custom 4-D mask
+    (sdpa or eager attention) and no sliding window shorter than the row (the custom mask replaces the
+    window); others fall back to unshared rows, saying so once."""
     implementation = _attention(backbone)
-    if implementation in ("sdpa", "eager") and getattr(backbone.config, "vision_config", None) is None:
+    window = getattr(backbone.config, "sliding_window", None)
+    if (
+        implementation in ("sdpa", "eager")
+        and getattr(backbone.config, "vision_config", None) is None
+        and (window is None or width <= window)
+    ):
         return True
-    name = f"{type(backbone).__name__}/{implementation}"
+    name = f"{type(backbone).__name__}/{implementation}/window {window}"
     if name not in _warned_unshared:
         _warned_unshared.add(name)
-        log.info("data.prefix_sharing: %s cannot take a custom 4-D attention mask; pairs run unshared", name)
+        log.info(
+            "data.prefix_sharing: %s cannot take a custom 4-D attention mask for these rows; pairs run unshared",
+            name,
+        )
     return False
 
 

@@ -128,6 +128,19 @@ def test_the_reference_shares_prompts_too(spec: TinyModel) -> None:
     assert calls == [1]
 
 
+def test_a_sliding_window_shorter_than_the_packed_row_falls_back(spec: TinyModel) -> None:
+    """The custom mask would replace the window, so such rows run unshared (and score as unshared)."""
+    from rlhf_lab.policy import shares_prompts
+
+    batch = _batch(spec)
+    model = spec.load_model()
+    width = batch.sequences.shared.input_ids.shape[1]
+    model.config.sliding_window = width - 1
+    assert not shares_prompts(model.model, width)
+    model.config.sliding_window = width
+    assert shares_prompts(model.model, width)
+
+
 def test_a_part_of_a_pair_batch_is_unshared(spec: TinyModel) -> None:
     batch = _batch(spec)
     assert batch.chosen().shared is None and batch.sequences.rows(slice(0, 2)).shared is None
