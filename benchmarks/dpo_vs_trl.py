@@ -12,7 +12,9 @@ time after warm-up, peak memory (RSS on CPU, ``torch.cuda.max_memory_allocated``
 TRL with their spread over the repetitions. A second TRL row uses its own best setting here
 (``precompute_ref_log_probs=True``), so the comparison is not against a strawman, and ``rlhf_lab_shared``
 is rlhf_lab with ``data.prefix_sharing=true`` (each pair's prompt read once, by the policy and the reference),
-``rlhf_lab_grouped`` adds ``data.group_by_length=8`` (batches of similar lengths: less padding).
+``rlhf_lab_grouped`` adds ``data.group_by_length=8`` (batches of similar lengths: less padding), and
+``rlhf_lab_recompute`` is the defaults with ``logps_recompute=true`` (the head's logits recomputed in backward
+rather than kept, which ``auto`` does here).
 
 Before timing anything, `check` runs both systems' own code on one batch and requires the same token ids,
 the same per-sequence log-probs and the same DPO loss (policy moved away from the reference so the loss is
@@ -37,6 +39,7 @@ from typing import Any
 
 #: rlhf_lab's variants: the data options each adds (the levers), then the peer's.
 RLHF_LAB_VARIANTS = {
+    "rlhf_lab_recompute": ["logps_recompute=true"],
     "rlhf_lab": [],
     "rlhf_lab_shared": ["data.prefix_sharing=true"],
     "rlhf_lab_grouped": ["data.prefix_sharing=true", "data.group_by_length=8"],

@@ -60,6 +60,17 @@ class SequenceLogps:
         return self.logps / self.lengths.clamp(min=1).to(self.logps.dtype)
 
 
+#: ``logps_recompute=auto`` keeps a pass's head logits for backward when they take at most this many bytes.
+STORED_LOGITS_BUDGET = 512 * 2**20
+
+
+def stored_logits_bytes(tokens: int, head: nn.Module) -> float:
+    """What keeping ``tokens`` positions' logits for backward costs: fp32 logits and their softmax (inf when
+    the vocabulary is unknown, e.g. a ZeRO-3 partitioned head, so the choice falls to recomputing)."""
+    vocabulary = getattr(head, "out_features", 0) or (head.weight.shape[0] if hasattr(head, "weight") else 0)
+    return tokens * vocabulary * 8 if vocabulary else float("inf")
+
+
 def _score_chunk(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -101,6 +112,7 @@ def completion_logps(
     entropy: bool = False,
     top_k: int = 0,
     temperature: float = 1.0,
+    recompute: bool | str = "auto",
 ) -> SequenceLogps:
     """Log-probs of the completion tokens, computing the head only where needed.
 
@@ -119,6 +131,9 @@ def completion_logps(
         entropy: Also return ``token_entropy`` ``[N, T]``.
         top_k: Also return the top-``k`` log-probs and ids ``[N, T, k]`` (0: no).
         temperature: Divide the logits by this before the softmax (sampling temperature of online RL).
+        recompute: True: checkpoint each chunk (its logits are recomputed in backward, never stored). False:
+            keep them for backward (one head matmul and softmax fewer per token, ``[tokens, vocab]`` floats
+            more memory). ``auto``: keep them when they fit in `STORED_LOGITS_BUDGET` bytes, else recompute.
 
     Returns:
         `SequenceLogps`.
@@ -130,6 +145,8 @@ def completion_logps(
     is_completion = target_mask[rows, cols]
     selected_hidden = hidden_states[:, :-1][rows, cols]
     targets = input_ids[:, 1:][rows, cols]
+    if recompute == "auto":
+        recompute = stored_logits_bytes(targets.numel(), head) > STORED_LOGITS_BUDGET
     chunks: list[tuple[torch.Tensor, ...]] = []
     for start in range(0, targets.numel(), chunk_size):
         arguments = (
@@ -141,7 +158,7 @@ def completion_logps(
             entropy,
             top_k,
         )
-        if torch.is_grad_enabled() and selected_hidden.requires_grad:
+        if recompute and torch.is_grad_enabled() and selected_hidden.requires_grad:
             chunks.append(checkpoint(_score_chunk, *arguments, use_reentrant=False))
         else:
             chunks.append(_score_chunk(*arguments))

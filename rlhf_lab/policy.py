@@ -104,6 +104,7 @@ def sequence_logps(
     entropy: bool = False,
     top_k: int = 0,
     temperature: float = 1.0,
+    recompute: bool | str = "auto",
 ) -> SequenceLogps:
     """Run the decoder once over ``sequences`` and score their completion (and, if asked, prompt) tokens."""
     decoder, head = decoder_and_head(model)
@@ -119,6 +120,7 @@ def sequence_logps(
         entropy=entropy,
         top_k=top_k,
         temperature=temperature,
+        recompute=recompute,
     )
 
 
@@ -145,12 +147,15 @@ class Policy(nn.Module):
     Args:
         model: A causal LM (or, for reward-model training, a sequence classifier), possibly peft-wrapped.
         chunk_size: Completion tokens per output-head call.
+        recompute: Recompute the head's logits in backward instead of storing them: True, False or ``auto``
+            (``logps_recompute``; `rlhf_lab.logprobs.completion_logps`).
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 256) -> None:
+    def __init__(self, model: nn.Module, chunk_size: int = 256, recompute: bool | str = "auto") -> None:
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.recompute = recompute
         #: True while the weights are the initial ones (cleared once training starts or weights are loaded).
         self.at_initial_weights = True
 
@@ -160,7 +165,7 @@ class Policy(nn.Module):
 
     def forward(self, sequences: Sequences, **options: Any) -> SequenceLogps:
         """Log-probs of ``sequences``; ``options`` as `sequence_logps` (``per_token``, ``entropy``...)."""
-        return sequence_logps(self.model, sequences, self.chunk_size, **options)
+        return sequence_logps(self.model, sequences, self.chunk_size, recompute=self.recompute, **options)
 
     def scores(self, sequences: Sequences) -> torch.Tensor:
         """``[N]`` scalar scores of a sequence-classification policy (reward-model training)."""

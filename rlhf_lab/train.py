@@ -176,6 +176,7 @@ def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[Align
     runtime = RuntimeConfig(
         cache_dir=cfg.paths.cache_dir,
         logps_chunk_size=cfg.logps_chunk_size,
+        logps_recompute=cfg.get("logps_recompute", "auto"),
         nan_policy=cfg.trainer.get("nan_policy", "stop"),
         max_nan_skips=cfg.trainer.get("max_nan_skips", 10),
         seed=int(cfg.seed),

@@ -52,6 +52,37 @@ def test_matches_naive_values_and_gradients(chunk_size: int) -> None:
         assert_close(got, expected)
 
 
+@pytest.mark.parametrize("chunk_size", [3, 256])
+def test_stored_logits_give_the_recomputed_values_and_gradients(chunk_size: int) -> None:
+    """``logps_recompute=false`` keeps each chunk's logits for backward instead of recomputing them."""
+    hidden, head, ids, mask = random_case()
+    results = []
+    for recompute in (True, False):
+        stats = completion_logps(
+            hidden, ids, mask, head, chunk_size=chunk_size, recompute=recompute, entropy=True
+        )
+        loss = stats.logps.sum() + stats.token_entropy.sum()
+        results.append((stats.logps, torch.autograd.grad(loss, (hidden, head.weight))))
+    assert_close(results[0][0], results[1][0])
+    for got, expected in zip(results[1][1], results[0][1], strict=True):
+        assert_close(got, expected)
+
+
+def test_auto_keeps_logits_only_within_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlhf_lab.logprobs as logprobs
+
+    hidden, head, ids, mask = random_case()
+    checkpointed = []
+    real = logprobs.checkpoint
+    monkeypatch.setattr(logprobs, "checkpoint", lambda *a, **k: checkpointed.append(1) or real(*a, **k))
+    completion_logps(hidden, ids, mask, head, recompute="auto")
+    assert not checkpointed  # a few tokens x a small vocabulary: kept
+    monkeypatch.setattr(logprobs, "STORED_LOGITS_BUDGET", 8)
+    completion_logps(hidden, ids, mask, head, recompute="auto")
+    assert checkpointed
+    assert logprobs.stored_logits_bytes(100, torch.nn.Linear(4, 50)) == 100 * 50 * 8
+
+
 def test_masked_positions_never_contribute() -> None:
     torch.manual_seed(1)
     hidden = torch.randn(2, 6, 8)

@@ -100,6 +100,8 @@ class RuntimeConfig:
     Attributes:
         cache_dir: Built tiny models and precomputed reference tables.
         logps_chunk_size: Completion tokens per output-head call.
+        logps_recompute: Recompute the head's logits in backward (True: memory) or store them (False: speed);
+            ``auto`` stores them when they fit in `rlhf_lab.logprobs.STORED_LOGITS_BUDGET`.
         nan_policy: ``stop`` (the run stops at the first non-finite loss or gradient, naming the step and
             the batch's examples, its last finite state in ``last.ckpt``, exit non-zero), ``skip`` (the step
             is skipped and counted: ``train/nan_skipped``; past ``max_nan_skips`` the run stops) or ``ignore``.
@@ -113,6 +115,7 @@ class RuntimeConfig:
 
     cache_dir: str = field(default_factory=default_cache_dir)
     logps_chunk_size: int = 256
+    logps_recompute: bool | str = "auto"
     nan_policy: str = "stop"
     max_nan_skips: int = 10
     seed: int = 0
@@ -122,6 +125,7 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         check_range("logps_chunk_size", self.logps_chunk_size, 1)
+        check_choice("logps_recompute", self.logps_recompute, ("auto", True, False))
         check_choice("trainer.nan_policy", self.nan_policy, NAN_POLICIES)
         check_range("trainer.max_nan_skips", self.max_nan_skips, 0)
 
@@ -246,7 +250,7 @@ class AlignmentObjective(L.LightningModule):
         )
         self._deepspeed_config = built.deepspeed_config
         chunk = self.runtime.logps_chunk_size
-        self.policy = Policy(built.policy, chunk_size=chunk)
+        self.policy = Policy(built.policy, chunk_size=chunk, recompute=self.runtime.logps_recompute)
         self.policy.train()
         wrapped: dict[str, nn.Module] = {
             name: ValueModel(model)
