@@ -56,7 +56,8 @@ def logps_of(variant: str, model, batch, args: argparse.Namespace):
         from rlhf_lab.data.batches import Sequences
         from rlhf_lab.policy import sequence_logps
 
-        return sequence_logps(model, Sequences(**batch), chunk_size=args.chunk).logps
+        # recompute=True: the memory-lean path (logps_recompute=auto keeps logits that fit in 512 MiB instead).
+        return sequence_logps(model, Sequences(**batch), chunk_size=args.chunk, recompute=True).logps
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["input_ids"][:, 1:]
     mask = batch["completion_mask"][:, 1:]
