@@ -256,8 +256,15 @@ def time_rlhf_lab(args: argparse.Namespace, workdir: Path, extra: list[str]) -> 
         def on_train_batch_end(self, *_: Any) -> None:
             times.append(time.perf_counter() - self.start)
 
+    _fit(objective, datamodule, [Timer()], max_steps=args.steps + 1, gradient_clip_val=1.0)
+    return _summary(times, tokens)
+
+
+def _fit(objective: Any, datamodule: Any, callbacks: list[Any] | None = None, **limits: Any) -> None:
+    """Lightning's fit on one CPU, fp32, with nothing but training (no logger, checkpoints or validation)."""
+    import lightning as L
+
     trainer = L.Trainer(
-        max_steps=args.steps + 1,
         accelerator="cpu",
         devices=1,
         precision="32-true",
@@ -267,11 +274,10 @@ def time_rlhf_lab(args: argparse.Namespace, workdir: Path, extra: list[str]) -> 
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
-        callbacks=[Timer()],
+        callbacks=callbacks or [],
+        **limits,
     )
     trainer.fit(objective, datamodule=datamodule)
-    return _summary(times, tokens)
 
 
 def time_trl(args: argparse.Namespace, workdir: Path, precompute: bool) -> dict[str, float]:
@@ -313,8 +319,6 @@ def _summary(times: list[float], tokens: list[int]) -> dict[str, float]:
 def time_sweep_run(args: argparse.Namespace, workdir: Path, reference: str, beta: float) -> dict[str, float]:
     """One run of an ``algo.beta`` sweep, whole: model loading, any reference precomputation (train and
     held-out splits) and one epoch of training."""
-    import lightning as L
-
     from rlhf_lab.train import build
 
     start = time.perf_counter()
@@ -326,18 +330,7 @@ def time_sweep_run(args: argparse.Namespace, workdir: Path, reference: str, beta
         "data.source.eval_fraction=0.125",
     ]
     objective, datamodule, _ = build(rlhf_lab_config(args, workdir, extra))
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(objective, datamodule=datamodule)
+    _fit(objective, datamodule, max_epochs=1)
     return {"wall_s": time.perf_counter() - start}
 
 
@@ -357,6 +350,17 @@ def child(args: argparse.Namespace) -> None:
     else:
         result = time_trl(args, workdir, precompute=args.child == "trl_precompute")
     print("RESULT " + json.dumps(result))
+
+
+def child_argv(args: argparse.Namespace, workdir: Path) -> list[str]:
+    """A measurement's command line: every setting of ``args``, and the directory its data and model are in."""
+    modes = ("child", "workdir", "check_only", "sweep_cost", "scaling")
+    settings = [
+        f"--{key.replace('_', '-')}={value}"
+        for key, value in vars(args).items()
+        if key not in modes and value is not None
+    ]
+    return [*settings, "--workdir", str(workdir)]
 
 
 def run_child(name: str, argv: list[str]) -> dict[str, float]:
@@ -412,12 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.scaling:
         return {"scaling": scaling(args, workdir, Path(args.scaling))}
     prepare(args, workdir)
-    # The children get every setting, and the directory the data and the model are in.
-    common = [
-        f"--{key.replace('_', '-')}={value}"
-        for key, value in vars(args).items()
-        if key not in ("child", "workdir", "check_only", "sweep_cost", "scaling") and value is not None
-    ] + ["--workdir", str(workdir)]
+    common = child_argv(args, workdir)
     checked = run_child("check", common)
     print(
         f"check: same token ids; log-probs agree to {checked['logps_relative_error']:.1e} (relative); "
@@ -482,11 +481,7 @@ def scaling(args: argparse.Namespace, workdir: Path, prefix: Path) -> list[dict[
         directory = workdir / f"L{max_length}_V{vocab}"
         directory.mkdir(parents=True, exist_ok=True)
         prepare(point, directory, completion_words=(max(2, round(12 * scale)), round(150 * scale)))
-        common = [
-            f"--{key.replace('_', '-')}={value}"
-            for key, value in vars(point).items()
-            if key not in ("child", "workdir", "check_only", "sweep_cost", "scaling") and value is not None
-        ] + ["--workdir", str(directory)]
+        common = child_argv(point, directory)
         result = {"max_length": max_length, "vocab": vocab}
         for name in ("rlhf_lab", "trl"):
             measured = run_child(name, common)
