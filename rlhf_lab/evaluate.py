@@ -206,7 +206,10 @@ def validate(cfg: DictConfig, objective: Any, datamodule: Any) -> dict[str, floa
         fast_dev_run=False,
     )
     results = trainer.validate(objective, datamodule=datamodule, verbose=False)
-    return metric_values(results[0] if results else {}, "val/")
+    values = metric_values(results[0] if results else {}, "val/")
+    # The loop logs under val/; on data.eval_split=test the values are the test split's, named so.
+    split = str(cfg.data.get("eval_split", "val"))
+    return {f"{split}/{key.removeprefix('val/')}": value for key, value in values.items()}
 
 
 def _device(cfg: DictConfig) -> torch.device:

@@ -52,7 +52,8 @@ def config_error(error: BaseException) -> ConfigError:
 
 
 def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(node, dict):
+    # A mapping keyed by dotted names (leaderboard.grid.dpo: {algo.beta: [...]}) is compared whole.
+    if isinstance(node, dict) and not any("." in str(key) for key in node):
         for key, value in node.items():
             yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
     else:

@@ -4,6 +4,7 @@ from rlhf_lab.data.collate import PreferenceCollator, UnpairedCollator
 from rlhf_lab.data.datamodule import PreferenceDataModule
 from rlhf_lab.data.formats import FORMATS, DataError, PreferenceExample, convert_rows, to_unpaired
 from rlhf_lab.data.sources import HubDataset, LocalFiles, RowBlock
+from rlhf_lab.data.suite import SuiteTask
 from rlhf_lab.data.synthetic import SyntheticPreferences
 from rlhf_lab.data.synthetic_vision import SyntheticImagePreferences
 
@@ -16,6 +17,7 @@ __all__ = [
     "PreferenceDataModule",
     "PreferenceExample",
     "RowBlock",
+    "SuiteTask",
     "SyntheticImagePreferences",
     "SyntheticPreferences",
     "UnpairedCollator",

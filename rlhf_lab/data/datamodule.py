@@ -23,6 +23,8 @@ from rlhf_lab.errors import ConfigError, check_choice, check_range
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
+# The source split the held-out loop reads: ``test`` only where the source has one (``data=suite``).
+EVAL_SPLITS = ("val", "test")
 # What an objective's batches hold: chosen + rejected rows (DPO), chosen rows only (SFT), labelled
 # completions plus mismatched rows (KTO), or prompts to generate from (online RL).
 BATCH_KINDS = ("pairs", "single", "unpaired", "prompts")
@@ -235,6 +237,8 @@ class PreferenceDataModule(L.LightningDataModule):
             attention mask that keeps them apart (same log-probs, less compute on prompt-heavy data).
         group_by_length: Training batches of similar lengths: each run of ``group_by_length`` batches of the
             epoch's shuffled order is sorted by length (0: off). The epoch's examples stay the same.
+        eval_split: The source split the held-out loop (``val/...`` metrics) reads: ``val``, or ``test``
+            where the source has one (``data=suite``); evaluation reports a run once on ``test`` with it.
     """
 
     def __init__(
@@ -252,6 +256,7 @@ class PreferenceDataModule(L.LightningDataModule):
         blank_images: bool = False,
         prefix_sharing: bool = False,
         group_by_length: int = 0,
+        eval_split: str = "val",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -274,6 +279,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.prefix_sharing = prefix_sharing
         check_range("data.group_by_length", group_by_length, 0)
         self.group_by_length = group_by_length
+        check_choice("data.eval_split", eval_split, EVAL_SPLITS)
+        self.eval_split = eval_split
         self.images: ImageProcessing | None = None
         self._batch_kind = "pairs"
         self.tokenizer: Any = None
@@ -303,7 +310,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.examples is None:
             examples: dict[str, list[PreferenceExample]] = {split: [] for split in SPLITS}
             train_files: list[str] = []
-            for split, blocks in self.source.load().items():
+            for split, blocks in self._source_splits().items():
                 margin_files: dict[bool, list[str]] = {True: [], False: []}
                 for block in blocks:
                     if split == "train":
@@ -342,6 +349,17 @@ class PreferenceDataModule(L.LightningDataModule):
             self.examples = examples
             self.stats = {split: dict(counts) for split, counts in self._row_counts.items()}
         return self.examples
+
+    def _source_splits(self) -> dict[str, Any]:
+        """The source's blocks as ``train`` and ``val``: the held-out loop reads ``eval_split``."""
+        loaded = self.source.load()
+        if self.eval_split not in loaded:
+            name = type(self.source).__name__
+            raise ConfigError(
+                f"data.eval_split={self.eval_split!r}: the source ({name}) has no such split; it has "
+                f"{', '.join(sorted(loaded))}"
+            )
+        return {"train": loaded.get("train", []), "val": loaded[self.eval_split]}
 
     def check_batch_kind(self) -> None:
         """Fail when the data cannot make the batches `batch_kind` asks for.
