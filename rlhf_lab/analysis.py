@@ -14,6 +14,7 @@ process, a notebook or a headless test alike.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -439,6 +440,58 @@ def plot_objectives(
     axis.set_ylabel(metric)
     axis.set_title(f"{metric} by objective (mean, {confidence:.0%} CI)")
     axis.grid(axis="y", alpha=0.3)
+    _save(figure, out)
+    return figure
+
+
+def load_leaderboard(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A leaderboard directory's table (one row per task and objective) and runs (one row per run).
+
+    Raises:
+        FileNotFoundError: ``path`` holds no ``leaderboard.csv`` (it is not a leaderboard's run directory).
+    """
+    path = Path(path)
+    if not (path / "leaderboard.csv").is_file():
+        raise FileNotFoundError(
+            f"{path / 'leaderboard.csv'} not found: path must be a leaderboard's run directory"
+        )
+    board = pd.read_csv(path / "leaderboard.csv", keep_default_na=False, na_values=["", "nan", "NaN"])
+    runs_file = path / "runs.csv"
+    runs = (
+        pd.read_csv(runs_file, keep_default_na=False, na_values=["", "nan", "NaN"])
+        if runs_file.is_file()
+        else None
+    )
+    return board, runs if runs is not None else pd.DataFrame()
+
+
+def plot_leaderboard(board: pd.DataFrame, out: str | Path | None = None, split: str | None = None) -> Any:
+    """Objective x task heatmap of mean accuracy (a leaderboard's table), each cell annotated with the mean,
+    the confidence interval's half-width and the rank within its task."""
+    tasks = [str(task) or "data" for task in dict.fromkeys(board["task"])]
+    objectives = list(dict.fromkeys(board["objective"]))
+    grid = [[math.nan] * len(tasks) for _ in objectives]
+    labels = [[""] * len(tasks) for _ in objectives]
+    for _, row in board.iterrows():
+        i, j = objectives.index(row["objective"]), tasks.index(str(row["task"]) or "data")
+        mean, low = float(row["accuracy_mean"]), float(row["accuracy_low"])
+        grid[i][j] = mean
+        if not math.isnan(mean):
+            half = "" if math.isnan(low) else f"\n± {mean - low:.2f}"
+            labels[i][j] = f"{mean:.2f}{half}\n#{int(row['rank'])}"
+    figure, (axis,) = _figure(
+        1, width=max(4.5, 1.3 * len(tasks) + 2.5), height=max(3.0, 0.55 * len(objectives) + 1.5)
+    )
+    image = axis.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    for i, j in itertools.product(range(len(objectives)), range(len(tasks))):
+        value = grid[i][j]
+        if not math.isnan(value):
+            colour = "black" if value > 0.6 else "white"
+            axis.text(j, i, labels[i][j], ha="center", va="center", fontsize=7, color=colour)
+    axis.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    axis.set_yticks(range(len(objectives)), objectives)
+    axis.set_title(f"{split + ' ' if split else ''}accuracy by objective and task (mean, CI, rank)")
+    figure.colorbar(image, ax=axis, shrink=0.8)
     _save(figure, out)
     return figure
 
