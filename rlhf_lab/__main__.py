@@ -25,6 +25,12 @@ def main(cfg: DictConfig) -> float | None:
 
             run_leaderboard(cfg)
             return None
+        if cfg.get("stages"):
+            # experiment=sft_then_<objective>: one run per stage, each from the previous stage's export.
+            from rlhf_lab.stages import run_stages
+
+            summary = run_stages(cfg)
+            return summary.get(cfg.get("optimized_metric") or "val/loss")
         from rlhf_lab.train import train
 
         summary = train(cfg)

@@ -1,0 +1,86 @@
+"""Stage chaining (experiment=sft_then_<objective>): which overrides reach which stage, and (slow) a real
+SFT -> DPO chain whose DPO stage starts from, and is referenced to, the SFT export, reused by a sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.stages import _for_stage, _specs, forwardable
+from tests.test_e2e import cli
+
+
+def test_overrides_reach_the_stages_they_belong_to() -> None:
+    given = ["experiment=sft_then_dpo", "hydra.run.dir=x", "model=tiny", "model.hidden_size=32", "algo.beta=0.2",
+             "trainer.max_steps=4", "data=suite"]  # fmt: skip
+    forwarded = forwardable(given)
+    assert forwarded == given[2:]
+    # algo.* only to the last stage; model=/model.* only to the first (later ones load the previous export).
+    assert _for_stage(forwarded, first=True, last=False) == ["model=tiny", "model.hidden_size=32",
+                                                             "trainer.max_steps=4", "data=suite"]  # fmt: skip
+    assert _for_stage(forwarded, first=False, last=True) == [
+        "algo.beta=0.2",
+        "trainer.max_steps=4",
+        "data=suite",
+    ]
+
+
+def test_stage_specs_fail_early_naming_the_stage() -> None:
+    with pytest.raises(ConfigError, match="at least two stages"):
+        _specs(OmegaConf.create({"stages": [{"name": "sft", "overrides": ["algo=sft"]}]}))
+    with pytest.raises(ConfigError, match=r"stages\[1\]: needs a name and an algo="):
+        _specs(OmegaConf.create({"stages": [{"name": "sft", "overrides": ["algo=sft"]}, {"name": "dpo"}]}))
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_starts_from_and_is_referenced_to_the_sft_export(tmp_path: Path) -> None:
+    budget = [
+        "data.source.num_train=64",
+        "data.source.num_eval=32",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+    ]
+    first = cli("experiment=sft_then_dpo", "algo.beta=0.2", *budget, run_dir=tmp_path / "a")
+    assert first.returncode == 0, first.stderr[-3000:]
+    stages = json.loads((tmp_path / "a" / "stages.json").read_text())
+    assert [stage["name"] for stage in stages] == ["sft", "dpo"]
+    sft_dir = Path(stages[0]["run_dir"])
+    assert sft_dir.parent.name == "stages" and sft_dir.name.startswith("sft-")
+    assert Path(stages[1]["run_dir"]) == tmp_path / "a"
+    sft_config = OmegaConf.load(sft_dir / "config.yaml")
+    assert sft_config.algo._target_.endswith("SFT") and "beta" not in sft_config.algo
+    # The last stage is the run directory's own run: DPO from the SFT export, with the sweep's beta.
+    dpo_config = OmegaConf.load(tmp_path / "a" / "config.yaml")
+    assert dpo_config.model.name_or_path == str(sft_dir / "export")
+    assert dpo_config.model.dtype == "float32" and dpo_config.algo.beta == 0.2
+    assert (tmp_path / "a" / "summary.json").is_file() and (
+        tmp_path / "a" / "export" / "config.json"
+    ).is_file()
+    # Its reference is its initial policy, the SFT model: before the first update, every reward is 0.
+    metrics = pd.read_csv(tmp_path / "a" / "metrics.csv")
+    first_step = metrics.dropna(subset=["train/rewards/chosen"]).iloc[0]
+    assert first_step["train/rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+    assert first_step["train/rewards/rejected"] == pytest.approx(0.0, abs=1e-6)
+    # The SFT stage trained: the policy DPO starts from is not the tiny model's initial one.
+    sft_metrics = pd.read_csv(sft_dir / "metrics.csv")
+    assert sft_metrics["train/loss"].dropna().iloc[-1] < sft_metrics["train/loss"].dropna().iloc[0]
+
+    # A sweep over the DPO stage's hyperparameters trains the SFT stage once.
+    stamp = (sft_dir / "summary.json").stat().st_mtime
+    second = cli("experiment=sft_then_dpo", "algo.beta=0.5", *budget, run_dir=tmp_path / "b")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"stages: sft already trained in {sft_dir}, reused" in second.stdout
+    assert json.loads((tmp_path / "b" / "stages.json").read_text())[0]["run_dir"] == str(sft_dir)
+    assert (sft_dir / "summary.json").stat().st_mtime == stamp
+    assert OmegaConf.load(tmp_path / "b" / "config.yaml").algo.beta == 0.5
+    # A different SFT budget is a different SFT stage.
+    third = cli("experiment=sft_then_dpo", *budget, "trainer.max_steps=3", run_dir=tmp_path / "c")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert json.loads((tmp_path / "c" / "stages.json").read_text())[0]["run_dir"] != str(sft_dir)
