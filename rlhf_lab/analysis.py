@@ -457,12 +457,9 @@ def load_leaderboard(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         )
     board = pd.read_csv(path / "leaderboard.csv", keep_default_na=False, na_values=["", "nan", "NaN"])
     runs_file = path / "runs.csv"
-    runs = (
-        pd.read_csv(runs_file, keep_default_na=False, na_values=["", "nan", "NaN"])
-        if runs_file.is_file()
-        else None
-    )
-    return board, runs if runs is not None else pd.DataFrame()
+    if not runs_file.is_file():
+        return board, pd.DataFrame()
+    return board, pd.read_csv(runs_file, keep_default_na=False, na_values=["", "nan", "NaN"])
 
 
 def plot_leaderboard(board: pd.DataFrame, out: str | Path | None = None, split: str | None = None) -> Any:

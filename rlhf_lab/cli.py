@@ -38,3 +38,16 @@ def reported_errors(*extra: type[BaseException]) -> Iterator[None]:
     except (DataError, ConfigError, *extra) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def without(overrides: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    """``overrides`` less those (``+``/``~`` aside) starting with one of ``prefixes``."""
+    return [o for o in overrides if not o.lstrip("+~").startswith(prefixes)]
+
+
+def command_line_overrides(prefixes: tuple[str, ...]) -> list[str]:
+    """This Hydra app's command-line overrides less those starting with ``prefixes`` (what a leaderboard or a
+    stage chain passes on to the runs it starts); empty outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return without(list(HydraConfig.get().overrides.task), prefixes) if HydraConfig.initialized() else []

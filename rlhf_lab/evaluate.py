@@ -12,7 +12,8 @@ first ``samples`` held-out prompts are printed (reward models: the chosen and re
 Writes ``<run_dir>/eval/metrics.json`` and ``<run_dir>/eval/samples.jsonl``.
 
 Other ``key=value`` arguments override the run's config: ``group=option`` swaps a whole config group
-(``data=jsonl``), dotted keys set values (``algo.reference=copy``). With ``model=tiny`` the tokenizer and
+(``data=jsonl``), dotted keys set values (``algo.reference=copy``). ``data.eval_split=test`` evaluates on the
+data's test split (``data=suite``); its metrics are then named ``test/...``. With ``model=tiny`` the tokenizer and
 initial weights derive from the run's training data, so they are rebuilt from it whatever the evaluation
 data. The reference is always the initial policy: a ``precomputed`` reference on new data is computed from a
 freshly loaded base model (LoRA/DoRA: the base with adapters off), never from the trained weights.

@@ -41,6 +41,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_lab import analysis
+from rlhf_lab.cli import command_line_overrides, without
 from rlhf_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -104,14 +105,7 @@ def job_name(task: str, objective: str, setting: dict[str, Any], seed: int) -> s
 
 def forwardable(overrides: list[str]) -> list[str]:
     """The overrides that apply to every run: all but ``algo=``, ``seed=``, ``experiment=``, ``hydra.*``..."""
-    return [o for o in overrides if not o.lstrip("+~").startswith(NOT_FORWARDED)]
-
-
-def forwarded_overrides() -> list[str]:
-    """The leaderboard's own command-line overrides that apply to every run (data, model, trainer...)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return forwardable(list(HydraConfig.get().overrides.task)) if HydraConfig.initialized() else []
+    return without(overrides, NOT_FORWARDED)
 
 
 def _entries(board: DictConfig) -> dict[str, list[str]]:
@@ -554,7 +548,7 @@ def run_leaderboard(cfg: DictConfig) -> pd.DataFrame:
     out_dir = Path(cfg.paths.run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(board, out_dir / "leaderboard.yaml", resolve=True)
-    forwarded = forwarded_overrides()
+    forwarded = command_line_overrides(NOT_FORWARDED)
     parallel, rerun = int(board.get("max_parallel", 1)), bool(board.get("rerun", False))
     tuning = plan(cfg, out_dir, forwarded)
     codes = train_all(tuning, parallel, rerun)

@@ -33,6 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf_lab.cli import command_line_overrides, without
 from rlhf_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Stage:
 
 def forwardable(overrides: list[str]) -> list[str]:
     """The command-line overrides that go to the stages."""
-    return [o for o in overrides if not o.lstrip("+~").startswith(NOT_FORWARDED)]
+    return without(overrides, NOT_FORWARDED)
 
 
 def _for_stage(forwarded: list[str], first: bool, last: bool) -> list[str]:
@@ -114,9 +115,7 @@ def _specs(cfg: DictConfig) -> list[tuple[str, list[str]]]:
 def run_stages(cfg: DictConfig, forwarded: list[str] | None = None) -> dict[str, Any]:
     """Run every stage in order (finished earlier stages are kept); returns the last stage's summary."""
     if forwarded is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        forwarded = forwardable(list(HydraConfig.get().overrides.task)) if HydraConfig.initialized() else []
+        forwarded = command_line_overrides(NOT_FORWARDED)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     specs = _specs(cfg)
