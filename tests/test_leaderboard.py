@@ -362,3 +362,34 @@ def test_suite_leaderboard_tunes_on_val_reports_test_and_restarts(tmp_path: Path
     assert again.returncode == 0, again.stderr[-3000:]
     assert "leaderboard: training" not in again.stdout
     pd.testing.assert_frame_equal(analysis.load_leaderboard(tmp_path)[0], board)
+
+
+def test_train_all_resumes_interrupted_runs_and_records_wall_time(tmp_path: Path) -> None:
+    """Jobs whose processes are stand-ins: a finished run is kept, an interrupted one gets resume=true."""
+    from rlhf_lab.leaderboard import TIMING_FILE, train_all
+
+    def job(name: str, code: int) -> Job:
+        run_dir = tmp_path / name
+        script = (
+            "import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); d.mkdir(exist_ok=True); "
+            "(d / 'argv.json').write_text(json.dumps(sys.argv[2:])); "
+            f"(d / 'summary.json').write_text('{{}}') if {code} == 0 else None; sys.exit({code})"
+        )
+        return Job("dpo", 0, run_dir, [sys.executable, "-c", script, str(run_dir)], name)
+
+    fresh, interrupted, finished, broken = (
+        job("fresh", 0),
+        job("interrupted", 0),
+        job("finished", 0),
+        job("broken", 3),
+    )
+    (interrupted.run_dir / "checkpoints").mkdir(parents=True)
+    finished.run_dir.mkdir()
+    (finished.run_dir / "summary.json").write_text("{}")
+    codes = train_all([fresh, interrupted, finished, broken], max_parallel=2)
+    assert codes == {fresh.name: 0, interrupted.name: 0, finished.name: 0, broken.name: 3}
+    assert json.loads((fresh.run_dir / "argv.json").read_text()) == []
+    assert json.loads((interrupted.run_dir / "argv.json").read_text()) == ["resume=true"]
+    assert not (finished.run_dir / "argv.json").exists()  # kept, not retrained
+    assert json.loads((fresh.run_dir / TIMING_FILE).read_text())["wall_time_s"] > 0
+    assert not (broken.run_dir / TIMING_FILE).exists()

@@ -84,3 +84,64 @@ def test_sft_then_dpo_starts_from_and_is_referenced_to_the_sft_export(tmp_path: 
     third = cli("experiment=sft_then_dpo", *budget, "trainer.max_steps=3", run_dir=tmp_path / "c")
     assert third.returncode == 0, third.stderr[-3000:]
     assert json.loads((tmp_path / "c" / "stages.json").read_text())[0]["run_dir"] != str(sft_dir)
+
+
+def test_run_stages_reuses_finished_stages_resumes_interrupted_ones_and_chains_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_stages with the training processes faked: what each stage is started with."""
+    import rlhf_lab.stages as stages
+
+    started: list[tuple[str, list[str], bool]] = []
+
+    def fake_run(stage: stages.Stage, resume: bool) -> None:
+        started.append((stage.name, stage.command, resume))
+        stage.run_dir.mkdir(parents=True, exist_ok=True)
+        (stage.run_dir / "export").mkdir(exist_ok=True)
+        (stage.run_dir / "export" / "config.json").write_text("{}")
+        (stage.run_dir / "config.yaml").write_text(
+            "model:\n  _target_: rlhf_lab.models.TinyModel\n  dtype: float32\n"
+        )
+        (stage.run_dir / "summary.json").write_text(json.dumps({"val/loss": 0.5}))
+
+    monkeypatch.setattr(stages, "_run", fake_run)
+    cfg = OmegaConf.create(
+        {
+            "paths": {"run_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache")},
+            "stages": [
+                {"name": "sft", "overrides": ["algo=sft"]},
+                {"name": "dpo", "overrides": ["algo=dpo"]},
+            ],
+        }
+    )
+    forwarded = ["algo.beta=0.2", "trainer.max_steps=4"]
+    assert stages.run_stages(cfg, forwarded) == {"val/loss": 0.5}
+    (sft_name, sft_command, sft_resume), (dpo_name, dpo_command, _) = started
+    sft_dir = Path(json.loads((tmp_path / "run" / "stages.json").read_text())[0]["run_dir"])
+    assert sft_dir.parent == tmp_path / "cache" / "stages"
+    assert (sft_name, dpo_name, sft_resume) == ("sft", "dpo", False)
+    assert sft_command[3:] == ["trainer.max_steps=4", "algo=sft", f"hydra.run.dir={sft_dir}"]
+    assert dpo_command[3:] == [
+        "algo.beta=0.2",
+        "trainer.max_steps=4",
+        "algo=dpo",
+        "model=hub",
+        f"model.name_or_path={sft_dir / 'export'}",
+        "model.dtype=float32",
+        "model.attn_implementation=sdpa",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    # Again: the finished SFT stage is reused, only the last stage trains.
+    started.clear()
+    stages.run_stages(cfg, forwarded)
+    assert [name for name, _, _ in started] == ["dpo"]
+    # An interrupted SFT stage (checkpoints, no summary) resumes.
+    started.clear()
+    (sft_dir / "summary.json").unlink()
+    (sft_dir / "checkpoints").mkdir()
+    stages.run_stages(cfg, forwarded)
+    assert [(name, resume) for name, _, resume in started] == [("sft", True), ("dpo", False)]
+    # Stages chain text models only.
+    (sft_dir / "config.yaml").write_text("model:\n  _target_: rlhf_lab.models.TinyVisionLanguageModel\n")
+    with pytest.raises(ConfigError, match="vision-language"):
+        stages.run_stages(cfg, forwarded)
