@@ -45,7 +45,7 @@ bench: install
 	$(PY) benchmarks/logps_memory.py
 	$(PY) benchmarks/kd_memory.py
 	$(PY) benchmarks/dpo_vs_trl.py
-	$(PY) benchmarks/compile_decoder.py
+	$(PY) benchmarks/decoder_levers.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache .mypy_cache
