@@ -560,11 +560,12 @@ def run_leaderboard(cfg: DictConfig) -> pd.DataFrame:
     evaluate_all(jobs, codes, int(board.samples), int(board.max_new_tokens))
     finished = [job for job in jobs if succeeded(job, codes)]
     split = report_split(finished[0]) if finished else "val"
-    runs = collect(jobs, codes, split)
+    # Every run once (a tuning run of the chosen point is also a reported one); the reported ones are chosen.
+    everything = collect(list({job.name: job for job in [*tuning, *jobs]}.values()), codes, split)
+    everything["chosen"] = everything["run_dir"].isin([str(job.run_dir) for job in jobs])
+    runs = everything[everything["chosen"]]
     confidence = float(board.get("confidence", 0.95))
     result = table(runs, jobs, codes, confidence, split)
-    everything = collect(list({job.name: job for job in [*tuning, *jobs]}.values()), codes, split)
-    everything["chosen"] = everything["run_dir"].isin(runs["run_dir"])
     everything.to_csv(out_dir / "runs.csv", index=False)
     result.to_csv(out_dir / "leaderboard.csv", index=False)
     text = markdown(result, confidence, int(board.samples), split)

@@ -44,10 +44,9 @@ NOT_FORWARDED = ("experiment=", "hydra.", "stages", "+stages", "~stages")
 
 @dataclass
 class Stage:
-    """One stage: its name, its own overrides, where it runs and its command line."""
+    """One stage: its name, where it runs and its command line."""
 
     name: str
-    overrides: list[str]
     run_dir: Path
     command: list[str]
 
@@ -131,7 +130,7 @@ def run_stages(cfg: DictConfig, forwarded: list[str] | None = None) -> dict[str,
             key = _key(name, inputs, previous.run_dir.name if previous else None)
             stage_dir = Path(cfg.paths.cache_dir) / "stages" / f"{name}-{key}"
         command = [sys.executable, "-m", "rlhf_lab", *inputs, f"hydra.run.dir={stage_dir}"]
-        stage = Stage(name, overrides, stage_dir, command)
+        stage = Stage(name, stage_dir, command)
         (run_dir / "stages.json").write_text(
             json.dumps([{"name": s.name, "run_dir": str(s.run_dir)} for s in [*done, stage]], indent=2)
         )
