@@ -40,15 +40,20 @@ def _normalised(text: str) -> str:
     return " ".join(text.lower().split()).strip(" .!?")
 
 
+#: The columns `exact_match` compares against, in order of preference.
+ANSWER_COLUMNS = ("answer", "solution")
+
+
 def exact_match(
     prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Any], **columns: Any
 ) -> list[float | None]:
-    """1.0 where the completion equals the row's ``answer`` (case, spacing and end punctuation aside), else 0.0;
-    None for rows without an answer."""
-    answers = columns.get("answer")
+    """1.0 where the completion equals the row's ``answer`` (or ``solution``, ms-swift's and TRL's name) (case,
+    spacing and end punctuation aside), else 0.0; None for rows without one."""
+    answers = next((columns[name] for name in ANSWER_COLUMNS if columns.get(name) is not None), None)
     if answers is None:
         raise ConfigError(
-            "rlhf_lab.rewards.exact_match needs an 'answer' column in the data (e.g. data=synthetic_rl)"
+            "rlhf_lab.rewards.exact_match needs an 'answer' (or 'solution') column in the data (e.g. "
+            "data=synthetic_rl)"
         )
     return [
         None
@@ -121,7 +126,8 @@ def reward_name(function: Any) -> str:
 
 
 def resolve_reward_functions(entries: Sequence[Any]) -> list[RewardFunction]:
-    """Import paths (``pkg.module.fn``) or ``{_target_: ...}`` mappings -> callables.
+    """Import paths (``pkg.module.fn``), ``{_target_: ...}`` mappings, or callables Hydra already built from
+    such a mapping (``instantiate`` builds nested targets of ``cfg.algo``) -> callables.
 
     Raises:
         ConfigError: An entry cannot be imported, is not callable, or two rewards share a name.
@@ -132,7 +138,12 @@ def resolve_reward_functions(entries: Sequence[Any]) -> list[RewardFunction]:
     for position, entry in enumerate(entries):
         key = f"algo.reward_functions[{position}]"
         try:
-            function = get_object(entry) if isinstance(entry, str) else instantiate(entry)
+            if isinstance(entry, str):
+                function = get_object(entry)
+            elif callable(entry):
+                function = entry
+            else:
+                function = instantiate(entry)
         except Exception as error:
             raise ConfigError(f"{key}={entry!r} cannot be loaded: {error}") from None
         if not callable(function):

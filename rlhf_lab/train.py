@@ -288,6 +288,7 @@ def run(cfg: DictConfig) -> Run:
     summary.update(
         {f"data/{split}/{k}": float(v) for split, stats in datamodule.stats.items() for k, v in stats.items()}
     )
+    summary.update(datamodule.data_report())  # the layout read and the columns it did not read
 
     # Sharded weights are gathered collectively: every rank takes part, rank zero writes.
     state_dict = gathered_state_dict(objective.policy.model, trainer.strategy) if cfg.export.enabled else None

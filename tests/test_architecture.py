@@ -69,3 +69,11 @@ def test_readme_config_groups_table_lists_every_option_in_conf() -> None:
     for group, options in listed.items():
         in_readme = set(re.findall(r"`([^`]+)`", table[group]))
         assert in_readme == set(options.split(", ")), f"README options of {group!r} differ from conf/{group}"
+
+
+def test_readme_layout_table_lists_every_registered_layout() -> None:
+    """The "Bring your data" table names exactly the layouts the registry holds (``data.format``'s choices)."""
+    from rlhf_lab.data.formats import FORMATS
+
+    table = readme_table("## Bring your data", r"layout \(`data.format`\)")
+    assert set(table) == set(FORMATS)

@@ -344,11 +344,14 @@ def test_bad_json_line_number_counts_blank_lines(tmp_path, make_config) -> None:
 
 
 def test_unknown_file_type(tmp_path, make_config) -> None:
-    path = tmp_path / "train.csv"
-    path.write_text("prompt,chosen,rejected\n", encoding="utf-8")
+    path = tmp_path / "train.tsv"
+    path.write_text("prompt\tchosen\trejected\n", encoding="utf-8")
     with pytest.raises(DataError) as caught:
         build(_file_config(make_config, path))
-    assert str(caught.value) == f"{path}: unknown file type '.csv'; expected one of: .jsonl, .json, .parquet"
+    assert (
+        str(caught.value)
+        == f"{path}: unknown file type '.tsv'; expected one of: .jsonl, .json, .parquet, .csv"
+    )
 
 
 # --- odd but valid input: trains, and the summary counts what was dropped --------------------------

@@ -57,8 +57,14 @@ def test_exact_match_is_none_where_there_is_no_answer() -> None:
 
 def test_exact_match_without_answer_column_names_it() -> None:
     """No 'answer' column: a ConfigError that says which column is missing."""
-    with pytest.raises(ConfigError, match="'answer' column"):
+    with pytest.raises(ConfigError, match=r"needs an 'answer' \(or 'solution'\) column"):
         exact_match([], ["yes"], [], question=["?"])
+
+
+def test_exact_match_reads_ms_swifts_solution_column() -> None:
+    assert exact_match([], ["It is 3.", "4"], [], solution=["it is 3", "5"]) == [1.0, 0.0]
+    # Both given: the answer wins.
+    assert exact_match([], ["a"], [], answer=["a"], solution=["b"]) == [1.0]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def test_trl_content_parts_and_single_image_column() -> None:
         ({"images": [{"bytes": png((1, 2, 3))[:40]}]}, "images[0]", "not a readable image"),
         ({"images": [png((1, 2, 3)), png((3, 2, 1))]}, "images", "2 image(s) but 1 <image> placeholder"),
         ({"rejected_images": [png((1, 2, 3))] * 2}, "rejected_images", "2 image(s) but 1 <image>"),
-        ({"images": [7]}, "images[0]", "expected an image as a path, bytes"),
+        ({"images": [7]}, "images[0]", "expected an image as a path, URL, bytes"),
         ({"images": [{"url": "x"}]}, "images[0]", "expected 'bytes' and/or 'path'"),
     ],
 )

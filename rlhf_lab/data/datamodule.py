@@ -15,8 +15,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rlhf_lab.data.collate import PreferenceCollator, PromptCollator, UnpairedCollator
-from rlhf_lab.data.formats import DataError, PreferenceExample, convert_rows, to_unpaired
-from rlhf_lab.data.images import ImageProcessing, blank_like
+from rlhf_lab.data.formats import (
+    LAYOUTS,
+    ColumnMapping,
+    Conversion,
+    DataError,
+    PreferenceExample,
+    convert_file,
+    image_dir,
+    to_unpaired,
+)
+from rlhf_lab.data.images import ImageLookup, ImageProcessing, blank_like
 from rlhf_lab.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_examples
 from rlhf_lab.errors import ConfigError, check_choice, check_range
 
@@ -239,6 +248,13 @@ class PreferenceDataModule(L.LightningDataModule):
             epoch's shuffled order is sorted by length (0: off). The epoch's examples stay the same.
         eval_split: The source split the held-out loop (``val/...`` metrics) reads: ``val``, or ``test``
             where the source has one (``data=suite``); evaluation reports a run once on ``test`` with it.
+        columns: Name a layout reads -> your file's column (LLaMA-Factory's ``columns``:
+            ``{chosen: better}``); applied before the layout is detected.
+        tags: LLaMA-Factory's ``tags`` for conversation turns (``role_tag``, ``content_tag``, ``user_tag``,
+            ``assistant_tag``, ``system_tag``, ``observation_tag``, ``function_tag``).
+        image_dir: Where relative image paths point when the data file's own folder does not hold them
+            (LLaMA-Factory's ``media_dir``).
+        cache_dir: Where images given as URLs are kept once fetched (default: ``paths.cache_dir``'s default).
     """
 
     def __init__(
@@ -257,6 +273,10 @@ class PreferenceDataModule(L.LightningDataModule):
         prefix_sharing: bool = False,
         group_by_length: int = 0,
         eval_split: str = "val",
+        columns: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+        image_dir: str | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -281,6 +301,16 @@ class PreferenceDataModule(L.LightningDataModule):
         self.group_by_length = group_by_length
         check_choice("data.eval_split", eval_split, EVAL_SPLITS)
         self.eval_split = eval_split
+        check_choice("data.format", format, ("auto", *LAYOUTS))
+        # Built now: a bad mapping fails before any file is read.
+        self.mapping = ColumnMapping(
+            columns=dict(columns or {}), tags=dict(tags or {}), origin="data.columns"
+        )
+        self.image_dir = image_dir
+        self.cache_dir = cache_dir
+        #: Each split's files as converted (their layouts and what was not read), after `load_examples`.
+        self.conversions: dict[str, list[Conversion]] = {}
+        self._reported = False
         self.images: ImageProcessing | None = None
         self._batch_kind = "pairs"
         self.tokenizer: Any = None
@@ -309,26 +339,34 @@ class PreferenceDataModule(L.LightningDataModule):
         """Read and validate every row once (errors name the file, row and field)."""
         if self.examples is None:
             examples: dict[str, list[PreferenceExample]] = {split: [] for split in SPLITS}
+            conversions: dict[str, list[Conversion]] = {split: [] for split in SPLITS}
             train_files: list[str] = []
             for split, blocks in self._source_splits().items():
                 margin_files: dict[bool, list[str]] = {True: [], False: []}
                 for block in blocks:
                     if split == "train":
                         train_files.append(block.name)
-                    converted, counts = convert_rows(
-                        block.rows, self.format, file=block.name, row_numbers=block.row_numbers
+                    conversion = convert_file(
+                        block.rows,
+                        self.format,
+                        file=block.name,
+                        row_numbers=block.row_numbers,
+                        mapping=self.mapping.over(block.mapping),
+                        lookup=self._image_lookup(block.name, block.image_dir),
                     )
+                    conversions[split].append(conversion)
+                    converted = conversion.examples
                     if self.blank_images:
                         converted = [_blanked(example) for example in converted]
                     examples[split].extend(converted)
                     pairs = [example for example in converted if example.is_pair]
                     if pairs:
                         margin_files[pairs[0].margin is not None].append(block.name)
-                    for key, value in counts.items():
+                    for key, value in conversion.counts().items():
                         self._row_counts.setdefault(split, {}).setdefault(key, 0)
                         self._row_counts[split][key] += value
                 if margin_files[True] and margin_files[False]:
-                    # `convert_rows` checks within a file; a batch may draw from several.
+                    # `convert_file` checks within a file; a batch may draw from several.
                     raise DataError(
                         f"the pairs have no margin but those of {margin_files[True][0]} do; give every pair "
                         "of a split a margin or none",
@@ -347,8 +385,58 @@ class PreferenceDataModule(L.LightningDataModule):
                     f"the training split is empty: {', '.join(train_files) or 'no file'} ({why}); check data.source"
                 )
             self.examples = examples
+            self.conversions = conversions
             self.stats = {split: dict(counts) for split, counts in self._row_counts.items()}
         return self.examples
+
+    def _image_lookup(self, file: str, registry_dir: str | None) -> ImageLookup:
+        """Relative image paths: the data file's folder, a registry's folder, then ``data.image_dir``."""
+        from pathlib import Path
+
+        from rlhf_lab.models.hub import default_cache_dir
+
+        dirs = [image_dir(file), *(Path(d) for d in (registry_dir, self.image_dir) if d)]
+        unique = tuple(dict.fromkeys(d for d in dirs if d is not None))
+        return ImageLookup(dirs=unique, cache_dir=Path(self.cache_dir or default_cache_dir()))
+
+    def data_report(self) -> dict[str, Any]:
+        """What was read, for the log and ``summary.json``: ``data/format`` (the layouts, comma-separated),
+        ``data/ignored_columns`` (columns and message keys no layout read; for online RL the columns go to the
+        reward functions instead: ``data/reward_columns``) and ``data/images_placed``."""
+        conversions = [c for split in SPLITS for c in self.conversions.get(split, [])]
+        formats = list(dict.fromkeys(c.format for c in conversions if c.rows))
+        columns = sorted({column for c in conversions for column in c.unused_columns})
+        keys = sorted({key for c in conversions for key in c.unused_keys})
+        report: dict[str, Any] = {"data/format": ", ".join(formats)}
+        if self._batch_kind == "prompts":
+            report["data/reward_columns"] = ", ".join(columns)
+            report["data/ignored_columns"] = ", ".join(keys)
+        else:
+            report["data/ignored_columns"] = ", ".join(columns + keys)
+        report["data/images_placed"] = float(sum(c.images_placed for c in conversions))
+        return report
+
+    def _log_report(self) -> None:
+        """Say once what was read: layouts (detected or given), rows per split, what no layout read."""
+        if self._reported or not self.conversions:
+            return
+        self._reported = True
+        for split in SPLITS:
+            for conversion in self.conversions.get(split, []):
+                how = "detected" if conversion.detected else "configured"
+                log.info(
+                    "data[%s]: %s: %d rows, layout %s (%s)",
+                    split,
+                    conversion.file,
+                    conversion.rows,
+                    conversion.format,
+                    how,
+                )
+        report = self.data_report()
+        if report.get("data/reward_columns"):
+            log.info("columns passed to the reward functions: %s", report["data/reward_columns"])
+        if report["data/ignored_columns"]:
+            log.warning("ignored columns (no layout reads them): %s", report["data/ignored_columns"])
 
     def _source_splits(self) -> dict[str, Any]:
         """The source's blocks as ``train`` and ``val``: the held-out loop reads ``eval_split``."""
@@ -425,6 +513,7 @@ class PreferenceDataModule(L.LightningDataModule):
                 f"no training example fits data.max_length={self.settings.max_length} "
                 f"(dropped {self.stats['train'].get('dropped_too_long', 0)})"
             )
+        self._log_report()
         for split in SPLITS:
             log.info("data[%s] (%s): %s", split, self.split_kinds[split], self.stats.get(split, {}))
 

@@ -1,8 +1,9 @@
 """Images in preference rows: where they come from, how they are read, and what identifies them.
 
-A row's images arrive as file paths (relative to the data file's directory), as bytes, as ``{bytes, path}``
-dicts (how Hugging Face ``datasets`` stores an ``Image`` feature in Parquet, e.g. RLHF-V), or as PIL images
-(a hub dataset with an ``Image`` feature). Each becomes an `ImageSource`, read and checked once when the
+A row's images arrive as file paths (relative to the data file's directory, then ``data.image_dir``), as
+``http(s)://`` URLs (fetched once and cached) or ``data:`` URIs, as bytes, as ``{bytes, path}`` dicts (how
+Hugging Face ``datasets`` stores an ``Image`` feature in Parquet, e.g. RLHF-V), or as PIL images (a hub
+dataset with an ``Image`` feature). Each becomes an `ImageSource`, read and checked once when the
 rows are converted (a missing or unreadable image fails there, naming file, row and field, before any
 model loads), and identified by the SHA-256 of its encoded bytes, which keys the reference cache.
 
@@ -13,8 +14,11 @@ placeholder with the model's own image tokens.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ IMAGE_PLACEHOLDER = "<image>"
 
 def count_placeholders(prompt: Any) -> int:
     """``<image>`` placeholders in a prompt (a string, or messages with string contents)."""
-    texts = [prompt] if isinstance(prompt, str) else [message["content"] for message in prompt]
+    texts = [prompt] if isinstance(prompt, str) else [message.get("content") or "" for message in prompt]
     return sum(text.count(IMAGE_PLACEHOLDER) for text in texts)
 
 
@@ -79,18 +83,93 @@ def _open(data: bytes, what: str) -> tuple[int, int]:
     return height, width
 
 
-def image_source(value: Any, base_dir: Path | None) -> ImageSource:
+@dataclass(frozen=True)
+class ImageLookup:
+    """Where a row's image references point.
+
+    Attributes:
+        dirs: Directories a relative path is looked up in, in order (the data file's own, then
+            ``data.image_dir``); none: the working directory.
+        cache_dir: Where images given as ``http(s)://`` URLs are kept once fetched (one file per URL); None:
+            fetched again by every run.
+    """
+
+    dirs: tuple[Path, ...] = ()
+    cache_dir: Path | None = None
+
+
+#: Seconds to wait for an image URL before calling it unreachable.
+URL_TIMEOUT = 20.0
+
+
+def _fetch(url: str, cache_dir: Path | None) -> bytes:
+    """The bytes at ``url``, from the cache when it was fetched before (keyed by the URL)."""
+    import urllib.error
+    import urllib.request
+
+    cached = None
+    if cache_dir is not None:
+        cached = cache_dir / "images" / hashlib.sha256(url.encode()).hexdigest()
+        if cached.is_file():
+            return cached.read_bytes()
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise ImageError(
+            f"{url} is a URL and could not be fetched ({reason}); download it and give the file's path, "
+            "or run where the network is reachable"
+        ) from None
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = cached.with_name(f".{cached.name}.{os.getpid()}")
+        staging.write_bytes(data)
+        os.replace(staging, cached)  # whole or absent: a concurrent run never reads half an image
+    return data
+
+
+def _data_uri(value: str) -> bytes:
+    """The bytes of a ``data:image/...;base64,...`` URI (ms-swift accepts them in ``images``)."""
+    header, _, payload = value.partition(",")
+    if not header.endswith(";base64"):
+        raise ImageError(
+            f"a data URI must be base64-encoded (data:image/...;base64,...), got {header[:40]!r}"
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ImageError(f"a data URI holds invalid base64 ({error})") from None
+
+
+def _resolve(path: str, lookup: ImageLookup) -> Path:
+    """A relative path looked up in each of ``lookup.dirs`` (the first that has it), else as given."""
+    candidate = Path(path)
+    if candidate.is_absolute() or not lookup.dirs:
+        if not candidate.is_file():
+            raise ImageError(f"image file not found: {candidate}")
+        return candidate
+    tried = [directory / candidate for directory in lookup.dirs]
+    for resolved in tried:
+        if resolved.is_file():
+            return resolved
+    raise ImageError(f"image file not found: {path} (looked in: {', '.join(str(d) for d in lookup.dirs)})")
+
+
+def image_source(value: Any, lookup: ImageLookup | None = None) -> ImageSource:
     """Read and check one image value of a row.
 
     Args:
-        value: A path string, bytes, a ``{"bytes": ..., "path": ...}`` dict (bytes win when both are set),
-            or a PIL image.
-        base_dir: Directory relative paths are resolved against (the data file's), or None for the
-            working directory.
+        value: A path string, an ``http(s)://`` URL, a ``data:`` URI, bytes, a ``{"bytes": ..., "path": ...}``
+            dict (bytes win when both are set), or a PIL image.
+        lookup: Where relative paths are looked up and fetched URLs cached (None: the working directory, no
+            cache).
 
     Raises:
-        ImageError: The value is of no known kind, the file is missing, or it is not a readable image.
+        ImageError: The value is of no known kind, the file is missing, the URL unreachable, or it is not a
+            readable image.
     """
+    lookup = lookup or ImageLookup()
     path: str | None = None
     data: bytes | None = None
     if isinstance(value, dict):
@@ -114,23 +193,26 @@ def image_source(value: Any, base_dir: Path | None) -> ImageSource:
         data = buffer.getvalue()
     else:
         raise ImageError(
-            f"expected an image as a path, bytes or a {{bytes, path}} object, got {type(value).__name__}"
+            f"expected an image as a path, URL, bytes or a {{bytes, path}} object, got {type(value).__name__}"
         )
     if data is None:
         assert path is not None
         if not path.strip():
             raise ImageError("empty image path")
-        resolved = Path(path)
-        if not resolved.is_absolute() and base_dir is not None:
-            resolved = base_dir / resolved
-        if not resolved.is_file():
-            raise ImageError(f"image file not found: {resolved}")
-        try:
-            encoded = resolved.read_bytes()
-        except OSError as error:
-            raise ImageError(f"cannot read the image file {resolved}: {error}") from None
-        size = _open(encoded, f"image file {resolved}")
-        return ImageSource(str(resolved), None, hashlib.sha256(encoded).hexdigest(), size)
+        if path.startswith(("http://", "https://")):
+            data = _fetch(path, lookup.cache_dir)
+            size = _open(data, f"the image at {path}")
+            return ImageSource(None, data, hashlib.sha256(data).hexdigest(), size)
+        if path.startswith("data:"):
+            data = _data_uri(path)
+        else:
+            resolved = _resolve(path, lookup)
+            try:
+                encoded = resolved.read_bytes()
+            except OSError as error:
+                raise ImageError(f"cannot read the image file {resolved}: {error}") from None
+            size = _open(encoded, f"image file {resolved}")
+            return ImageSource(str(resolved), None, hashlib.sha256(encoded).hexdigest(), size)
     size = _open(data, "the image bytes")
     return ImageSource(None, data, hashlib.sha256(data).hexdigest(), size)
 

@@ -1,21 +1,24 @@
-"""Reading tables of rows from JSONL, JSON and Parquet files."""
+"""Reading tables of rows from JSONL, JSON, Parquet and CSV files."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 from rlhf_lab.data.formats import DataError
 
-EXTENSIONS = (".jsonl", ".json", ".parquet")
+EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 
 
 def read_rows(path: str | Path) -> list[dict]:
     """Read every record of a data file as a dict of column -> value.
 
     Supported: ``.jsonl`` (one object per line, blank lines skipped), ``.json`` (a list of objects,
-    ``{"data": [...]}``, or a dict of equal-length column lists) and ``.parquet``.
+    ``{"data": [...]}``, or a dict of equal-length column lists), ``.parquet`` and ``.csv`` (a header row, then
+    one record per row; every cell is text, as the file holds it).
 
     Args:
         path: The file.
@@ -39,6 +42,8 @@ def read_rows(path: str | Path) -> list[dict]:
         rows = _read_jsonl(path, file)
     elif suffix == ".json":
         rows = _read_json(path, file)
+    elif suffix == ".csv":
+        rows = _read_csv(path, file)
     else:
         rows = _read_parquet(path, file)
     for index, row in enumerate(rows):
@@ -113,6 +118,34 @@ def _read_json(path: Path, file: str) -> list[Any]:
         f"got {type(data).__name__}",
         file=file,
     )
+
+
+def _read_csv(path: Path, file: str) -> list[Any]:
+    text = _read_text(path, file)
+    # newline="": quoted cells keep their own line breaks (the csv module's rule).
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        duplicates = sorted({name for name in header if header.count(name) > 1})
+        if duplicates:
+            raise DataError(f"line 1: the header names column {duplicates[0]!r} twice", file=file)
+        rows: list[dict[str, str]] = []
+        for cells in reader:
+            if not cells:
+                continue  # a blank line is not a record
+            if len(cells) != len(header):
+                raise DataError(
+                    f"line {reader.line_num}: {len(cells)} cells but the header has {len(header)} columns "
+                    f"({', '.join(header)})",
+                    file=file,
+                    row=len(rows),
+                )
+            rows.append(dict(zip(header, cells, strict=True)))
+    except csv.Error as error:
+        raise DataError(f"line {reader.line_num}: invalid CSV ({error})", file=file) from None
+    return rows
 
 
 def _read_parquet(path: Path, file: str) -> list[Any]:

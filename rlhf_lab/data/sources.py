@@ -6,17 +6,29 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf_lab.data.io import read_rows
+from rlhf_lab.data.formats.mapping import ColumnMapping, read_registry
+from rlhf_lab.data.io import EXTENSIONS, read_rows
 from rlhf_lab.errors import ConfigError, check_range
 
 
 @dataclass
 class RowBlock:
-    """Rows from one file or split; ``row_numbers`` are their positions in the file (for error messages)."""
+    """Rows from one file or split.
+
+    Attributes:
+        name: The file (or hub split), named in errors.
+        rows: The records.
+        row_numbers: Their positions in the file (for error messages); None: ``0..len(rows)-1``.
+        mapping: How the file's names map to the layouts' (a registry entry's columns, tags and format); None:
+            as they are (``data.columns`` and ``data.tags`` still apply).
+        image_dir: Where relative image paths point besides the file's own folder (a registry's folder).
+    """
 
     name: str
     rows: list[dict[str, Any]]
     row_numbers: list[int] | None = None
+    mapping: ColumnMapping | None = None
+    image_dir: str | None = None
 
 
 Splits = dict[str, list[RowBlock]]
@@ -31,19 +43,26 @@ def _split_off(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[
 
 @dataclass
 class LocalFiles:
-    """JSON, JSONL or Parquet files on disk.
+    """JSON, JSONL, Parquet or CSV files on disk, or an entry of a LLaMA-Factory / ms-swift registry file.
 
     Attributes:
         train_path: One path or a list of paths.
         eval_path: Held-out path(s); when empty, ``eval_fraction`` of the training rows is held out.
         eval_fraction: Share of training rows held out when no ``eval_path`` is given.
         seed: Seed of the held-out split.
+        dataset_info: A ``dataset_info.json`` (LLaMA-Factory's object of entries, or ms-swift's list): its
+            entry ``name`` gives the files (``file_name`` / ``dataset_path``, relative to the registry's
+            folder, or a hub dataset: ``hf_hub_url`` / ``hf_dataset_id``), the layout (``formatting``,
+            ``ranking``) and the names (``columns``, ``tags``), instead of ``train_path``.
+        name: The entry of ``dataset_info`` to read.
     """
 
-    train_path: Any = "???"
+    train_path: Any = None
     eval_path: Any = None
     eval_fraction: float = 0.05
     seed: int = 0
+    dataset_info: str | None = None
+    name: str | None = None
 
     def __post_init__(self) -> None:
         check_range(
@@ -63,20 +82,53 @@ class LocalFiles:
 
     def load(self) -> Splits:
         train_paths = self._paths(self.train_path)
+        mapping, image_dir = None, None
+        if self.dataset_info:
+            if train_paths:
+                raise ConfigError(
+                    "data.source.train_path and data.source.dataset_info are both set; the registry entry names "
+                    "its files, so give one"
+                )
+            entry = read_registry(self.dataset_info, self.name, EXTENSIONS)
+            if entry.hub is not None:
+                if self._paths(self.eval_path):
+                    raise ConfigError(
+                        f"data.source.eval_path is set, but entry {self.name!r} is a hub dataset; its held-out "
+                        "rows are data.source.eval_fraction of it"
+                    )
+                hub = HubDataset(
+                    name=entry.hub["name"],
+                    subset=entry.hub["subset"],
+                    train_split=entry.hub["split"],
+                    eval_fraction=self.eval_fraction,
+                    seed=self.seed,
+                )
+                hub_splits = hub.load()
+                for block in (*hub_splits["train"], *hub_splits["val"]):
+                    block.mapping, block.image_dir = entry.mapping, entry.image_dir
+                return hub_splits
+            train_paths, mapping, image_dir = entry.files, entry.mapping, entry.image_dir
         if not train_paths:
-            raise ConfigError("data.source.train_path is required (a file path or a list of paths)")
+            raise ConfigError(
+                "data.source.train_path is required (a file path or a list of paths), or "
+                "data.source.dataset_info=<dataset_info.json> with data.source.name=<entry>"
+            )
         splits: Splits = {"train": [], "val": []}
         eval_paths = self._paths(self.eval_path)
         for path in train_paths:
             rows = read_rows(path)
             if eval_paths:
-                splits["train"].append(RowBlock(path, rows))
+                splits["train"].append(RowBlock(path, rows, None, mapping, image_dir))
             else:
                 train_idx, eval_idx = _split_off(rows, self.eval_fraction, self.seed)
-                splits["train"].append(RowBlock(path, [rows[i] for i in train_idx], train_idx))
-                splits["val"].append(RowBlock(path, [rows[i] for i in eval_idx], eval_idx))
+                splits["train"].append(
+                    RowBlock(path, [rows[i] for i in train_idx], train_idx, mapping, image_dir)
+                )
+                splits["val"].append(
+                    RowBlock(path, [rows[i] for i in eval_idx], eval_idx, mapping, image_dir)
+                )
         for path in eval_paths:
-            splits["val"].append(RowBlock(path, read_rows(path)))
+            splits["val"].append(RowBlock(path, read_rows(path), None, mapping, image_dir))
         return splits
 
 

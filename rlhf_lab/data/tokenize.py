@@ -17,6 +17,7 @@ from typing import Any
 
 from rlhf_lab.data.formats import DataError, Message, PreferenceExample
 from rlhf_lab.data.images import IMAGE_PLACEHOLDER, ImageProcessing, ImageSource, count_placeholders
+from rlhf_lab.data.templates import render
 from rlhf_lab.errors import ConfigError, check_choice, check_range
 
 logger = logging.getLogger(__name__)
@@ -199,13 +200,12 @@ def content_spans(text: str, messages: list[Message]) -> list[tuple[int, int]]:
     return spans
 
 
-def _render(tokenizer: Any, messages: list[Message], source: str, *, generation_prompt: bool) -> str:
-    try:
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
-        )
-    except Exception as error:
-        raise DataError(f"the chat template failed to render this example: {error}", file=source) from error
+def _render(
+    example: PreferenceExample, tokenizer: Any, messages: list[Message], *, generation_prompt: bool
+) -> str:
+    return render(
+        tokenizer, messages, generation_prompt=generation_prompt, source=example.source, tools=example.tools
+    )
 
 
 def _split_conversational(
@@ -213,8 +213,8 @@ def _split_conversational(
 ) -> tuple[list[int], list[int]]:
     prompt = example.prompt
     assert isinstance(prompt, list)
-    prompt_text = _render(tokenizer, prompt, example.source, generation_prompt=True)
-    full_text = _render(tokenizer, prompt + completion, example.source, generation_prompt=False)
+    prompt_text = _render(example, tokenizer, prompt, generation_prompt=True)
+    full_text = _render(example, tokenizer, prompt + completion, generation_prompt=False)
     if not full_text.startswith(prompt_text):
         raise DataError(
             "the chat template does not render the prompt (with add_generation_prompt=True) as a prefix of "
@@ -270,7 +270,7 @@ def _protected(
 def _prompt_for_generation(example: PreferenceExample, tokenizer: Any, carve: list[str]) -> list[int]:
     """Prompt ids as a generation call would see them: the template's generation prompt, or the text."""
     if isinstance(example.prompt, list):
-        text = _render(tokenizer, example.prompt, example.source, generation_prompt=True)
+        text = _render(example, tokenizer, example.prompt, generation_prompt=True)
         protected = _carve(text, _protected(text, example.prompt, tokenizer, example), carve)
         return encode_text(tokenizer, text, False, protected)[0]
     text = example.prompt

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf_lab.errors import check_choice
+from rlhf_lab.errors import ConfigError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,10 @@ class HubModel:
         trust_remote_code: Allow custom modelling code from the hub (off by default).
         gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
         padding_side: Tokenizer padding side for generation; training batches are built by the collator.
-        chat_template: Jinja template to use instead of the tokenizer's own (needed for base models).
+        chat_template: Jinja template to use instead of the tokenizer's own (needed for base models): the
+            template's text, or the path of a file holding it (``.jinja``).
+        tokenizer: Load the tokenizer from here (a local directory or hub id) instead of ``name_or_path``; a
+            tiny model built from config takes its vocabulary from it.
     """
 
     name_or_path: str = "???"
@@ -49,11 +52,13 @@ class HubModel:
     gradient_checkpointing: bool = False
     padding_side: str = "right"
     chat_template: str | None = None
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("model.dtype", self.dtype, DTYPES)
         check_choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         check_choice("model.padding_side", self.padding_side, PADDING_SIDES)
+        self.chat_template = chat_template_text(self.chat_template)
 
     def prepare(self, corpus: Callable[[], Iterable[str]] | None) -> None:
         """Hub models need no preparation; tiny models train their tokenizer here."""
@@ -62,7 +67,9 @@ class HubModel:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(
-            self.name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code
+            self.tokenizer or self.name_or_path,
+            revision=None if self.tokenizer else self.revision,
+            trust_remote_code=self.trust_remote_code,
         )
         if tokenizer.pad_token is None:
             # Mistral and Llama ship without a pad token; padded positions are masked out anyway.
@@ -139,6 +146,21 @@ class HubModel:
                 stat = weight_file.stat()
                 parts.append(f"{weight_file.name}:{stat.st_size}:{int(stat.st_mtime)}")
         return "|".join(parts)
+
+
+def chat_template_text(value: str | None, key: str = "model.chat_template") -> str | None:
+    """A chat template given as its text, or as the path of a file holding it (read here)."""
+    if value is None or "{%" in value or "{{" in value:
+        return value  # a Jinja template's text
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"{key}={value!r} is neither a Jinja template (no {{% or {{{{) nor a file that exists"
+        )
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{key}={value!r}: cannot read the template file ({error})") from None
 
 
 def default_cache_dir() -> str:

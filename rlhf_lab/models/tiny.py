@@ -24,15 +24,31 @@ from rlhf_lab.models.hub import HubModel, default_cache_dir
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 # Each turn ends with EOS, so a completion rendered by this template ends with EOS: the model learns to stop.
+# Tools (their JSON schemas) open the conversation; tool calls follow their turn's text as JSON in <tool_call>.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}<|system|>\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}{{ eos_token }}{% endif %}"
     "{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}"
+    "{% for call in message.tool_calls or [] %}<tool_call>{{ (call.function or call) | tojson }}</tool_call>{% endfor %}"
+    "{{ eos_token }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
 ARCHITECTURES = ("llama", "mistral")
+
+
+def tokenizer_identity(name_or_path: str) -> str:
+    """Identifies a tokenizer: a local directory's files (names, sizes, contents' hash), or a hub id."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return f"hub:{name_or_path}"
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        digest.update(file.name.encode())
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return f"dir:{digest.hexdigest()}"
 
 
 def train_tokenizer(
@@ -99,6 +115,9 @@ class TinyModel(HubModel):
         max_position_embeddings: Longest sequence the rotary embedding is configured for.
         seed: Seed for the initial weights; same seed and corpus give the same model.
         cache_dir: Where built models are kept (one sub-directory per cache key).
+        tokenizer: A real tokenizer (local directory or hub id) to use instead of training one on the data:
+            the vocabulary is sized to it, its special tokens and chat template come with it (``vocab_size``
+            is then unused).
     """
 
     name_or_path: str = ""
@@ -154,9 +173,14 @@ class TinyModel(HubModel):
         texts = list(corpus())
         digest = hashlib.sha256()
         digest.update(json.dumps(self._architecture_fields(), sort_keys=True).encode())
-        for text in texts:
-            digest.update(text.encode("utf-8", "surrogatepass"))
-            digest.update(b"\x00")
+        digest.update(CHAT_TEMPLATE.encode())  # saved with the tokenizer
+        if self.tokenizer:
+            # A given tokenizer does not depend on the data, and neither do the weights then.
+            digest.update(tokenizer_identity(self.tokenizer).encode())
+        else:
+            for text in texts:
+                digest.update(text.encode("utf-8", "surrogatepass"))
+                digest.update(b"\x00")
         key = digest.hexdigest()[:16]
         target = Path(self.cache_dir) / "tiny" / key
         if not (target / "config.json").exists():
@@ -166,13 +190,29 @@ class TinyModel(HubModel):
     def _build(self, texts: list[str], target: Path) -> None:
         from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-        tokenizer = train_tokenizer(texts, vocab_size=self.vocab_size)
+        tokenizer = (
+            self.given_tokenizer() if self.tokenizer else train_tokenizer(texts, vocab_size=self.vocab_size)
+        )
         common = self.text_config(tokenizer)
         if self.architecture == "llama":
             config, model_cls = LlamaConfig(**common), LlamaForCausalLM
         else:
             config, model_cls = MistralConfig(sliding_window=None, **common), MistralForCausalLM
         self.publish(target, self.seeded(lambda: model_cls(config)), tokenizer.save_pretrained)
+
+    def given_tokenizer(self) -> Any:
+        """``model.tokenizer``, loaded; a pad token (EOS when it has none) so batches can be padded."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer, trust_remote_code=self.trust_remote_code)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError(
+                f"model.tokenizer={self.tokenizer!r} loads as a slow tokenizer; a fast (Rust) one is needed "
+                "(character offsets split prompt from completion)"
+            )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
 
     def text_config(self, tokenizer: Any) -> dict[str, Any]:
         """The language model's config arguments: this spec's sizes and the tokenizer's special tokens."""

@@ -165,8 +165,19 @@ class VisionLanguageModel(HubModel):
     freeze_vision_tower: bool = True
     freeze_projector: bool = True
 
+    def __post_init__(self) -> None:
+        if self.tokenizer:
+            raise ConfigError(
+                f"model.tokenizer={self.tokenizer!r}: a vision-language model takes its tokenizer from its processor "
+                "(its image tokens must match); leave model.tokenizer unset"
+            )
+        super().__post_init__()
+
     def load_processor(self) -> Any:
-        return load_processor(self.name_or_path, self.revision, self.trust_remote_code)
+        processor = load_processor(self.name_or_path, self.revision, self.trust_remote_code)
+        if self.chat_template:
+            processor.chat_template = self.chat_template  # the processor renders image parts with it too
+        return processor
 
     def load_tokenizer(self) -> Any:
         processor = self.load_processor()

@@ -39,7 +39,7 @@ def test_detect_format_from_columns_and_types():
     implicit = {"chosen": [user("hi"), assistant("a")], "rejected": [user("hi"), assistant("b")]}
     assert detect_format(implicit.keys(), implicit) == "implicit_prompt"
     assert detect_format(["prompt", "completion"], {"prompt": "p", "completion": "c"}) == "sft"
-    assert detect_format(["messages"], {"messages": []}) == "sft"
+    assert detect_format(["messages"], {"messages": []}) == "messages"
 
 
 def test_detect_format_unknown_columns_names_file_and_columns():
@@ -301,8 +301,15 @@ OK = {"prompt": "p", "chosen": "a", "rejected": "b"}
             id="implicit-prefix-ends-with-assistant",
         ),
         pytest.param(
-            [{"messages": [user("q")]}],
+            [{"messages": [user("q")], "label": True}],
             "auto",
+            "messages",
+            "the conversation ends with a user turn, so 'label' has no completion to go with",
+            id="kto-messages-without-answer",
+        ),
+        pytest.param(
+            [{"prompt": "q", "completion": "a"}, {"messages": [user("q")]}],
+            "sft",
             "messages",
             "must end with an assistant turn",
             id="sft-messages-without-answer",

@@ -48,7 +48,7 @@ def error(rows: list[dict], fmt: str = "auto") -> DataError:
         ({"prompt": [user("p")], "chosen": [assistant("a")], "rejected": [assistant("b")]}, "conversational"),
         ({"chosen": [user("p"), assistant("a")], "rejected": [user("p"), assistant("b")]}, "implicit_prompt"),
         ({"prompt": "p", "completion": "c"}, "sft"),
-        ({"messages": [user("p"), assistant("a")]}, "sft"),
+        ({"messages": [user("p"), assistant("a")]}, "messages"),
         # ...a prompt column wins over the LLaMA-Factory columns...
         ({"prompt": "p", "instruction": "i", "chosen": "a", "rejected": "b"}, "plain"),
         # ...and the new ones by their own columns.
@@ -58,6 +58,16 @@ def error(rows: list[dict], fmt: str = "auto") -> DataError:
         ({"prompt": [user("p")], "id": 3}, "prompt_only"),
         ({"query": "q", "response": "r"}, "swift"),
         ({"query": "q", "response": "r", "rejected_response": "x", "history": []}, "swift"),
+        ({"query": "q"}, "swift"),
+        ({"messages": [user("p"), assistant("a")], "rejected_response": "x"}, "messages"),
+        ({"messages": [{"from": "human", "value": "p"}], "label": True}, "sharegpt"),
+        ({"conversation": [{"human": "p", "assistant": "a"}]}, "sharegpt"),
+        ({"instruction": "i", "output": "o"}, "alpaca"),
+        ({"chosen_messages": [], "rejected_messages": []}, "llamafactory_v1"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "value": "p"}]}]}, "llamafactory_v1"),
+        ({"text": "t"}, "text"),
+        ({"chosen": "The sky is blue.", "rejected": "The sky is green."}, "implicit_prompt"),
+        ({"prompt": "p", "completions": ["a"], "labels": [True]}, "stepwise"),
         ({"conversations": [], "chosen": {}, "rejected": {}}, "sharegpt"),
         ({"instruction": "i", "input": "", "chosen": "a", "rejected": "b"}, "alpaca"),
     ],
@@ -72,11 +82,14 @@ def test_detection_failure_lists_the_new_layouts() -> None:
     message = str(caught.value)
     assert message.startswith(f"{FILE}: cannot detect the data format from columns [answer, question]")
     for layout in (
-        "prompt/completion/label (kto)",
-        "query/response",
+        "prompt + completion + label (kto)",
+        "query [+ response",
         "(sharegpt)",
         "(alpaca)",
         "(prompt_only)",
+        "(messages)",
+        "(llamafactory_v1)",
+        "data.columns",
     ):
         assert layout in message
 
@@ -101,7 +114,7 @@ def test_kto_rows_convert_with_bool_and_integer_labels() -> None:
     assert [type(example.label) for example in convert(rows)] == [bool] * 4
 
 
-@pytest.mark.parametrize("label", ["true", 2, 0.5, 1.0, None, [True]])
+@pytest.mark.parametrize("label", ["yes", 2, 0.5, 1.0, None, [True]])
 def test_kto_non_boolean_label_names_file_row_and_field(label: object) -> None:
     rows = [
         {"prompt": "p", "completion": "c", "label": True},
@@ -158,7 +171,7 @@ def test_prompt_only_rows_convert() -> None:
         (
             [{"role": "bot", "content": "x"}],
             "prompt[0].role",
-            "unknown role 'bot'; expected one of: system, user, assistant",
+            "unknown role 'bot'; expected one of: system, user, assistant, tool",
         ),
     ],
 )
@@ -215,7 +228,11 @@ def test_swift_rows_convert() -> None:
         ({"rejected_response": " "}, "rejected_response", "empty completion"),
         ({"response": ["a"]}, "response", "expected a string, got list of messages"),
         ({"system": 5}, "system", "expected a string, got int"),
-        ({"images": "a.png"}, "images", "expected a list of images, got string"),
+        (
+            {"images": 5},
+            "images",
+            "expected an image as a path, URL, bytes or a {bytes, path} object, got int",
+        ),
     ],
 )
 def test_swift_bad_rows(change: dict, field: str, reason: str) -> None:
@@ -271,43 +288,36 @@ GOOD_SHAREGPT = {"conversations": [human("q")], "chosen": gpt("a"), "rejected": 
     [
         (
             {"conversations": [human("q"), {"from": "function_call", "value": "{}"}, human("r")]},
-            "conversations[1].from",
-            "tool turns ('function_call') are not supported yet; remove observation/function_call turns",
+            "conversations[1].value",
+            "a tool call needs a 'name' and 'arguments', got {}",
         ),
         (
             {"conversations": [human("q"), {"from": "observation", "value": "42"}]},
-            "conversations[1].from",
-            "tool turns ('observation') are not supported yet; remove observation/function_call turns",
+            "conversations[1].role",
+            "a tool's output must follow an assistant turn that calls tools",
         ),
         (
             {"conversations": [human("q"), gpt("a")]},
             "conversations",
-            "the conversation must end with a 'human' turn, not a 'gpt' turn",
+            "the prompt must end with a user turn, not 'assistant'",
         ),
+        ({"conversations": []}, "conversations", "the conversation has no messages"),
         (
-            {"conversations": []},
-            "conversations",
-            "the conversation must end with a 'human' turn, not no turns",
-        ),
-        (
-            {"conversations": [{"from": "bot", "value": "q"}]},
+            {"conversations": [{"from": "robot", "value": "q"}]},
             "conversations[0].from",
-            "unknown speaker 'bot'; expected one of: human, gpt, system",
+            "unknown role 'robot'; expected one of: system, user, human, assistant, gpt, bot, tool, "
+            "observation, observations, tool_response, function_response, function_call, function-call, tool_call",
         ),
-        (
-            {"conversations": [{"value": "q"}]},
-            "conversations[0]",
-            "turn has no 'from' (keys: value)",
-        ),
+        ({"conversations": [{"value": "q"}]}, "conversations[0]", "message has no 'role' (keys: value)"),
         (
             {"conversations": [human("q"), human("r")]},
             "conversations[1].role",
             "roles must alternate user/assistant starting with user; got 'user' where 'assistant' was "
             "expected",
         ),
-        ({"chosen": human("a")}, "chosen.from", "expected a 'gpt' turn, got 'human'"),
+        ({"chosen": human("a")}, "chosen.from", "expected an assistant turn, got 'human'"),
         ({"rejected": gpt("")}, "rejected.value", "empty completion"),
-        ({"rejected": "b"}, "rejected", "expected a turn object with 'from' and 'value', got string"),
+        ({"rejected": 5}, "rejected", "expected a turn object, a list of messages or a string, got int"),
     ],
 )
 def test_sharegpt_bad_rows(change: dict, field: str, reason: str) -> None:
@@ -385,7 +395,7 @@ def test_margin_column_on_every_paired_format(row: dict, margin: float | None) -
     assert margin is None or type(example.margin) is float
 
 
-@pytest.mark.parametrize("margin", ["1.5", True, float("nan"), float("inf"), [1.0]])
+@pytest.mark.parametrize("margin", ["wide", True, float("nan"), float("inf"), [1.0]])
 def test_non_numeric_margin_names_file_row_and_field(margin: object) -> None:
     rows = [
         {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.0},

@@ -90,11 +90,14 @@ def test_missing_file(tmp_path):
 
 
 def test_unknown_extension(tmp_path):
-    path = tmp_path / "train.csv"
-    path.write_text("prompt,chosen\n", encoding="utf-8")
+    path = tmp_path / "train.tsv"
+    path.write_text("prompt\tchosen\n", encoding="utf-8")
     with pytest.raises(DataError) as caught:
         read_rows(path)
-    assert str(caught.value) == f"{path}: unknown file type '.csv'; expected one of: .jsonl, .json, .parquet"
+    assert (
+        str(caught.value)
+        == f"{path}: unknown file type '.tsv'; expected one of: .jsonl, .json, .parquet, .csv"
+    )
 
 
 def test_unreadable_parquet(tmp_path):
@@ -110,3 +113,42 @@ def test_json_scalar_top_level(tmp_path):
     path.write_text("42", encoding="utf-8")
     with pytest.raises(DataError, match="got int"):
         read_rows(path)
+
+
+def test_csv_rows_keep_quoted_commas_and_line_breaks(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text(
+        'instruction,input,output\n"Say hi, twice","","hi\nhi"\nAdd,2 and 2,4\n', encoding="utf-8"
+    )
+    assert read_rows(path) == [
+        {"instruction": "Say hi, twice", "input": "", "output": "hi\nhi"},
+        {"instruction": "Add", "input": "2 and 2", "output": "4"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("prompt,prompt\na,b\n", "line 1: the header names column 'prompt' twice"),
+        ("prompt,completion\na,b\nc\n", "line 3: 1 cells but the header has 2 columns (prompt, completion)"),
+    ],
+)
+def test_bad_csv_is_named(tmp_path, text, message):
+    path = tmp_path / "train.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert message in str(caught.value)
+
+
+def test_csv_labels_and_margins_are_read_from_text(tmp_path):
+    from rlhf_lab.data.formats import convert_rows
+
+    path = tmp_path / "kto.csv"
+    path.write_text("prompt,completion,label\np,a,true\np,b,0\n", encoding="utf-8")
+    examples, _ = convert_rows(read_rows(path), file=str(path))
+    assert [example.label for example in examples] == [True, False]
+    path = tmp_path / "rm.csv"
+    path.write_text("prompt,chosen,rejected,margin\np,a,b,1.5\n", encoding="utf-8")
+    (example,), _ = convert_rows(read_rows(path), file=str(path))
+    assert example.margin == 1.5
