@@ -202,10 +202,12 @@ def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[Align
     except TypeError as error:
         raise ConfigError(f"algo: {error}") from error
     datamodule.batch_kind = objective.batch_kind
+    datamodule.completes_prompts = objective.completes_prompts
     corpus = datamodule
     if corpus_data is not None:
         corpus = _instantiate(corpus_data)
         corpus.batch_kind = objective.batch_kind
+        corpus.completes_prompts = objective.completes_prompts
     prepared: set[int] = set()
     for spec in objective.model_specs():
         if id(spec) not in prepared:

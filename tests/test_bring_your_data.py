@@ -163,6 +163,30 @@ def test_columns_and_tags_from_the_command_line(tmp_path: Path) -> None:
     summary = summary_of(result, run_dir)
     assert rows_read(summary) == 40
     assert summary["data/format"] == "plain"
+    # The README's second example: turns with their own keys and speaker names, labels in another column.
+    chats = [
+        {
+            "dialog": [
+                {"speaker": "customer", "text": f"Is {n} even?"},
+                {"speaker": "agent", "text": "Yes."},
+            ],
+            "ok": n % 2 == 0,
+        }
+        for n in range(40)
+    ]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(chat) + "\n" for chat in chats))
+    result = cli(
+        tmp_path / "kto",
+        "algo=kto",
+        "data=jsonl",
+        f"data.source.train_path={path}",
+        "data.columns={messages: dialog, kto_tag: ok}",
+        "data.tags={role_tag: speaker, content_tag: text, user_tag: customer, assistant_tag: agent}",
+    )
+    summary = summary_of(result, tmp_path / "kto")
+    assert rows_read(summary) == 40
+    assert (summary["data/format"], summary["data/ignored_columns"]) == ("messages", "")
 
 
 # --- real tokenizers and chat templates ----------------------------------------------------------------

@@ -387,8 +387,9 @@ def test_mismatched_partners_answer_other_prompts_and_are_fixed_by_the_seed() ->
         (
             "single",
             [{"prompt": "2 + 2 ="}],
-            "train.jsonl:row 0: this row has a prompt and no completion (prompt_only data, for online RL), "
-            "which no batch kind can train on (batch_kind='single') (1 of 1 train rows)",
+            "train.jsonl:row 0: this row has a prompt and no completion (prompt-only data: for online RL, or "
+            "distillation, whose teacher completes it), which this objective cannot train on "
+            "(batch_kind='single') (1 of 1 train rows)",
         ),
     ],
 )

@@ -123,6 +123,22 @@ def test_self_distillation_starts_at_zero_kl_and_trains_only_the_adapters(tmp_pa
     assert all("lora_" in name for name, p in trained.objective.named_parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("algo", ["seqkd", "gkd", "kd"])
+def test_prompt_only_data_is_completed_by_the_teacher(tmp_path: Path, algo: str) -> None:
+    """Prompt-only rows (online RL's data) serve distillation: the teacher completes them once, in both splits."""
+    common = [
+        f"algo={algo}",
+        "teacher=adapter_off",
+        "adapter=lora",
+        "data=synthetic_rl",
+        "trainer.max_steps=2",
+    ]
+    finished = run(compose_config([*common, "trainer.limit_val_batches=1"], run_dir=tmp_path))
+    for split in ("train", "val"):
+        assert all(example.chosen_ids for example in finished.datamodule.datasets[split].examples)
+    assert torch.isfinite(torch.tensor(finished.summary["val/teacher_student_kl/forward"]))
+
+
 @pytest.mark.parametrize(("lmbda", "fraction"), [(1.0, 1.0), (0.0, 0.0)])
 def test_gkd_on_policy_batches_are_generated_by_the_student(
     tmp_path: Path, lmbda: float, fraction: float

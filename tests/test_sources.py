@@ -193,6 +193,37 @@ def test_registry_problems_are_named(tmp_path: Path, registry: object, name: str
         read_registry(info, name, (".json",))
 
 
+def test_an_ms_swift_registry_entry_through_the_datamodule(tmp_path: Path) -> None:
+    rows = [
+        {"question": f"Is {i} even?", "answer": "Yes." if i % 2 == 0 else "No.", "bad": "Maybe."}
+        for i in range(12)
+    ]
+    _write(tmp_path / "rows.json", rows)
+    info = _write(
+        tmp_path / "swift_info.json",
+        [
+            {
+                "dataset_path": "rows.json",
+                "dataset_name": "my_dpo",
+                "columns": {"question": "query", "answer": "response", "bad": "rejected_response"},
+            }
+        ],
+    )
+    cfg = compose_config(
+        ["data=jsonl", f"data.source.dataset_info={info}", "data.source.name=my_dpo"],
+        run_dir=tmp_path / "r",
+        tiny=False,
+    )
+    _, datamodule, _ = build(cfg)
+    example = datamodule.load_examples()["train"][0]
+    assert example.rejected == [{"role": "assistant", "content": "Maybe."}]
+    assert datamodule.data_report() == {
+        "data/format": "swift",
+        "data/ignored_columns": "",
+        "data/images_placed": 0.0,
+    }
+
+
 def test_a_registry_entry_through_the_datamodule_maps_and_checks_ranking(tmp_path: Path) -> None:
     rows = [{"q": f"Is {i} even?", "a": "Yes" if i % 2 == 0 else "No"} for i in range(10)]
     _write(tmp_path / "data" / "sft.json", rows)

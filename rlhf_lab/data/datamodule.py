@@ -8,6 +8,7 @@ import json
 import logging
 from array import array
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -186,14 +187,17 @@ def _blanked(example: PreferenceExample) -> PreferenceExample:
     return dataclasses.replace(example, images=blank, rejected_images=rejected)
 
 
-def _unsuitable(example: PreferenceExample, kind: str) -> str | None:
-    """Why ``example`` cannot go into batches of ``kind``, or None when it can."""
+def _unsuitable(example: PreferenceExample, kind: str, completes_prompts: bool = False) -> str | None:
+    """Why ``example`` cannot go into batches of ``kind``, or None when it can (``completes_prompts``: the
+    objective completes prompt-only rows itself, as distillation's teacher does)."""
     if kind == "prompts":
         return None  # every row has a prompt; online RL generates its own completions
+    if example.chosen is None and kind == "single" and completes_prompts:
+        return None
     if example.chosen is None:
         return (
-            "this row has a prompt and no completion (prompt_only data, for online RL), which no "
-            f"batch kind can train on (batch_kind={kind!r})"
+            "this row has a prompt and no completion (prompt-only data: for online RL, or distillation, whose "
+            f"teacher completes it), which this objective cannot train on (batch_kind={kind!r})"
         )
     if kind == "pairs" and not example.is_pair:
         if example.label is not None:
@@ -254,7 +258,8 @@ class PreferenceDataModule(L.LightningDataModule):
             ``assistant_tag``, ``system_tag``, ``observation_tag``, ``function_tag``).
         image_dir: Where relative image paths point when the data file's own folder does not hold them
             (LLaMA-Factory's ``media_dir``).
-        cache_dir: Where images given as URLs are kept once fetched (default: ``paths.cache_dir``'s default).
+        cache_dir: Where images given as URLs are kept once fetched (``paths.cache_dir`` in the file-based data
+            configs); None: fetched by every run.
     """
 
     def __init__(
@@ -313,6 +318,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self._reported = False
         self.images: ImageProcessing | None = None
         self._batch_kind = "pairs"
+        #: The objective completes prompt-only rows itself (distillation's teacher); set with `batch_kind`.
+        self.completes_prompts = False
         self.tokenizer: Any = None
         self.examples: dict[str, list[PreferenceExample]] | None = None
         self.datasets: dict[str, TokenizedDataset] = {}
@@ -390,14 +397,11 @@ class PreferenceDataModule(L.LightningDataModule):
         return self.examples
 
     def _image_lookup(self, file: str, registry_dir: str | None) -> ImageLookup:
-        """Relative image paths: the data file's folder, a registry's folder, then ``data.image_dir``."""
-        from pathlib import Path
-
-        from rlhf_lab.models.hub import default_cache_dir
-
+        """Relative image paths: the data file's folder, a registry's folder, then ``data.image_dir``; fetched
+        URLs cached under ``cache_dir`` (None: fetched by every run)."""
         dirs = [image_dir(file), *(Path(d) for d in (registry_dir, self.image_dir) if d)]
         unique = tuple(dict.fromkeys(d for d in dirs if d is not None))
-        return ImageLookup(dirs=unique, cache_dir=Path(self.cache_dir or default_cache_dir()))
+        return ImageLookup(dirs=unique, cache_dir=Path(self.cache_dir) if self.cache_dir else None)
 
     def data_report(self) -> dict[str, Any]:
         """What was read, for the log and ``summary.json``: ``data/format`` (the layouts, comma-separated),
@@ -456,7 +460,10 @@ class PreferenceDataModule(L.LightningDataModule):
             ConfigError: Names the first unsuitable row, what is wrong and which objective fits the data.
         """
         for split, examples in self.load_examples().items():
-            problems = [(example, _unsuitable(example, self._batch_kind)) for example in examples]
+            problems = [
+                (example, _unsuitable(example, self._batch_kind, self.completes_prompts))
+                for example in examples
+            ]
             problems = [(example, problem) for example, problem in problems if problem is not None]
             if problems:
                 example, problem = problems[0]

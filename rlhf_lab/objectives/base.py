@@ -157,6 +157,9 @@ class AlignmentObjective(L.LightningModule):
     #: What the training batches hold: ``pairs`` (chosen + rejected), ``single`` (chosen only: SFT) or
     #: ``unpaired`` (KTO: labelled completions plus mismatched rows).
     batch_kind: str = "pairs"
+    #: The objective completes rows that have no completion itself (distillation: the teacher does), so
+    #: prompt-only data can serve it.
+    completes_prompts: bool = False
     #: What the model is: ``causal_lm`` (a policy) or ``sequence_classification`` (a reward model).
     model_task: str = "causal_lm"
     #: The held-out metric checkpoints are ranked by under ``checkpoint.monitor=auto``, and its direction.

@@ -89,6 +89,8 @@ class Distillation(AlignmentObjective):
 
     #: Whether the training loss uses the NLL of the target tokens (KD with alpha < 1); otherwise it is a metric.
     uses_nll = False
+    #: Rows without a completion (prompt-only data) are completed by the teacher before training.
+    completes_prompts = True
 
     @property
     def self_distillation(self) -> bool:
@@ -156,6 +158,95 @@ class Distillation(AlignmentObjective):
     def loss_of(self, tokens: DistillationTokens) -> torch.Tensor:
         return tokens.divergence.mean()
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.use_teacher_completions(self.trainer.datamodule)
+
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        if self._trainer is not None and getattr(self.trainer, "datamodule", None) is not None:
+            self.use_teacher_completions(self.trainer.datamodule)  # evaluation alone: held-out prompts too
+
+    def rows_to_complete(self, split: str, examples: list[Any]) -> list[int]:
+        """The examples the teacher completes: those without a completion (prompt-only rows)."""
+        return [index for index, example in enumerate(examples) if not example.chosen_ids]
+
+    def teacher_completions_key(self, prompts: list[list[int]], datamodule: Any) -> str:
+        digest = hashlib.sha256()
+        for prompt in prompts:
+            digest.update(array("q", prompt).tobytes() + b"|")
+        return cache_key(
+            teacher=self.model_spec.identity() if self.self_distillation else self.teacher_spec.identity(),
+            self_distillation=self.self_distillation,
+            prompts=digest.hexdigest(),
+            sampling=dataclasses.asdict(self.teacher_sampling),
+            seed=self.runtime.seed,
+            max_length=datamodule.settings.max_length,
+        )
+
+    @property
+    def teacher_sampling(self) -> SamplingConfig:
+        """How the teacher completes prompts (greedy, up to ``max_new_tokens``)."""
+        return getattr(self, "sampling", SamplingConfig(max_new_tokens=64))
+
+    @torch.no_grad()
+    def use_teacher_completions(self, datamodule: Any) -> dict[str, str]:
+        """Give the examples `rows_to_complete` names the teacher's completions (from the cache, or generated
+        now), once per dataset; returns ``{split: "cache" | "generated"}`` for the splits it completed."""
+        done = getattr(self, "_completed_datasets", set())
+        sources: dict[str, str] = {}
+        for split, dataset in datamodule.datasets.items():
+            rows = [] if id(dataset) in done else self.rows_to_complete(split, dataset.examples)
+            done.add(id(dataset))
+            if not rows:
+                continue
+            part = [dataset.examples[i] for i in rows]
+            key = self.teacher_completions_key([example.prompt_ids for example in part], datamodule)
+            cache_file = Path(self.runtime.cache_dir) / "seqkd" / f"{key}.pt"
+            with file_lock(cache_file):
+                if cache_file.exists():
+                    completions, source = torch.load(cache_file, weights_only=True), "cache"
+                else:
+                    seed_tag = "seqkd" if split == "train" else f"seqkd-{split}"
+                    completions, source = self._generate_all(part, datamodule, seed_tag), "generated"
+                    if self._trainer is None or self.trainer.is_global_zero:
+                        from rlhf_lab.checkpoints import atomic_torch_save
+
+                        atomic_torch_save(completions, cache_file)
+            for index, ids in zip(rows, completions, strict=True):
+                dataset.examples[index] = dataclasses.replace(dataset.examples[index], chosen_ids=list(ids))
+            log.info(
+                "%s: %d teacher completions (%s: %s), %s split",
+                self.name,
+                len(rows),
+                source,
+                cache_file,
+                split,
+            )
+            sources[split] = source
+        self._completed_datasets = done
+        return sources
+
+    def _generate_all(self, examples: list[Any], datamodule: Any, seed_tag: str = "seqkd") -> list[list[int]]:
+        teacher, context = self.teacher_model()
+        completions: list[list[int]] = []
+        size = datamodule.eval_batch_size
+        limit = datamodule.settings.max_length
+        for start in range(0, len(examples), size):
+            part = examples[start : start + size]
+            prompts = pad_rows([(e.prompt_ids, []) for e in part], self.tokenizer.pad_token_id, left=True).to(
+                self.device
+            )
+            seeds = [self.derived_seed(seed_tag, start + i) for i in range(len(part))]
+            generation = self.generate_with(teacher, prompts, self.teacher_sampling, seeds, context)
+            for example, row, mask in zip(
+                part, generation.completion_ids.cpu(), generation.completion_mask.cpu(), strict=True
+            ):
+                ids = row[mask].tolist()
+                room = math.inf if limit is None else limit - len(example.prompt_ids)
+                completions.append(ids[: int(min(room, len(ids)))] or [self.tokenizer.eos_token_id])
+        return completions
+
     def generate_with(
         self,
         model: torch.nn.Module,
@@ -218,65 +309,10 @@ class SeqKD(Distillation):
             max_new_tokens=max_new_tokens, temperature=generation_temperature, do_sample=do_sample
         )
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self.use_teacher_completions(self.trainer.datamodule)
-
-    def teacher_completions_key(self, datamodule: Any) -> str:
-        digest = hashlib.sha256()
-        for example in datamodule.datasets["train"].examples:
-            digest.update(array("q", example.prompt_ids).tobytes() + b"|")
-        return cache_key(
-            teacher=self.model_spec.identity() if self.self_distillation else self.teacher_spec.identity(),
-            self_distillation=self.self_distillation,
-            prompts=digest.hexdigest(),
-            sampling=dataclasses.asdict(self.sampling),
-            seed=self.runtime.seed,
-            max_length=datamodule.settings.max_length,
-        )
-
-    @torch.no_grad()
-    def use_teacher_completions(self, datamodule: Any) -> str:
-        """Replace the training completions by the teacher's (from the cache, or generated now); returns
-        ``cache`` or ``generated``."""
-        dataset = datamodule.datasets["train"]
-        key = self.teacher_completions_key(datamodule)
-        cache_file = Path(self.runtime.cache_dir) / "seqkd" / f"{key}.pt"
-        with file_lock(cache_file):
-            if cache_file.exists():
-                completions, source = torch.load(cache_file, weights_only=True), "cache"
-            else:
-                completions, source = self._generate_all(dataset.examples, datamodule), "generated"
-                if self._trainer is None or self.trainer.is_global_zero:
-                    from rlhf_lab.checkpoints import atomic_torch_save
-
-                    atomic_torch_save(completions, cache_file)
-        dataset.examples = [
-            dataclasses.replace(example, chosen_ids=list(ids))
-            for example, ids in zip(dataset.examples, completions, strict=True)
-        ]
-        log.info("SeqKD: %d teacher completions (%s: %s)", len(completions), source, cache_file)
-        return source
-
-    def _generate_all(self, examples: list[Any], datamodule: Any) -> list[list[int]]:
-        teacher, context = self.teacher_model()
-        completions: list[list[int]] = []
-        size = datamodule.eval_batch_size
-        limit = datamodule.settings.max_length
-        for start in range(0, len(examples), size):
-            part = examples[start : start + size]
-            prompts = pad_rows([(e.prompt_ids, []) for e in part], self.tokenizer.pad_token_id, left=True).to(
-                self.device
-            )
-            seeds = [self.derived_seed("seqkd", start + i) for i in range(len(part))]
-            generation = self.generate_with(teacher, prompts, self.sampling, seeds, context)
-            for example, row, mask in zip(
-                part, generation.completion_ids.cpu(), generation.completion_mask.cpu(), strict=True
-            ):
-                ids = row[mask].tolist()
-                room = math.inf if limit is None else limit - len(example.prompt_ids)
-                completions.append(ids[: int(min(room, len(ids)))] or [self.tokenizer.eos_token_id])
-        return completions
+    def rows_to_complete(self, split: str, examples: list[Any]) -> list[int]:
+        """Every training example (the teacher's completions replace the dataset's); held-out ones without a
+        completion."""
+        return list(range(len(examples))) if split == "train" else super().rows_to_complete(split, examples)
 
     def compute(self, batch: SingleBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if split != "train":

@@ -13,6 +13,14 @@ from rlhf_lab.data.formats.example import Message
 from rlhf_lab.data.formats.registry import Layout, Parsed, register
 from rlhf_lab.data.formats.validate import RowContext
 
+#: Errors name the columns the texts came from (the user turn: instruction and input).
+ORIGIN: dict[str, tuple[str, int | None]] = {
+    "prompt": ("instruction", None),
+    "chosen": ("chosen", None),
+    "rejected": ("rejected", None),
+    "completion": ("output", None),
+}
+
 
 def assistant_turn(context: RowContext, column: str) -> list[Message]:
     """A string column as a one-message completion."""
@@ -34,14 +42,16 @@ def _alpaca(context: RowContext) -> Parsed:
             other = label_column or "output"
             raise context.error(f"the row has chosen/rejected (a pair) and {other!r}; give one", other)
         context.require("chosen", "rejected")
-        return Parsed(prompt, assistant_turn(context, "chosen"), assistant_turn(context, "rejected"))
+        return Parsed(
+            prompt, assistant_turn(context, "chosen"), assistant_turn(context, "rejected"), origin=ORIGIN
+        )
     if not context.has("output"):
         if label_column is not None:
             raise context.error(f"{label_column!r} labels an 'output', but the row has none", "output")
-        return Parsed(prompt)
+        return Parsed(prompt, origin=ORIGIN)
     completion = assistant_turn(context, "output")
     label = None if label_column is None else context.label(label_column)
-    return Parsed(prompt, completion, label=label)
+    return Parsed(prompt, completion, label=label, origin=ORIGIN)
 
 
 register(

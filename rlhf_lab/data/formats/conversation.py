@@ -34,12 +34,20 @@ CONVERSATION_COLUMNS = ("messages", "conversations", "conversation")
 LABEL_COLUMNS = ("label", "kto_tag")
 
 
-def _conversation(context: RowContext, column: str) -> list[Message]:
-    messages = context.with_system(context.messages(context.get(column), column, ANY_SPEAKER))
+def _conversation(context: RowContext, column: str) -> tuple[list[Message], int]:
+    """The column's conversation (behind the ``system`` column's message) and the index in the file of its
+    first message (-1: the system column's)."""
+    given = context.messages(context.get(column), column, ANY_SPEAKER)
+    messages = context.with_system(given)
     if not messages:
         raise context.error("the conversation has no messages", column)
     context.check_order(messages, column)
-    return messages
+    return messages, len(given) - len(messages)
+
+
+def _origin(column: str, first: int, prompt: list[Message], *parts: str, **others: tuple[str, int]) -> dict:
+    """Where the prompt and the completion ``parts`` of a conversation stand in the file (`Parsed.origin`)."""
+    return {"prompt": (column, first), **{part: (column, first + len(prompt)) for part in parts}, **others}
 
 
 def _after_last_user(messages: list[Message]) -> int:
@@ -89,10 +97,6 @@ def completion_turns(context: RowContext, column: str, prompt: list[Message]) ->
     return completion
 
 
-def _images_of(context: RowContext, start: int) -> list[tuple[str, Any]]:
-    return list(context.part_images[start:])
-
-
 def _pair_images(
     chosen: list[tuple[str, Any]], rejected: list[tuple[str, Any]]
 ) -> tuple[list[tuple[str, Any]] | None, list[tuple[str, Any]] | None]:
@@ -104,24 +108,36 @@ def _pair_images(
     return chosen or None, None if same or not rejected else rejected
 
 
+def _whole_pair(context: RowContext, chosen_column: str, tools: list[dict[str, Any]] | None) -> Parsed:
+    """Two whole conversations, ``chosen_column`` and ``rejected_messages``: the prompt is their shared start
+    (LLaMA-Factory v1's ``chosen_messages``, ms-swift's ``messages``); images in their content parts are the
+    chosen side's, and the rejected side's where they differ."""
+    start = len(context.part_images)
+    given = context.messages(context.get(chosen_column), chosen_column, ANY_SPEAKER)
+    chosen = context.with_system(given)
+    middle = len(context.part_images)
+    rejected = context.with_system(
+        context.messages(context.get("rejected_messages"), "rejected_messages", ANY_SPEAKER)
+    )
+    images, rejected_images = _pair_images(context.part_images[start:middle], context.part_images[middle:])
+    shift = len(given) - len(chosen)  # -1: a system message from the system column
+    prompt, chosen, rejected = split_pair(context, chosen, rejected, chosen_column, "rejected_messages")
+    origin = _origin(
+        chosen_column, shift, prompt, "chosen", rejected=("rejected_messages", shift + len(prompt))
+    )
+    return Parsed(
+        prompt, chosen, rejected, tools=tools, images=images, rejected_images=rejected_images, origin=origin
+    )
+
+
 def read_conversation(context: RowContext) -> Parsed:
     """Any conversation row (see the module docstring)."""
     tools = context.tools()
     if context.has("chosen_messages") or (
         context.has("rejected_messages") and not context.one_of(*CONVERSATION_COLUMNS)
     ):
-        raw_chosen, raw_rejected = context.require("chosen_messages", "rejected_messages")
-        start = len(context.part_images)
-        chosen = context.with_system(context.messages(raw_chosen, "chosen_messages", ANY_SPEAKER))
-        middle = len(context.part_images)
-        rejected = context.with_system(context.messages(raw_rejected, "rejected_messages", ANY_SPEAKER))
-        images, rejected_images = _pair_images(
-            context.part_images[start:middle], context.part_images[middle:]
-        )
-        prompt, chosen, rejected = split_pair(
-            context, chosen, rejected, "chosen_messages", "rejected_messages"
-        )
-        return Parsed(prompt, chosen, rejected, tools=tools, images=images, rejected_images=rejected_images)
+        context.require("chosen_messages", "rejected_messages")
+        return _whole_pair(context, "chosen_messages", tools)  # LLaMA-Factory v1
 
     column = context.one_of(*CONVERSATION_COLUMNS)
     if column is None:
@@ -131,9 +147,6 @@ def read_conversation(context: RowContext) -> Parsed:
             return read_query_response(context)  # ms-swift files may mix its two layouts
         context.require(CONVERSATION_COLUMNS[0])
         raise AssertionError("unreachable")  # require raised
-    start = len(context.part_images)
-    messages = _conversation(context, column)
-    images = _images_of(context, start) or None
     rejected_kind = context.one_of("chosen", "rejected_response", "rejected_messages")
     label_column = context.one_of(*LABEL_COLUMNS)
     if rejected_kind is not None and label_column is not None:
@@ -141,32 +154,30 @@ def read_conversation(context: RowContext) -> Parsed:
             f"the row has both a {label_column!r} (unpaired) and a {rejected_kind!r} (paired); give one",
             label_column,
         )
+    if rejected_kind == "rejected_messages":
+        return _whole_pair(context, column, tools)  # ms-swift
 
+    start = len(context.part_images)
+    messages, first = _conversation(context, column)
+    images = context.part_images[start:] or None
     if rejected_kind == "chosen" or (context.has("rejected") and rejected_kind is None):
         # LLaMA-Factory's ranking rows: the conversation is the prompt; chosen and rejected are single turns.
         context.check_prompt(messages, column)
+        context.require("chosen", "rejected")
         chosen = completion_turns(context, "chosen", messages)
         rejected = completion_turns(context, "rejected", messages)
-        return Parsed(messages, chosen, rejected, tools=tools, images=images)
-
-    if rejected_kind == "rejected_messages":
-        middle = len(context.part_images)
-        rejected_messages = context.with_system(
-            context.messages(context.get("rejected_messages"), "rejected_messages", ANY_SPEAKER)
-        )
-        images, rejected_images = _pair_images(
-            context.part_images[start:middle], context.part_images[middle:]
-        )
-        prompt, chosen, rejected = split_pair(
-            context, messages, rejected_messages, column, "rejected_messages"
-        )
-        return Parsed(prompt, chosen, rejected, tools=tools, images=images, rejected_images=rejected_images)
+        origin = _origin(column, first, messages)
+        return Parsed(messages, chosen, rejected, tools=tools, images=images, origin=origin)
 
     if rejected_kind == "rejected_response":
         # ms-swift: the rejected response replaces everything after the last user turn.
         prompt, chosen = _split(context, messages, column)
+        as_text = isinstance(context.get("rejected_response"), str)
         rejected = completion_turns(context, "rejected_response", prompt)
-        return Parsed(prompt, chosen, rejected, tools=tools, images=images)
+        origin = _origin(
+            column, first, prompt, "chosen", rejected=("rejected_response", None if as_text else 0)
+        )
+        return Parsed(prompt, chosen, rejected, tools=tools, images=images, origin=origin)
 
     if messages[-1]["role"] in ("user", "tool"):
         if label_column is not None or context.has("rejected_images"):
@@ -175,17 +186,19 @@ def read_conversation(context: RowContext) -> Parsed:
                 f"the conversation ends with a user turn, so {what!r} has no completion to go with", column
             )
         context.check_prompt(messages, column)
-        return Parsed(messages, tools=tools, images=images)  # ms-swift's GRPO rows: a prompt to generate from
+        # ms-swift's GRPO rows: a prompt to generate from.
+        return Parsed(messages, tools=tools, images=images, origin=_origin(column, first, messages))
 
     prompt, completion = _split(context, messages, column)
+    origin = _origin(column, first, prompt, "completion", "chosen", "rejected")
     if label_column is not None:
-        return Parsed(prompt, completion, label=context.label(label_column), tools=tools, images=images)
+        label = context.label(label_column)
+        return Parsed(prompt, completion, label=label, tools=tools, images=images, origin=origin)
     if context.has("rejected_images"):
         # ms-swift: only rejected_images given: the same conversation, shown another image.
-        return Parsed(
-            prompt, completion, [dict(message) for message in completion], tools=tools, images=images
-        )
-    return Parsed(prompt, completion, tools=tools, images=images)
+        rejected = [dict(message) for message in completion]
+        return Parsed(prompt, completion, rejected, tools=tools, images=images, origin=origin)
+    return Parsed(prompt, completion, tools=tools, images=images, origin=origin)
 
 
 def _first_turn(row: Mapping[str, Any], column: str) -> Any:

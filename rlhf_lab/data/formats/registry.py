@@ -42,7 +42,7 @@ class Parsed:
     images: list[tuple[str, Any]] | None = None
     rejected_images: list[tuple[str, Any]] | None = None
     empty_prompt: bool = False
-    origin: dict[str, tuple[str, int]] = field(default_factory=dict)
+    origin: dict[str, tuple[str, int | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

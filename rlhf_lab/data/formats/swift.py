@@ -12,6 +12,14 @@ from rlhf_lab.data.formats.conversation import completion_turns, read_conversati
 from rlhf_lab.data.formats.registry import Layout, Parsed, register
 from rlhf_lab.data.formats.validate import RowContext
 
+#: Errors name the columns the texts came from.
+ORIGIN: dict[str, tuple[str, int | None]] = {
+    "prompt": ("query", None),
+    "chosen": ("response", None),
+    "completion": ("response", None),
+    "rejected": ("response", None),
+}
+
 
 def read_query_response(context: RowContext) -> Parsed:
     if context.has("messages") and not context.has("query"):
@@ -23,7 +31,7 @@ def read_query_response(context: RowContext) -> Parsed:
         for column in ("rejected_response", "label", "rejected_images"):
             if context.has(column):
                 raise context.error(f"{column!r} needs a 'response' to go with", column)
-        return Parsed(prompt, tools=context.tools())
+        return Parsed(prompt, tools=context.tools(), origin=ORIGIN)
     chosen = assistant_turn(context, "response")
     tools = context.tools()
     if context.has("rejected_response"):
@@ -31,12 +39,15 @@ def read_query_response(context: RowContext) -> Parsed:
             raise context.error(
                 "the row has both 'label' (unpaired) and 'rejected_response' (paired)", "label"
             )
-        return Parsed(prompt, chosen, completion_turns(context, "rejected_response", prompt), tools=tools)
+        rejected_text = isinstance(context.get("rejected_response"), str)
+        rejected = completion_turns(context, "rejected_response", prompt)
+        origin = {**ORIGIN, "rejected": ("rejected_response", None if rejected_text else 0)}
+        return Parsed(prompt, chosen, rejected, tools=tools, origin=origin)
     if context.has("label"):
-        return Parsed(prompt, chosen, label=context.label("label"), tools=tools)
+        return Parsed(prompt, chosen, label=context.label("label"), tools=tools, origin=ORIGIN)
     if context.has("rejected_images"):
-        return Parsed(prompt, chosen, [dict(message) for message in chosen], tools=tools)
-    return Parsed(prompt, chosen, tools=tools)
+        return Parsed(prompt, chosen, [dict(message) for message in chosen], tools=tools, origin=ORIGIN)
+    return Parsed(prompt, chosen, tools=tools, origin=ORIGIN)
 
 
 register(

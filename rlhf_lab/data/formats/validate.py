@@ -524,15 +524,7 @@ class RowContext:
         for item in items:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise self.error(f"a tool call needs a 'name' and 'arguments', got {item!r}", where)
-            calls.append(
-                {
-                    "type": "function",
-                    "function": {
-                        "name": item["name"],
-                        "arguments": self._arguments(item.get("arguments", {}), where),
-                    },
-                }
-            )
+            calls.append(self._call(item, where))
         return calls
 
     def _openai_tool_calls(self, value: Any, where: str) -> list[dict[str, Any]]:
@@ -547,16 +539,13 @@ class RowContext:
                 raise self.error(
                     f"expected {{'type': 'function', 'function': {{'name', 'arguments'}}}}, got {call!r}", at
                 )
-            calls.append(
-                {
-                    "type": "function",
-                    "function": {
-                        "name": function["name"],
-                        "arguments": self._arguments(function.get("arguments", {}), at),
-                    },
-                }
-            )
+            calls.append(self._call(function, at))
         return calls
+
+    def _call(self, function: dict[str, Any], where: str) -> dict[str, Any]:
+        """One call ``{"name", "arguments"}`` in OpenAI's shape, its arguments an object."""
+        arguments = self._arguments(function.get("arguments", {}), where)
+        return {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
 
     def _arguments(self, value: Any, where: str) -> dict[str, Any]:
         """A call's arguments as an object (chat templates render them with ``tojson``); JSON text is parsed."""
@@ -667,7 +656,7 @@ def check_texts(
     context: RowContext,
     prompt: Any,
     completions: Mapping[str, Any],
-    origin: Mapping[str, tuple[str, int]] | None = None,
+    origin: Mapping[str, tuple[str, int | None]] | None = None,
     empty_prompt: bool = False,
 ) -> None:
     """Every text of a converted row: valid Unicode; a prompt and its user turns not blank; completions
@@ -685,6 +674,10 @@ def check_texts(
 
     def located(part: str, index: int | None) -> str:
         column, offset = origin.get(part, (part, 0))
+        if offset is None:
+            return column  # the part is one value in the file (a string made a message)
+        if index is not None and offset + index < 0:
+            return "system"  # the system column, put before the conversation
         return column if index is None else f"{column}[{offset + index}].content"
 
     fields: list[tuple[str, str, str | None]] = []  # (field, text, role)
