@@ -171,7 +171,7 @@ class Distillation(AlignmentObjective):
         """The examples the teacher completes: those without a completion (prompt-only rows)."""
         return [index for index, example in enumerate(examples) if not example.chosen_ids]
 
-    def teacher_completions_key(self, prompts: list[list[int]], datamodule: Any) -> str:
+    def teacher_completions_key(self, prompts: list[list[int]], datamodule: Any, seed_tag: str) -> str:
         digest = hashlib.sha256()
         for prompt in prompts:
             digest.update(array("q", prompt).tobytes() + b"|")
@@ -181,13 +181,14 @@ class Distillation(AlignmentObjective):
             prompts=digest.hexdigest(),
             sampling=dataclasses.asdict(self.teacher_sampling),
             seed=self.runtime.seed,
+            seeds=seed_tag,
             max_length=datamodule.settings.max_length,
         )
 
     @property
     def teacher_sampling(self) -> SamplingConfig:
-        """How the teacher completes prompts (greedy, up to ``max_new_tokens``)."""
-        return getattr(self, "sampling", SamplingConfig(max_new_tokens=64))
+        """How the teacher completes prompts: the objective's generation settings, or greedy up to 64 tokens."""
+        return getattr(self, "sampling", SamplingConfig(max_new_tokens=64, do_sample=False))
 
     @torch.no_grad()
     def use_teacher_completions(self, datamodule: Any) -> dict[str, str]:
@@ -201,13 +202,13 @@ class Distillation(AlignmentObjective):
             if not rows:
                 continue
             part = [dataset.examples[i] for i in rows]
-            key = self.teacher_completions_key([example.prompt_ids for example in part], datamodule)
+            seed_tag = "seqkd" if split == "train" else f"seqkd-{split}"
+            key = self.teacher_completions_key([example.prompt_ids for example in part], datamodule, seed_tag)
             cache_file = Path(self.runtime.cache_dir) / "seqkd" / f"{key}.pt"
             with file_lock(cache_file):
                 if cache_file.exists():
                     completions, source = torch.load(cache_file, weights_only=True), "cache"
                 else:
-                    seed_tag = "seqkd" if split == "train" else f"seqkd-{split}"
                     completions, source = self._generate_all(part, datamodule, seed_tag), "generated"
                     if self._trainer is None or self.trainer.is_global_zero:
                         from rlhf_lab.checkpoints import atomic_torch_save

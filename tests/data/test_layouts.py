@@ -574,3 +574,38 @@ def test_images_without_placeholders_go_first_in_the_first_user_turn(tmp_path) -
     (example,) = conversion.examples
     assert example.prompt == [user("<image>What is better than ugly?")]
     assert conversion.images_placed == 1
+
+
+@pytest.mark.parametrize(
+    ("chosen", "rejected"),
+    [
+        ("The sky is blue.", "The sky is green."),
+        ("A cat is an animal.", "A cat is a tool."),  # TRL splits inside the word: so does rlhf_lab
+        ("2 + 2 = 4", "2 + 2 = 5"),
+        ("ab cd", "ab ce"),
+    ],
+)
+def test_implicit_string_prompts_split_as_trls_extract_prompt(chosen: str, rejected: str) -> None:
+    from trl.data_utils import extract_prompt
+
+    theirs = extract_prompt({"chosen": chosen, "rejected": rejected})
+    example, _ = one({"chosen": chosen, "rejected": rejected})
+    assert (example.prompt, example.chosen, example.rejected) == (
+        theirs["prompt"],
+        theirs["chosen"],
+        theirs["rejected"],
+    )
+
+
+def test_implicit_conversations_split_as_trls_extract_prompt() -> None:
+    from trl.data_utils import extract_prompt
+
+    chosen = [system("Be brief."), user("Hi"), assistant("Hello"), user("Cat?"), assistant("An animal.")]
+    rejected = [*chosen[:4], assistant("A tool.")]
+    theirs = extract_prompt({"chosen": chosen, "rejected": rejected})
+    example, _ = one({"chosen": chosen, "rejected": rejected})
+    assert (example.prompt, example.chosen, example.rejected) == (
+        theirs["prompt"],
+        theirs["chosen"],
+        theirs["rejected"],
+    )
