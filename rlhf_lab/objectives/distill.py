@@ -164,8 +164,9 @@ class Distillation(AlignmentObjective):
 
     def on_validation_start(self) -> None:
         super().on_validation_start()
-        if self._trainer is not None and getattr(self.trainer, "datamodule", None) is not None:
-            self.use_teacher_completions(self.trainer.datamodule)  # evaluation alone: held-out prompts too
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if datamodule is not None:
+            self.use_teacher_completions(datamodule)  # evaluation alone: held-out prompts too
 
     def rows_to_complete(self, split: str, examples: list[Any]) -> list[int]:
         """The examples the teacher completes: those without a completion (prompt-only rows)."""
@@ -194,7 +195,7 @@ class Distillation(AlignmentObjective):
     def use_teacher_completions(self, datamodule: Any) -> dict[str, str]:
         """Give the examples `rows_to_complete` names the teacher's completions (from the cache, or generated
         now), once per dataset; returns ``{split: "cache" | "generated"}`` for the splits it completed."""
-        done = getattr(self, "_completed_datasets", set())
+        done: set[int] = getattr(self, "_completed_datasets", set())
         sources: dict[str, str] = {}
         for split, dataset in datamodule.datasets.items():
             rows = [] if id(dataset) in done else self.rows_to_complete(split, dataset.examples)

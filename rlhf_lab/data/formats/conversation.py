@@ -45,7 +45,9 @@ def _conversation(context: RowContext, column: str) -> tuple[list[Message], int]
     return messages, len(given) - len(messages)
 
 
-def _origin(column: str, first: int, prompt: list[Message], *parts: str, **others: tuple[str, int]) -> dict:
+def _origin(
+    column: str, first: int, prompt: list[Message], *parts: str, **others: tuple[str, int | None]
+) -> dict[str, tuple[str, int | None]]:
     """Where the prompt and the completion ``parts`` of a conversation stand in the file (`Parsed.origin`)."""
     return {"prompt": (column, first), **{part: (column, first + len(prompt)) for part in parts}, **others}
 
