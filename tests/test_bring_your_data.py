@@ -286,3 +286,40 @@ def test_a_reward_function_mapping_from_the_command_line(tmp_path: Path) -> None
     summary = summary_of(result, tmp_path)
     assert "val/rewards/six/mean" in summary
     assert 0.0 <= summary["val/rewards/six/mean"] <= 1.0
+
+
+REGISTRY = [
+    ("alpaca_en_demo", ("algo=sft",), "alpaca"),
+    ("dpo_en_demo", ("algo=dpo",), "sharegpt"),
+    ("kto_en_demo", ("algo=kto",), "sharegpt"),
+    ("glaive_toolcall_en_demo", ("algo=sft",), "sharegpt"),
+    # Real photos (LLaMA-Factory's mllm_demo_data), found beside the registry, on a tiny Qwen2-VL.
+    (
+        "mllm_demo",
+        (
+            "algo=sft",
+            "model=tiny_vlm",
+            "data.batch_size=2",
+            "data.max_length=512",
+            "data.max_prompt_length=480",
+        ),
+        "sharegpt",
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("entry", "overrides", "layout"), REGISTRY, ids=[entry for entry, _, _ in REGISTRY])
+def test_llamafactorys_own_registry_entries_train(
+    tmp_path: Path, entry: str, overrides: tuple[str, ...], layout: str
+) -> None:
+    """``data.source.dataset_info=<LLaMA-Factory's data/dataset_info.json> data.source.name=<entry>``."""
+    info = LLAMAFACTORY / "dataset_info.json"
+    result = cli(
+        tmp_path, *overrides, "data=jsonl", f"data.source.dataset_info={info}", f"data.source.name={entry}"
+    )
+    summary = summary_of(result, tmp_path)
+    file = LLAMAFACTORY / json.loads(info.read_text())[entry]["file_name"]
+    assert rows_read(summary) == len(read_rows(file))
+    assert (summary["data/format"], summary["data/ignored_columns"]) == (layout, "")
+    assert f"layout {layout} (configured)" in result.stdout + result.stderr
