@@ -428,13 +428,15 @@ class PreferenceDataModule(L.LightningDataModule):
         for split in SPLITS:
             for conversion in self.conversions.get(split, []):
                 how = "detected" if conversion.detected else "configured"
+                peers = LAYOUTS[conversion.format].peers if conversion.format in LAYOUTS else ""
                 log.info(
-                    "data[%s]: %s: %d rows, layout %s (%s)",
+                    "data[%s]: %s: %d rows, layout %s (%s): %s",
                     split,
                     conversion.file,
                     conversion.rows,
                     conversion.format,
                     how,
+                    peers,
                 )
         report = self.data_report()
         if report.get("data/reward_columns"):

@@ -205,9 +205,7 @@ def convert_file(
         DataError: A row is invalid, or the mapping names a column the file does not have.
     """
     mapping = mapping or ColumnMapping()
-    check_choice("data.format", fmt, ("auto", *LAYOUTS))
-    if fmt == "auto":
-        fmt = mapping.format
+    fmt = mapping.format if fmt == "auto" else fmt  # data.format wins over a registry entry's
     check_choice("data.format", fmt, ("auto", *LAYOUTS))
     rows = list(rows)
     if row_numbers is None:
@@ -248,9 +246,7 @@ def convert_file(
     first_pair: tuple[int, bool] | None = None
     for row_number, row in zip(row_numbers, rows, strict=True):
         renamed, hidden = rename(row, columns)
-        context = RowContext(
-            renamed, label, file, row_number, lookup, {n: c for n, c in columns.items()}, speakers
-        )
+        context = RowContext(renamed, label, file, row_number, lookup, columns, speakers)
         example, was_placed = _finish(context, layout.convert(context), mapping.ranking)
         placed += was_placed
         multi_turn += (
