@@ -1,18 +1,33 @@
-"""`python -m rlhf_lab [group=option ...] [key=value ...]`: run one experiment (or a --multirun sweep)."""
+"""`python -m rlhf_lab [group=option ...] [key=value ...]`: run one experiment (or a --multirun sweep).
+
+The config groups ship inside the package (`pkg://rlhf_lab.conf`), so the installed `rlhf-lab` command works
+from any directory. Add your own options without copying ours: `--config-dir DIR` (or
+`hydra.searchpath=[file:///abs/DIR]`) with e.g. `DIR/algo/my_dpo.yaml`, then `algo=my_dpo`.
+"""
 
 from __future__ import annotations
+
+import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf_lab.config import CONF_DIR, config_groups_help, register_schemas
+from rlhf_lab.config import CONF_SEARCH_PATH, config_groups_help, register_schemas, user_config_dirs
 
 register_schemas()
-# `--help` lists the option groups from conf/ itself (Hydra's own list would include the schema/* groups).
+# A user's config directory (--config-dir, hydra.searchpath) may hold options with schemas of their own.
+_user_dirs = user_config_dirs(sys.argv[1:])
+if _user_dirs:
+    from rlhf_lab.cli import reported_errors
+
+    with reported_errors():
+        for _user_dir in _user_dirs:
+            register_schemas(_user_dir)
+# `--help` lists the option groups from rlhf_lab/conf itself (Hydra's own list would include the schema/* groups).
 OmegaConf.register_new_resolver("rlhf_lab_config_groups", config_groups_help, replace=True)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_SEARCH_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from rlhf_lab.cli import quiet_libraries, reported_errors
     from rlhf_lab.objectives.base import NonFiniteError

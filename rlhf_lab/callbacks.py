@@ -20,19 +20,29 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from rlhf_lab.lightning_compat import (
+    batches_that_stepped,
+    pending_logged_metrics,
+    should_accumulate,
+    step_logs_due,
+    validation_due,
+)
 from rlhf_lab.loggers import CSVLogger, read_metrics_rows
 
 
 def _fitting(trainer: L.Trainer) -> bool:
     from lightning.pytorch.trainer.states import TrainerFn
 
-    return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run
+    return (
+        trainer.state.fn == TrainerFn.FITTING
+        and not trainer.sanity_checking
+        and not getattr(trainer, "fast_dev_run", False)
+    )
 
 
 def validation_follows(trainer: L.Trainer) -> bool:
     """Whether Lightning validates right after the current training batch (called in ``on_train_batch_end``)."""
-    loop = trainer.fit_loop
-    return bool(trainer.enable_validation and loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    return validation_due(trainer)
 
 
 class LastCheckpoint(Callback):
@@ -83,7 +93,7 @@ class LastCheckpoint(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not _fitting(trainer) or trainer.fit_loop._should_accumulate() or not self._due(trainer):
+        if not _fitting(trainer) or should_accumulate(trainer) or not self._due(trainer):
             return
         if validation_follows(trainer):
             # Saved here, a resume would skip this validation: save once it has run.
@@ -133,28 +143,25 @@ class RunProgress(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         # Until Lightning logs this step's row (after every on_train_batch_end), a checkpoint precedes it.
-        self._row_pending = not trainer.fit_loop._should_accumulate()
+        self._row_pending = not should_accumulate(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._row_pending = False
 
     def _pending_row(self, trainer: L.Trainer) -> dict[str, Any] | None:
-        connector = trainer._logger_connector
-        if not self._row_pending or not (connector.should_update_logs or trainer.fast_dev_run):
+        if not self._row_pending or not step_logs_due(trainer):
             return None
         values = {
-            k: float(v) for k, v in connector.metrics["log"].items() if isinstance(v, torch.Tensor | float)
+            k: float(v)
+            for k, v in pending_logged_metrics(trainer).items()
+            if isinstance(v, torch.Tensor | float)
         }
         if not values:
             return None
-        return {
-            **values,
-            "epoch": trainer.current_epoch,
-            "step": trainer.fit_loop.epoch_loop._batches_that_stepped,
-        }
+        return {**values, "epoch": trainer.current_epoch, "step": batches_that_stepped(trainer)}
 
     def state_dict(self) -> dict[str, Any]:
-        trainer = self._trainer
+        trainer = self._fit_trainer
         if trainer is not None:
             # Updated, not replaced: a resumed process that trains no further step has none of its own.
             self.train_metrics.update(
@@ -177,17 +184,21 @@ class RunProgress(Callback):
         self.pending_row = state_dict.get("pending_row")
 
     def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
-        self._trainer = trainer
+        self._fit_trainer = trainer
 
-    _trainer: L.Trainer | None = None
+    # Callback.state_dict gets no trainer: the one `setup` saw (rlhf_lab's own attribute, not Lightning's).
+    _fit_trainer: L.Trainer | None = None
 
 
 class FiniteModelCheckpoint(ModelCheckpoint):
     """Lightning's best-k `ModelCheckpoint`, except that a non-finite monitored value is never ranked (a
-    diverged run keeps no "best" checkpoint by ``val/loss=NaN``)."""
+    diverged run keeps no "best" checkpoint by ``val/loss=NaN``).
 
-    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
-        current = monitor_candidates.get(self.monitor) if self.monitor else None
+    Through the public `ModelCheckpoint.check_monitor_top_k`, which decides whether the monitored value
+    enters the top k (Lightning would rank a NaN as the worst value, yet keep it while fewer than k are saved).
+    """
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
         if current is not None and not math.isfinite(float(current)):
-            return
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
+            return False
+        return super().check_monitor_top_k(trainer, current)

@@ -33,9 +33,10 @@ def reported_errors(*extra: type[BaseException]) -> Iterator[None]:
     from rlhf_lab.data.formats import DataError
     from rlhf_lab.errors import ConfigError
 
+    caught: tuple[type[BaseException], ...] = (DataError, ConfigError, *extra)
     try:
         yield
-    except (DataError, ConfigError, *extra) as error:
+    except caught as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 

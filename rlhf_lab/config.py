@@ -1,6 +1,6 @@
 """Typed config schemas, derived from the classes the YAML files instantiate.
 
-Every ``conf/<group>/<option>.yaml`` names a ``_target_`` and starts from the schema of that target
+Every ``rlhf_lab/conf/<group>/<option>.yaml`` names a ``_target_`` and starts from the schema of that target
 (``defaults: [/schema/<group>/<name>@_here_]``). `register_schemas` reads those two lines from the YAML
 files themselves (no second list in Python) and generates each schema from the target's constructor or
 dataclass fields, so types and defaults are written once, in Python: a typo'd key or a value of the
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import keyword
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -48,10 +49,56 @@ def _default_of(value: Any) -> Any:
     if value is inspect.Parameter.empty or value is dataclasses.MISSING:
         return MISSING
     if isinstance(value, (list, dict, tuple)):
-        return dataclasses.field(
-            default_factory=lambda v=value: list(v) if isinstance(v, tuple) else v.copy()
-        )
+        return dataclasses.field(default_factory=functools.partial(_fresh_copy, value))
     return value
+
+
+def _fresh_copy(value: list[Any] | dict[str, Any] | tuple[Any, ...]) -> list[Any] | dict[str, Any]:
+    # A mutable default, copied for each instance (a tuple becomes the list OmegaConf stores).
+    return list(value) if isinstance(value, tuple) else value.copy()
+
+
+def _dataclass_params(target: Any) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """Type hints and ``(name, default)`` of a dataclass's ``__init__`` fields (a default factory called)."""
+    hints = typing.get_type_hints(target)
+    params = [
+        (f.name, f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
+        for f in dataclasses.fields(target)
+        if f.init
+    ]
+    return hints, params
+
+
+def _constructor_params(target: Any) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """Type hints and ``(name, default)`` of a class's constructor arguments, following ``**kwargs`` up the
+    class hierarchy (a subclass's constructor forwards to its base); a subclass's come first."""
+    hints: dict[str, Any] = {}
+    params: list[tuple[str, Any]] = []
+    for cls in target.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        hints = {**typing.get_type_hints(cls.__init__), **hints}
+        signature = inspect.signature(cls.__init__).parameters.values()
+        params += [
+            (p.name, p.default)
+            for p in signature
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+        if not any(p.kind is p.VAR_KEYWORD for p in signature):
+            break
+    return hints, params
+
+
+def _rename_keyword_fields(schema: Any, keyword_fields: list[str]) -> Any:
+    """The schema as a typed node, with each ``<keyword>_`` field renamed ``<keyword>``."""
+    # A paper name that is a Python keyword (ORPO's `lambda`) is `lambda_` in Python: rename the typed node.
+    node = OmegaConf.structured(schema)
+    with open_dict(node):
+        for name in keyword_fields:
+            typed = copy.deepcopy(node._get_node(name))
+            del node[name]
+            node[name[:-1]] = typed
+    return node
 
 
 def schema_for(
@@ -70,29 +117,9 @@ def schema_for(
         title: The schema's name in messages (``AlgoDpoSchema``); default ``<target name>Schema``.
     """
     fields: list[tuple[str, Any, Any]] = [("_target_", str, f"{target.__module__}.{target.__qualname__}")]
-    hints: dict[str, Any] = {}
-    params: list[tuple[str, Any]] = []
-    if dataclasses.is_dataclass(target):
-        hints = typing.get_type_hints(target)
-        params = [
-            (f.name, f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
-            for f in dataclasses.fields(target)
-            if f.init
-        ]
-    else:
-        # Follow **kwargs up the class hierarchy: a subclass's constructor forwards to its base.
-        for cls in target.__mro__:
-            if "__init__" not in vars(cls):
-                continue
-            hints = {**typing.get_type_hints(cls.__init__), **hints}
-            signature = inspect.signature(cls.__init__).parameters.values()
-            params += [
-                (p.name, p.default)
-                for p in signature
-                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-            ]
-            if not any(p.kind is p.VAR_KEYWORD for p in signature):
-                break
+    hints, params = (
+        _dataclass_params(target) if dataclasses.is_dataclass(target) else _constructor_params(target)
+    )
     for name, annotation, default in extra:
         hints.setdefault(name, annotation)
         params.append((name, default))
@@ -113,19 +140,13 @@ def schema_for(
         (n, t, d if isinstance(d, dataclasses.Field) else dataclasses.field(default=d)) for n, t, d in ordered
     ]
     schema = dataclasses.make_dataclass(title or f"{target.__name__}Schema", specs)
-    if not keyword_fields:
-        return schema
-    # A paper name that is a Python keyword (ORPO's `lambda`) is `lambda_` in Python: rename the typed node.
-    node = OmegaConf.structured(schema)
-    with open_dict(node):
-        for name in keyword_fields:
-            typed = copy.deepcopy(node._get_node(name))
-            del node[name]
-            node[name[:-1]] = typed
-    return node
+    return _rename_keyword_fields(schema, keyword_fields) if keyword_fields else schema
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: The config groups, shipped inside the package (``rlhf_lab/conf``) so an installed wheel has them; the CLI
+#: reads them as ``pkg://rlhf_lab.conf``. The one place that says where they are: import it from here.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+CONF_SEARCH_PATH = "pkg://rlhf_lab.conf"
 SCHEMA_PREFIX = "/schema/"
 
 
@@ -196,10 +217,40 @@ def register_schemas(conf_dir: Path = CONF_DIR) -> None:
         )
 
 
+def user_config_dirs(argv: Sequence[str]) -> list[Path]:
+    """The config directories a command line adds to the package's own: ``--config-dir DIR`` (``-cd DIR``)
+    and the ``file://`` entries of ``hydra.searchpath=[...]``; those that exist, resolved.
+
+    Their YAML files may build on a schema of their own (``/schema/algo/my_loss@_here_``): the CLI registers
+    those schemas too (`register_schemas`), as it does the package's.
+    """
+    found: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and index + 1 < len(argv):
+            found.append(argv[index + 1])
+        elif arg.startswith("--config-dir="):
+            found.append(arg.partition("=")[2])
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            entries = (entry.strip().strip("'\"") for entry in arg.partition("=")[2].strip("[]").split(","))
+            found += [entry[len("file://") :] for entry in entries if entry.startswith("file://")]
+    dirs = [Path(entry).expanduser().resolve() for entry in found if entry]
+    return [path for path in dict.fromkeys(dirs) if path.is_dir() and path != CONF_DIR]
+
+
+def config_group_dirs(conf_dir: Path = CONF_DIR) -> list[Path]:
+    """The directories of the config groups a run selects: not Hydra's own (``hydra/``), nor ``__pycache__``
+    (``conf`` is a Python package, so that Hydra finds it as ``pkg://rlhf_lab.conf``)."""
+    return sorted(
+        path
+        for path in conf_dir.iterdir()
+        if path.is_dir() and path.name != "hydra" and not path.name.startswith(("_", "."))
+    )
+
+
 def config_groups_help(conf_dir: Path = CONF_DIR) -> str:
     """``group: option, option, ...`` for every config group a run selects (what ``--help`` lists)."""
     lines = []
-    for group in sorted(path for path in conf_dir.iterdir() if path.is_dir() and path.name != "hydra"):
+    for group in config_group_dirs(conf_dir):
         options = sorted(path.stem for path in group.glob("*.yaml"))
         lines.append(f"{group.name}: {', '.join(options)}")
     return "\n".join(lines)

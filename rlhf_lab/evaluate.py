@@ -2,7 +2,10 @@
 
     python -m rlhf_lab.evaluate run_dir=outputs/2026-11-22/10-00-00 [samples=4] [max_new_tokens=48]
         [weights=auto|export|checkpoint|<file.ckpt>|<export dir>] [validate=true] [out_dir=...]
-        [data=jsonl data.source.eval_path=held_out.jsonl] [any.other=override]
+        [split=val|test] [data=jsonl data.source.eval_path=held_out.jsonl] [any.other=override]
+
+A Hydra app: the options above take training's override syntax (``run_dir=???`` is required); ``--help``
+lists them, ``--cfg job`` prints them. It writes nothing but its results (no ``outputs/``, no ``.hydra/``).
 
 The objective is rebuilt from the run's resolved ``config.yaml`` (the same model spec, so the same
 reference: the base model the run started from), the trained weights are loaded, and Lightning validates
@@ -12,8 +15,9 @@ first ``samples`` held-out prompts are printed (reward models: the chosen and re
 Writes ``<run_dir>/eval/metrics.json`` and ``<run_dir>/eval/samples.jsonl``.
 
 Other ``key=value`` arguments override the run's config: ``group=option`` swaps a whole config group
-(``data=jsonl``), dotted keys set values (``algo.reference=copy``). ``data.eval_split=test`` evaluates on the
-data's test split (``data=suite``); its metrics are then named ``test/...``. With ``model=tiny`` the tokenizer and
+(``data=jsonl``), dotted keys set values (``algo.reference=copy``); a key the run's config does not have
+fails (``+key=value`` adds one). ``split=test`` (or ``data.eval_split=test``) evaluates on the data's test
+split (``data=suite``); its metrics are then named ``test/...``. With ``model=tiny`` the tokenizer and
 initial weights derive from the run's training data, so they are rebuilt from it whatever the evaluation
 data. The reference is always the initial policy: a ``precomputed`` reference on new data is computed from a
 freshly loaded base model (LoRA/DoRA: the base with adapters off), never from the trained weights.
@@ -21,6 +25,7 @@ freshly loaded base model (LoRA/DoRA: the base with adapters off), never from th
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -28,14 +33,18 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+from rlhf_lab.config import CONF_DIR
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.launch import compose_app, register_app, require, run_app
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+APP = "evaluate"
 WEIGHT_SOURCES = ("auto", "export", "checkpoint")
 
 
@@ -52,6 +61,7 @@ class EvalOptions:
         validate: Run the held-out validation (off: samples only).
         out_dir: Where metrics.json and samples.jsonl go (default ``<run_dir>/eval``).
         overrides: Config overrides (``group=option`` or ``dotted.key=value``).
+        split: The data split to evaluate on (``data.eval_split``; None: the run's, ``val``).
     """
 
     run_dir: Path
@@ -61,11 +71,37 @@ class EvalOptions:
     validate: bool = True
     out_dir: Path | None = None
     overrides: list[str] = field(default_factory=list)
+    split: str | None = None
+
+    @property
+    def config_overrides(self) -> list[str]:
+        """``overrides``, after ``data.eval_split=<split>`` when a split is given."""
+        return [*([f"data.eval_split={self.split}"] if self.split else []), *self.overrides]
+
+
+@dataclass
+class EvaluateOptions:
+    """``python -m rlhf_lab.evaluate``'s options, as Hydra composes them (``???``: required). Arguments that
+    are not these options are overrides of the run's config (`EvalOptions.overrides`)."""
+
+    run_dir: str = MISSING
+    weights: str = "auto"
+    samples: int = 4
+    max_new_tokens: int = 48
+    validate: bool = True
+    out_dir: Optional[str] = None  # noqa: UP045 - OmegaConf needs typing.Optional
+    split: Optional[str] = None  # noqa: UP045
+    overrides: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------- config
 def _config_groups() -> set[str]:
-    return {path.name for path in CONFIG_DIR.iterdir() if path.is_dir() and path.name != "hydra"}
+    """The config groups a run selects (``conf`` is a package: no ``__pycache__``, nor Hydra's own)."""
+    return {
+        path.name
+        for path in CONF_DIR.iterdir()
+        if path.is_dir() and path.name != "hydra" and not path.name.startswith(("_", "."))
+    }
 
 
 def _compose_groups(choices: list[str]) -> DictConfig:
@@ -79,7 +115,7 @@ def _compose_groups(choices: list[str]) -> DictConfig:
     if GlobalHydra.instance().is_initialized():
         # Inside a Hydra app (the leaderboard) the app's own config search path is already set.
         return compose("config", overrides=choices)
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return compose("config", overrides=choices)
 
 
@@ -107,14 +143,7 @@ def load_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfi
         with open_dict(cfg):
             cfg.algo._target_ = "rlhf_lab.objectives.PairwiseObjective"
             cfg.algo.loss = legacy_loss
-    groups = _config_groups()
-    choices: list[str] = []
-    dotted: list[str] = []
-    for override in overrides:
-        key, sep, _ = override.lstrip("+").partition("=")
-        if not sep:
-            raise ValueError(f"expected key=value, got {override!r}")
-        (choices if key in groups else dotted).append(override.lstrip("+"))
+    choices, dotted = _group_choices_and_values(cfg, overrides)
     with open_dict(cfg):
         if choices:
             composed = _compose_groups(choices)
@@ -126,6 +155,29 @@ def load_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfi
         # The run may have moved since it was written.
         cfg.paths.run_dir = str(run_dir)
     return cfg
+
+
+def _group_choices_and_values(cfg: DictConfig, overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``overrides`` split into group choices (``data=jsonl``) and values (``data.eval_batch_size=4``).
+
+    Raises:
+        ValueError: An override is not ``key=value``, or sets a key the run's config has no top-level entry
+            for (a typo; ``+key=value`` adds one).
+    """
+    groups = _config_groups()
+    choices: list[str] = []
+    dotted: list[str] = []
+    for override in overrides:
+        key, sep, _ = override.lstrip("+").partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {override!r}")
+        if key not in groups and not override.startswith("+") and key.split(".")[0] not in cfg:
+            raise ConfigError(
+                f"{override}: {key.split('.')[0]!r} is neither an option of python -m rlhf_lab.{APP} "
+                f"({', '.join(OPTION_KEYS)}) nor a key of the run's config (+{override} adds it)"
+            )
+        (choices if key in groups else dotted).append(override.lstrip("+"))
+    return choices, dotted
 
 
 # -------------------------------------------------------------------------------------------- weights
@@ -278,7 +330,7 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     """
     run_dir = Path(options.run_dir)
     run_cfg = load_config(run_dir)
-    cfg = load_config(run_dir, options.overrides)
+    cfg = load_config(run_dir, options.config_overrides)
     objective, datamodule, tokenizer = build_for_eval(cfg, run_cfg)
     source = _resolve_weights(run_dir, options.weights, objective.adapter.is_peft)
     load_weights(objective, source)
@@ -323,38 +375,60 @@ def _print_report(
     print("\n".join(lines), flush=True)
 
 
-def parse_args(argv: Sequence[str]) -> EvalOptions:
-    """``key=value`` arguments -> options; keys other than the options' are config overrides."""
-    options: dict[str, Any] = {}
-    overrides = []
+OPTION_KEYS = tuple(f.name for f in dataclasses.fields(EvaluateOptions))
+register_app(APP, EvaluateOptions, __doc__ or "")
+
+
+def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The arguments for the app (its options, ``hydra.*``, flags such as ``--help``) and the rest, the
+    overrides of the run's config (``data=jsonl``, ``algo.reference=copy``)."""
+    app: list[str] = []
+    run: list[str] = []
     for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ValueError(f"expected key=value, got {arg!r} (see python -m rlhf_lab.evaluate --help)")
-        if key in ("run_dir", "weights", "out_dir"):
-            options[key] = value
-        elif key in ("samples", "max_new_tokens"):
-            options[key] = int(value)
-        elif key == "validate":
-            options[key] = value.lower() in ("1", "true", "yes")
-        else:
-            overrides.append(arg)
-    if "run_dir" not in options:
-        raise ValueError("run_dir=<run directory> is required")
-    options["run_dir"] = Path(options["run_dir"])
-    return EvalOptions(**options, overrides=overrides)
+        key, sep, _ = arg.lstrip("+~").partition("=")
+        own = key in OPTION_KEYS or key == "hydra" or key.startswith(("hydra.", "hydra/"))
+        (app if arg.startswith("-") or not sep or own else run).append(arg)
+    return app, run
+
+
+def options_from_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> EvalOptions:
+    """`EvalOptions` from the app's composed options, with the run-config ``overrides`` after its own.
+
+    Raises:
+        ConfigError: A required option (``run_dir``) is missing.
+    """
+    require(cfg, APP)
+    return EvalOptions(
+        run_dir=Path(cfg.run_dir),
+        weights=str(cfg.weights),
+        samples=int(cfg.samples),
+        max_new_tokens=int(cfg.max_new_tokens),
+        validate=bool(cfg.validate),
+        out_dir=Path(cfg.out_dir) if cfg.out_dir else None,
+        overrides=[*map(str, cfg.overrides), *overrides],
+        split=str(cfg.split) if cfg.split else None,
+    )
+
+
+def parse_args(argv: Sequence[str]) -> EvalOptions:
+    """``key=value`` arguments -> options (Hydra's grammar); arguments other than the options are config
+    overrides."""
+    app, run = split_arguments(argv)
+    return options_from_config(compose_app(APP, app), run)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(__doc__)
-        return {}
+    """``python -m rlhf_lab.evaluate``; returns the metrics (``{}`` after ``--help`` or ``--cfg``)."""
     from rlhf_lab.cli import quiet_libraries, reported_errors
 
-    quiet_libraries()
-    with reported_errors(ValueError, FileNotFoundError):
-        return evaluate(parse_args(argv))
+    app, run = split_arguments(sys.argv[1:] if argv is None else argv)
+
+    def task(cfg: DictConfig) -> dict[str, Any]:
+        quiet_libraries()
+        with reported_errors(ValueError, FileNotFoundError):
+            return evaluate(options_from_config(cfg, run))
+
+    return run_app(APP, task, app) or {}
 
 
 if __name__ == "__main__":

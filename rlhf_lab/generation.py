@@ -120,6 +120,94 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _row_uniforms(
+    row_seeds: list[int] | None, batch: int, sampling: SamplingConfig, device: torch.device
+) -> torch.Tensor | None:
+    """``[B, max_new_tokens]`` float64 uniforms, row ``b``'s drawn from its own seed (None: sample with the
+    shared generator, or decode greedily)."""
+    if row_seeds is None or not sampling.do_sample:
+        return None
+    if len(row_seeds) != batch:
+        raise ValueError(f"{len(row_seeds)} row seeds for {batch} rows")
+    return torch.stack(
+        [
+            torch.rand(
+                sampling.max_new_tokens,
+                generator=torch.Generator().manual_seed(seed),
+                dtype=torch.float64,
+            )
+            for seed in row_seeds
+        ]
+    ).to(device)
+
+
+def _next_token_logits(
+    decoder: nn.Module,
+    head: nn.Module,
+    step_inputs: dict[str, Any],
+    cache: Any,
+    banned: torch.Tensor | None,
+) -> tuple[torch.Tensor, Any]:
+    """One decoder pass (the prompts, or the last sampled token against the cache): ``[B, V]`` fp32 logits of
+    the next token, the multimodal tokens masked, and the updated cache."""
+    outputs = decoder(**step_inputs, past_key_values=cache, use_cache=True)
+    logits = head(last_hidden_state(outputs)[:, -1]).float()
+    if banned is not None:
+        logits[:, banned] = float("-inf")
+    return logits, outputs.past_key_values
+
+
+def _sample(
+    logits: torch.Tensor,
+    sampling: SamplingConfig,
+    step: int,
+    generator: torch.Generator | None,
+    uniforms: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B]`` next tokens from ``[B, V]`` logits, and their log-probs under ``softmax(logits / temperature)``
+    (before top-k/top-p filtering)."""
+    if sampling.do_sample:
+        scaled = logits / sampling.temperature
+        filtered = _filter_logits(scaled, sampling.top_k, sampling.top_p)
+        if uniforms is None:
+            token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+        else:
+            cdf = filtered.softmax(-1).double().cumsum(-1)
+            target = (uniforms[:, step] * cdf[:, -1]).unsqueeze(-1)
+            token = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+    else:
+        scaled = logits
+        token = logits.argmax(-1)
+    return token, scaled.log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
+
+
+def _end_rows(
+    token: torch.Tensor,
+    token_logp: torch.Tensor,
+    finished: torch.Tensor,
+    eos: torch.Tensor,
+    pad_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bookkeeping of ended rows: ``pad_token_id`` and log-prob 0 where a row had already ended; also which
+    rows were still going (this step's token is theirs) and which have ended now (EOS)."""
+    token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+    token_logp = torch.where(finished, torch.zeros_like(token_logp), token_logp)
+    return token, token_logp, ~finished, finished | torch.isin(token, eos)
+
+
+def _next_step_inputs(
+    token: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+) -> dict[str, Any]:
+    """The inputs of the pass after a step: its token alone, the grown mask, positions advanced by one."""
+    # [..., -1:]: multimodal rotary positions are [3, B, T], text positions [B, T]; after the prompt's last
+    # (text) token every axis advances by one.
+    return {
+        "input_ids": token.unsqueeze(1),
+        "attention_mask": attention_mask,
+        "position_ids": positions[..., -1:] + 1,
+    }
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -150,79 +238,32 @@ def generate(
         `Generation`.
     """
     decoder, head = decoder_and_head(model)
-    eos = torch.tensor(
-        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
-        device=prompts.input_ids.device,
-    )
-    batch = prompts.input_ids.shape[0]
+    device, batch = prompts.input_ids.device, prompts.input_ids.shape[0]
+    eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
+    banned_ids = multimodal_token_ids(model)
+    banned = torch.tensor(banned_ids, device=device) if banned_ids else None
+    uniforms = _row_uniforms(row_seeds, batch, sampling, device)
     attention_mask = prompts.attention_mask.clone()
-    banned = multimodal_token_ids(model)
-    banned = torch.tensor(banned, device=prompts.input_ids.device) if banned else None
     # The first pass reads the prompts (and their images); each later one a single new token.
-    step_inputs = forward_inputs(decoder, prompts)
-    positions = step_inputs["position_ids"]
-    cache = None
-    finished = torch.zeros(batch, dtype=torch.bool, device=prompts.input_ids.device)
+    step_inputs, cache = forward_inputs(decoder, prompts), None
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logps = [], []
-    uniforms = None
-    if row_seeds is not None and sampling.do_sample:
-        if len(row_seeds) != batch:
-            raise ValueError(f"{len(row_seeds)} row seeds for {batch} rows")
-        uniforms = torch.stack(
-            [
-                torch.rand(
-                    sampling.max_new_tokens,
-                    generator=torch.Generator().manual_seed(seed),
-                    dtype=torch.float64,
-                )
-                for seed in row_seeds
-            ]
-        ).to(prompts.input_ids.device)
     with _eval_mode(model):
         for step in range(sampling.max_new_tokens):
-            outputs = decoder(**step_inputs, past_key_values=cache, use_cache=True)
-            cache = outputs.past_key_values
-            logits = head(last_hidden_state(outputs)[:, -1]).float()
-            if banned is not None:
-                logits[:, banned] = float("-inf")
-            if sampling.do_sample:
-                scaled = logits / sampling.temperature
-                filtered = _filter_logits(scaled, sampling.top_k, sampling.top_p)
-                if uniforms is None:
-                    token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
-                else:
-                    cdf = filtered.softmax(-1).double().cumsum(-1)
-                    target = (uniforms[:, step] * cdf[:, -1]).unsqueeze(-1)
-                    token = (
-                        torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
-                    )
-            else:
-                scaled = logits
-                token = logits.argmax(-1)
-            token_logp = scaled.log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
-            token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+            logits, cache = _next_token_logits(decoder, head, step_inputs, cache, banned)
+            token, token_logp = _sample(logits, sampling, step, generator, uniforms)
+            token, token_logp, alive, finished = _end_rows(token, token_logp, finished, eos, pad_token_id)
             tokens.append(token)
-            logps.append(torch.where(finished, torch.zeros_like(token_logp), token_logp))
-            alive = ~finished
-            finished = finished | torch.isin(token, eos)
+            logps.append(token_logp)
             # The mask of this step's token: it is part of the completion unless the row had already ended.
             attention_mask = torch.cat([attention_mask, alive.long().unsqueeze(1)], 1)
-            # [..., -1:]: multimodal rotary positions are [3, B, T], text positions [B, T]; after the prompt's
-            # last (text) token every axis advances by one.
-            positions = positions[..., -1:] + 1
-            step_inputs = {
-                "input_ids": token.unsqueeze(1),
-                "attention_mask": attention_mask,
-                "position_ids": positions,
-            }
+            step_inputs = _next_step_inputs(token, attention_mask, step_inputs["position_ids"])
             if _all_finished(finished):
                 break
-    completion_ids = torch.stack(tokens, 1)
-    completion_mask = attention_mask[:, prompts.input_ids.shape[1] :].bool()
     return Generation(
         prompts=prompts,
-        completion_ids=completion_ids,
-        completion_mask=completion_mask,
+        completion_ids=torch.stack(tokens, 1),
+        completion_mask=attention_mask[:, prompts.input_ids.shape[1] :].bool(),
         logps=torch.stack(logps, 1),
         truncated=~finished,
     )

@@ -10,12 +10,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning.fabric.utilities.logger import _convert_params
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rlhf_lab.errors import check_choice
+from rlhf_lab.lightning_compat import (
+    ExperimentWriterHooks,
+    cached_experiment,
+    switch_wandb_offline,
+    wandb_offline,
+    wandb_run_started,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +71,13 @@ class FlatConfigWandbLogger(WandbLogger):
     going offline (one warning) when an online run cannot start: a rejected key or an unreachable server."""
 
     def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
-        super().log_hyperparams(flatten_config(_convert_params(params)))
+        # A Namespace as its vars, None as nothing (what Lightning's loggers accept); a DictConfig stays one.
+        flat = flatten_config(vars(params) if isinstance(params, Namespace) else params or {})
+        super().log_hyperparams(flat)
 
     @property
     def experiment(self) -> Any:
-        if self._experiment is not None or self._offline:
+        if wandb_run_started(self) or wandb_offline(self):
             return super().experiment
         import wandb
 
@@ -79,9 +88,7 @@ class FlatConfigWandbLogger(WandbLogger):
             log.warning(
                 "W&B could not start an online run (%s): logging offline to %s instead", first, self.save_dir
             )
-            self._offline = True
-            self._wandb_init["mode"] = "offline"
-            self._experiment = None
+            switch_wandb_offline(self)
             return super().experiment
 
 
@@ -189,26 +196,22 @@ def _write_rows_atomically(path: Path, fieldnames: list[str], rows: list[dict[st
     os.replace(staging, path)
 
 
-def _appending_writer() -> type:
-    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+class AppendingWriter(ExperimentWriterHooks):
+    """Keeps an existing metrics.csv (a resumed run appends to it) instead of deleting it, and rewrites it
+    atomically when a new column appears (Lightning rewrites it in place, which a kill can empty)."""
 
-    class AppendingWriter(ExperimentWriter):
-        """Keeps an existing metrics.csv (a resumed run appends to it) instead of deleting it, and rewrites it
-        atomically when a new column appears (Lightning rewrites it in place, which a kill can empty)."""
+    def prepare_metrics_file(self) -> None:
+        fs = get_filesystem(self.metrics_file_path)
+        if fs.isfile(self.metrics_file_path):
+            with fs.open(self.metrics_file_path, "r", newline="") as file:
+                header = next(csv.reader(file), [])
+            self.metrics_keys = sorted(header)
 
-        def _check_log_dir_exists(self) -> None:
-            if self._fs.isfile(self.metrics_file_path):
-                with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                    header = next(csv.reader(file), [])
-                self.metrics_keys = sorted(header)
-
-        def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
-            path = Path(self.metrics_file_path)
-            with path.open(newline="") as file:
-                rows = list(csv.DictReader(file))
-            _write_rows_atomically(path, list(fieldnames), rows)
-
-    return AppendingWriter
+    def rewrite_metrics_file(self, fieldnames: list[str]) -> None:
+        path = Path(self.metrics_file_path)
+        with path.open(newline="") as file:
+            rows = list(csv.DictReader(file))
+        _write_rows_atomically(path, list(fieldnames), rows)
 
 
 class CSVLogger(LightningCSVLogger):
@@ -216,10 +219,11 @@ class CSVLogger(LightningCSVLogger):
 
     @property
     def experiment(self) -> Any:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _appending_writer()(log_dir=self.log_dir)
-        return self._experiment
+        def create() -> AppendingWriter:
+            get_filesystem(self.root_dir).makedirs(self.root_dir, exist_ok=True)
+            return AppendingWriter(log_dir=self.log_dir)
+
+        return cached_experiment(self, create)
 
 
 def read_metrics_rows(metrics_file: Path) -> tuple[list[str], list[dict[str, str]]]:

@@ -52,7 +52,8 @@ class SequenceLogps:
     def rows(self, part: slice) -> SequenceLogps:
         """The statistics of the rows ``part`` (e.g. the chosen block of a pair batch)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return SequenceLogps(**{k: None if v is None else v[part] for k, v in values.items()})
+        sliced: dict[str, Any] = {k: None if v is None else v[part] for k, v in values.items()}
+        return SequenceLogps(**sliced)
 
     @property
     def mean_logps(self) -> torch.Tensor:
@@ -67,7 +68,10 @@ STORED_LOGITS_BUDGET = 512 * 2**20
 def stored_logits_bytes(tokens: int, head: nn.Module) -> float:
     """What keeping ``tokens`` positions' logits for backward costs: fp32 logits and their softmax (inf when
     the vocabulary is unknown, e.g. a ZeRO-3 partitioned head, so the choice falls to recomputing)."""
-    vocabulary = getattr(head, "out_features", 0) or (head.weight.shape[0] if hasattr(head, "weight") else 0)
+    layer: Any = head  # nn.Module types its attributes as Tensor | Module
+    vocabulary = getattr(layer, "out_features", 0) or (
+        layer.weight.shape[0] if hasattr(layer, "weight") else 0
+    )
     return tokens * vocabulary * 8 if vocabulary else float("inf")
 
 
@@ -97,6 +101,98 @@ def _score_chunk(
         values, ids = logits.topk(top_k, dim=-1)
         outputs += [values - normaliser.unsqueeze(-1), ids]
     return tuple(outputs)
+
+
+def _score_chunks(
+    selected_hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module,
+    chunk_size: int,
+    recompute: bool,
+    options: tuple[float | None, float, bool, int],
+) -> list[torch.Tensor]:
+    """`_score_chunk` over ``chunk_size`` scored positions at a time (checkpointed when ``recompute`` and
+    autograd is on), its columns concatenated; empty when there is nothing to score."""
+    chunks: list[tuple[torch.Tensor, ...]] = []
+    for start in range(0, targets.numel(), chunk_size):
+        arguments = (
+            selected_hidden[start : start + chunk_size],
+            targets[start : start + chunk_size],
+            head,
+            *options,
+        )
+        if recompute and torch.is_grad_enabled() and selected_hidden.requires_grad:
+            chunks.append(checkpoint(_score_chunk, *arguments, use_reentrant=False))
+        else:
+            chunks.append(_score_chunk(*arguments))
+    return [torch.cat(parts) for parts in zip(*chunks, strict=True)]
+
+
+def _empty_columns(hidden_states: torch.Tensor, entropy: bool, top_k: int) -> list[torch.Tensor]:
+    """`_score_chunks`' columns when nothing is scored: empty, of the right kinds."""
+    empty = hidden_states.new_zeros(0, dtype=torch.float32)
+    columns = [empty, empty]
+    if entropy:
+        columns.append(empty)
+    if top_k:
+        columns += [hidden_states.new_zeros(0, top_k), torch.zeros(0, top_k, dtype=torch.long)]
+    return columns
+
+
+def _dense(
+    values: torch.Tensor, keep: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor], shape: tuple[int, int]
+) -> torch.Tensor:
+    """Scatter the per-scored-token ``values`` kept by ``keep`` to ``index`` of a ``[N, T, ...]`` tensor, zero
+    elsewhere (differentiable)."""
+    return values.new_zeros((*shape, *values.shape[1:])).index_put(index, values[keep])
+
+
+def _sequence_statistics(
+    columns: list[torch.Tensor],
+    rows: torch.Tensor,
+    is_completion: torch.Tensor,
+    target_mask: torch.Tensor,
+    prompt_scored: torch.Tensor | None,
+    num_sequences: int,
+    device: torch.device,
+) -> SequenceLogps:
+    """Per-sequence sums of the scored tokens' columns (completion and, with ``prompt_scored``, prompt)."""
+    token_logps, token_mean_logits = columns[0], columns[1]
+    zeros = torch.zeros(num_sequences, device=device, dtype=torch.float32)
+    lengths = target_mask.sum(1)
+    result = SequenceLogps(
+        logps=zeros.index_add(0, rows, torch.where(is_completion, token_logps, 0.0)),
+        lengths=lengths,
+        mean_logits=zeros.index_add(0, rows, torch.where(is_completion, token_mean_logits, 0.0))
+        / lengths.clamp(min=1).float(),
+    )
+    if prompt_scored is not None:
+        result.prompt_logps = zeros.index_add(0, rows, torch.where(is_completion, 0.0, token_logps))
+        result.prompt_lengths = prompt_scored.sum(1)
+    return result
+
+
+def _add_per_token(
+    result: SequenceLogps,
+    columns: list[torch.Tensor],
+    positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    shape: tuple[int, int],
+    per_token: bool,
+    entropy: bool,
+    top_k: int,
+) -> SequenceLogps:
+    """``result`` with the per-token columns asked for, at the completion tokens of ``[N, T, ...]`` tensors
+    (``positions``: each scored token's row, its predicting column, whether it is a completion token)."""
+    rows, cols, is_completion = positions
+    index = (rows[is_completion], cols[is_completion] + 1)
+    if per_token:
+        result.token_logps = _dense(columns[0], is_completion, index, shape)
+    if entropy:
+        result.token_entropy = _dense(columns[2], is_completion, index, shape)
+    if top_k:
+        result.top_k_logps = _dense(columns[-2], is_completion, index, shape)
+        result.top_k_ids = _dense(columns[-1], is_completion, index, shape)
+    return result
 
 
 def completion_logps(
@@ -147,57 +243,15 @@ def completion_logps(
     targets = input_ids[:, 1:][rows, cols]
     if recompute == "auto":
         recompute = stored_logits_bytes(targets.numel(), head) > STORED_LOGITS_BUDGET
-    chunks: list[tuple[torch.Tensor, ...]] = []
-    for start in range(0, targets.numel(), chunk_size):
-        arguments = (
-            selected_hidden[start : start + chunk_size],
-            targets[start : start + chunk_size],
-            head,
-            logit_softcap,
-            temperature,
-            entropy,
-            top_k,
-        )
-        if recompute and torch.is_grad_enabled() and selected_hidden.requires_grad:
-            chunks.append(checkpoint(_score_chunk, *arguments, use_reentrant=False))
-        else:
-            chunks.append(_score_chunk(*arguments))
-    if chunks:
-        columns = [torch.cat(parts) for parts in zip(*chunks, strict=True)]
-    else:  # nothing to score: empty columns of the right kinds
-        empty = hidden_states.new_zeros(0, dtype=torch.float32)
-        columns = [empty, empty]
-        if entropy:
-            columns.append(empty)
-        if top_k:
-            columns += [hidden_states.new_zeros(0, top_k), torch.zeros(0, top_k, dtype=torch.long)]
-    token_logps, token_mean_logits = columns[0], columns[1]
-    zeros = torch.zeros(num_sequences, device=hidden_states.device, dtype=torch.float32)
-    lengths = target_mask.sum(1)
-    result = SequenceLogps(
-        logps=zeros.index_add(0, rows, torch.where(is_completion, token_logps, 0.0)),
-        lengths=lengths,
-        mean_logits=zeros.index_add(0, rows, torch.where(is_completion, token_mean_logits, 0.0))
-        / lengths.clamp(min=1).float(),
+    options = (logit_softcap, temperature, entropy, top_k)
+    columns = _score_chunks(selected_hidden, targets, head, chunk_size, bool(recompute), options)
+    columns = columns or _empty_columns(hidden_states, entropy, top_k)
+    prompt_scored = None if prompt_mask is None else scored_mask & ~target_mask
+    result = _sequence_statistics(
+        columns, rows, is_completion, target_mask, prompt_scored, num_sequences, hidden_states.device
     )
-    if prompt_mask is not None:
-        result.prompt_logps = zeros.index_add(0, rows, torch.where(is_completion, 0.0, token_logps))
-        result.prompt_lengths = (scored_mask & ~target_mask).sum(1)
-    completion_rows, completion_cols = rows[is_completion], cols[is_completion] + 1
-
-    def dense(values: torch.Tensor) -> torch.Tensor:
-        """Scatter per-scored-token values into ``[N, T, ...]``, zero elsewhere (differentiable)."""
-        shape = (num_sequences, length, *values.shape[1:])
-        return values.new_zeros(shape).index_put((completion_rows, completion_cols), values[is_completion])
-
-    if per_token:
-        result.token_logps = dense(token_logps)
-    if entropy:
-        result.token_entropy = dense(columns[2])
-    if top_k:
-        result.top_k_logps = dense(columns[-2])
-        result.top_k_ids = dense(columns[-1])
-    return result
+    positions = (rows, cols, is_completion)
+    return _add_per_token(result, columns, positions, (num_sequences, length), per_token, entropy, top_k)
 
 
 def naive_completion_logps(
@@ -225,7 +279,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The decoder stack and the output projection of a causal LM (of a vision-language model: its multimodal
     base, which takes the images, and the language model's head)."""
-    causal_lm = unwrap_model(model)
+    causal_lm: Any = unwrap_model(model)
     head = causal_lm.get_output_embeddings()
     if hasattr(getattr(causal_lm, "model", None), "get_image_features"):
         decoder = causal_lm.model
@@ -238,7 +292,7 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 def backbone_and_score_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The decoder stack and the score head of a sequence classifier (reward and value models)."""
-    classifier = unwrap_model(model)
+    classifier: Any = unwrap_model(model)
     return getattr(classifier, classifier.base_model_prefix), classifier.score
 
 
@@ -247,7 +301,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def forward_inputs(backbone: nn.Module, sequences: Any) -> dict[str, Any]:
+def forward_inputs(backbone: Any, sequences: Any) -> dict[str, Any]:
     """The keyword arguments of one decoder pass over ``sequences`` (`rlhf_lab.data.batches.Sequences`).
 
     Text rows get positions counted over real tokens. Rows with images (a vision-language model's
@@ -266,7 +320,8 @@ def forward_inputs(backbone: nn.Module, sequences: Any) -> dict[str, Any]:
     encoded = backbone.get_image_features(pixel_values=images.pixel_values, **images.per_image)
     distinct = encoded.pooler_output if hasattr(encoded, "pooler_output") else encoded
     shown = tuple(distinct[index] for index in images.shown.tolist())
-    inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=shown)}
+    # One tensor per row's image, not one stacked tensor: the model takes the tuple as it is.
+    inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=shown)}  # type: ignore[arg-type]
     if hasattr(backbone, "get_rope_index"):
         image_token_id = backbone.config.image_token_id
         inputs["position_ids"] = backbone.get_rope_index(

@@ -7,11 +7,16 @@ classification head, and samples completions (`rlhf_lab.generation`).
 `FrozenModel` wraps a model built beside the policy from its own spec (`rlhf_lab.models.build`): eval mode,
 no gradients, its own tokenizer. `ValueModel` wraps a trainable sequence classifier read at every position.
 
-`Reference` gives reference log-probs in one of four modes: ``copy`` (a frozen model loaded from the
-policy's spec), ``adapter_off`` (the policy's base with adapters disabled), ``precomputed`` (a table
-filled by one pass before training, cached on disk and kept in checkpoints) or ``none``. The reference is
+`Reference` gives reference log-probs, one small class per mode, built by `make_reference`: ``copy``
+(`CopyReference`: a frozen model loaded from the policy's spec), ``adapter_off`` (`AdapterOffReference`: the
+policy's base with adapters disabled), ``precomputed`` (`PrecomputedReference`: a table filled by one pass
+before training, cached on disk and kept in checkpoints) or ``none`` (`NoReference`). The reference is
 always the *initial* policy: a precomputed table is computed from the policy only while its weights are
 still the initial ones, and otherwise from a freshly loaded base model, never from trained weights.
+
+"The base with its adapters off" is one view, `adapters_disabled`, read by the ``adapter_off`` reference, the
+``adapter_off`` teacher (`rlhf_lab.objectives.distill`) and a precomputed table under LoRA/DoRA; whether a
+run may ask for it is checked in one place, `require_adapters`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -178,9 +183,8 @@ class Policy(nn.Module):
 
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:
-        if not self.is_peft:
-            raise ConfigError("algo.reference=adapter_off needs adapter=lora or adapter=dora")
-        with self.model.disable_adapter():
+        """The policy's base with its adapters disabled, inside the block (`adapters_disabled`)."""
+        with adapters_disabled(self.model):
             yield
 
 
@@ -254,49 +258,184 @@ class ValueModel(nn.Module):
         return classifier_outputs(self.model, sequences)
 
 
-class Reference(nn.Module):
-    """Reference log-probs for one of the modes in `REFERENCE_MODES`.
+def require_adapters(setting: str, adapter: Any, instead: str) -> None:
+    """The one check behind every ``adapter_off`` setting (the reference, the teacher): the policy's base with
+    its adapters disabled needs adapters to disable, i.e. ``adapter=lora`` or ``adapter=dora``.
 
     Args:
-        mode: ``copy``, ``adapter_off``, ``precomputed`` or ``none``.
-        policy: The policy (``adapter_off`` runs through it, and ``precomputed`` while it is initial).
-        frozen: For ``copy``: the frozen model loaded from the policy's spec (loaded, not deep-copied, so a
-            sharding strategy partitions it at init like the policy).
-        load_initial: For ``precomputed`` with full fine-tuning: loads a fresh copy of the initial weights,
-            used when the policy's own weights are no longer the initial ones (resume, evaluation).
+        setting: The key set to ``adapter_off`` (``algo.reference``, ``teacher``).
+        adapter: The run's adapter spec (`rlhf_lab.models.adapters`), checked before any model loads.
+        instead: What to do instead, for the message.
+    """
+    if not adapter.is_peft:
+        raise ConfigError(f"{setting}=adapter_off needs adapter=lora or adapter=dora; {instead}")
+
+
+def resolve_reference_mode(requested: str, needs_reference: bool, adapter: Any, objective: str) -> str:
+    """The reference mode an objective runs with: ``algo.reference`` checked against the objective and the
+    adapter (``auto``: ``adapter_off`` under LoRA/DoRA, else ``copy``; reference-free objectives: ``none``)."""
+    check_choice("algo.reference", requested, ("auto", *REFERENCE_MODES))
+    if not needs_reference:
+        if requested not in ("auto", "none"):
+            raise ConfigError(
+                f"algo.reference={requested} but {objective} is reference-free; use algo.reference=none (or auto)"
+            )
+        return "none"
+    if requested == "auto":
+        return "adapter_off" if adapter.is_peft else "copy"
+    if requested == "none":
+        raise ConfigError(
+            f"algo.reference=none but {objective} needs a reference; choose one of: copy, adapter_off, precomputed"
+        )
+    if requested == "adapter_off":
+        require_adapters(
+            "algo.reference", adapter, "use algo.reference=copy or precomputed with adapter=full"
+        )
+    return requested
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` (a peft-wrapped model) as its base with the adapters disabled, inside the block: the view
+    that the ``adapter_off`` reference, the ``adapter_off`` teacher and a precomputed table under LoRA read."""
+    with cast(Any, model).disable_adapter():  # peft's PeftModel.disable_adapter
+        yield model
+
+
+class _ByMode(type):
+    """``Reference(mode, policy, frozen, load_initial)``, the signature of the one class the per-mode classes
+    replaced, builds through `make_reference`; each per-mode class constructs as usual."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is Reference:
+            return make_reference(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class Reference(nn.Module, metaclass=_ByMode):
+    """Reference log-probs: the interface of the classes per mode in `REFERENCE_MODES` (`make_reference`).
+
+    ``mode`` names the class's mode; ``model`` is the frozen model a ``copy`` reference runs (None otherwise).
     """
 
-    def __init__(
-        self,
-        mode: str,
-        policy: Policy,
-        frozen: FrozenModel | None = None,
-        load_initial: Callable[[], nn.Module] | None = None,
-    ) -> None:
+    mode: ClassVar[str]
+
+    def __init__(self) -> None:
         super().__init__()
-        check_choice("algo.reference", mode, REFERENCE_MODES)
-        if mode == "copy" and frozen is None:
-            raise ValueError("algo.reference=copy needs the frozen reference model")
-        if mode == "adapter_off" and not policy.is_peft:
-            raise ConfigError(
-                "algo.reference=adapter_off needs adapter=lora or adapter=dora; "
-                "use algo.reference=copy or precomputed for full fine-tuning"
-            )
-        self.mode = mode
-        # Held in a list so the policy is not registered twice (state dict, device moves).
-        self._policy = [policy]
-        self.model = frozen if mode == "copy" else None
+        self.model: FrozenModel | None = None
+
+    @torch.no_grad()
+    def run(self, sequences: Sequences, **options: Any) -> SequenceLogps:
+        """Reference statistics of ``sequences`` computed now (``options`` as `sequence_logps`: per-token
+        log-probs, temperature...), for ``copy`` and ``adapter_off`` (online RL scores fresh samples)."""
+        raise ConfigError(
+            f"algo.reference={self.mode} has no reference model to run; use copy or adapter_off"
+        )
+
+    @torch.no_grad()
+    def compute(self, sequences: Sequences) -> torch.Tensor:
+        """Summed reference log-probs ``[N]`` of every row, computed now."""
+        return self.run(sequences).logps
+
+    def logps(self, batch: Batch, split: str) -> torch.Tensor | None:
+        """Reference log-probs ``[N]`` in the batch's row order, or None for ``none``."""
+        return self.compute(batch.sequences)
+
+    def precompute(
+        self,
+        loaders: Mapping[str, Any],
+        device: torch.device,
+        key: str,
+        cache_file: Path | None,
+        forward_context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        agree: Callable[[bool], bool] = bool,
+    ) -> str:
+        """Fill the tables of a ``precomputed`` reference (`PrecomputedReference.precompute`)."""
+        raise ConfigError(
+            f"algo.reference={self.mode} has no table to precompute; use algo.reference=precomputed"
+        )
+
+    def state_for_checkpoint(self) -> dict[str, Any] | None:
+        """What a checkpoint keeps of the reference besides weights (the precomputed tables), or None."""
+        return None
+
+    def restore(self, state: Mapping[str, Any] | None) -> None:
+        """Take back what `state_for_checkpoint` returned."""
+
+
+class CopyReference(Reference):
+    """A frozen model loaded from the policy's spec (loaded, not deep-copied, so a sharding strategy
+    partitions it at init like the policy)."""
+
+    mode = "copy"
+
+    def __init__(self, frozen: FrozenModel) -> None:
+        super().__init__()
+        self.model = frozen
+
+    @torch.no_grad()
+    def run(self, sequences: Sequences, **options: Any) -> SequenceLogps:
+        assert self.model is not None
+        return self.model(sequences, **options)  # type: ignore[no-any-return]
+
+
+class AdapterOffReference(Reference):
+    """The policy's base with its adapters disabled (`adapters_disabled`)."""
+
+    mode = "adapter_off"
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__()
+        self._policy = [policy]  # in a list: not registered twice (state dict, device moves)
+
+    @torch.no_grad()
+    def run(self, sequences: Sequences, **options: Any) -> SequenceLogps:
+        policy = self._policy[0]
+        with adapters_disabled(policy.model):
+            return policy(sequences, **options)  # type: ignore[no-any-return]
+
+
+class NoReference(Reference):
+    """No reference (reference-free objectives): log-probs are None."""
+
+    mode = "none"
+
+    def logps(self, batch: Batch, split: str) -> torch.Tensor | None:
+        return None
+
+
+class PrecomputedReference(Reference):
+    """A table per split filled by one pass before training, cached on disk and kept in checkpoints.
+
+    Args:
+        policy: The policy: the table is computed from it while its weights are the initial ones (or, under
+            LoRA/DoRA, from its base with the adapters disabled).
+        load_initial: Loads a fresh copy of the initial weights, for full fine-tuning once the policy's own
+            weights are no longer the initial ones (resume, evaluation).
+    """
+
+    mode = "precomputed"
+
+    def __init__(self, policy: Policy, load_initial: Callable[[], nn.Module] | None = None) -> None:
+        super().__init__()
+        self._policy = [policy]  # in a list: not registered twice (state dict, device moves)
         self._load_initial = load_initial
         #: Precomputed tables per split (``[examples, rows_per_example]``) and the key they were computed for.
         self.tables: dict[str, torch.Tensor] = {}
         self.tables_key: str | None = None
 
+    def logps(self, batch: Batch, split: str) -> torch.Tensor | None:
+        table = self.tables.get(split)
+        if table is None:
+            raise RuntimeError(f"no precomputed reference log-probs for split {split!r}")
+        return batch.per_row(table.to(batch.index.device)[batch.index]).to(torch.float32)
+
     @contextlib.contextmanager
     def _initial_weights(self) -> Iterator[Callable[[Sequences], torch.Tensor]]:
-        """A scorer running the initial weights (for ``precomputed``), never the trained ones."""
+        """A scorer running the initial weights, never the trained ones."""
         policy = self._policy[0]
         if policy.is_peft:
-            with policy.adapters_disabled():
+            with adapters_disabled(policy.model):
                 yield lambda sequences: policy(sequences).logps
             return
         if policy.at_initial_weights:
@@ -310,37 +449,6 @@ class Reference(nn.Module):
         log.info("computing reference log-probs from a freshly loaded base model (the policy has trained)")
         base = self._load_initial()  # released when the caller's `with` block ends
         yield lambda sequences: sequence_logps(base, sequences, policy.chunk_size).logps
-
-    @torch.no_grad()
-    def compute(self, sequences: Sequences) -> torch.Tensor:
-        """Summed reference log-probs ``[N]`` of every row, computed now."""
-        return self.run(sequences).logps
-
-    @torch.no_grad()
-    def run(self, sequences: Sequences, **options: Any) -> SequenceLogps:
-        """Reference statistics of ``sequences`` computed now (``options`` as `sequence_logps`: per-token
-        log-probs, temperature...), for ``copy`` and ``adapter_off`` (online RL scores fresh samples)."""
-        if self.mode == "copy":
-            assert self.model is not None
-            return self.model(sequences, **options)
-        if self.mode == "adapter_off":
-            policy = self._policy[0]
-            with policy.adapters_disabled():
-                return policy(sequences, **options)
-        raise ConfigError(
-            f"algo.reference={self.mode} has no reference model to run; use copy or adapter_off"
-        )
-
-    def logps(self, batch: Batch, split: str) -> torch.Tensor | None:
-        """Reference log-probs ``[N]`` in the batch's row order, or None for ``none``."""
-        if self.mode == "none":
-            return None
-        if self.mode == "precomputed":
-            table = self.tables.get(split)
-            if table is None:
-                raise RuntimeError(f"no precomputed reference log-probs for split {split!r}")
-            return batch.per_row(table.to(batch.index.device)[batch.index]).to(torch.float32)
-        return self.compute(batch.sequences)
 
     @torch.no_grad()
     def precompute(
@@ -409,13 +517,39 @@ class Reference(nn.Module):
 
     def state_for_checkpoint(self) -> dict[str, Any] | None:
         """The precomputed tables and their key (a resume then needs neither the cache nor the base)."""
-        if self.mode != "precomputed" or not self.tables:
+        if not self.tables:
             return None
         return {"key": self.tables_key, "tables": self.tables}
 
     def restore(self, state: Mapping[str, Any] | None) -> None:
-        if state is not None and self.mode == "precomputed":
+        if state is not None:
             self.tables, self.tables_key = dict(state["tables"]), state["key"]
+
+
+def make_reference(
+    mode: str,
+    policy: Policy,
+    frozen: FrozenModel | None = None,
+    load_initial: Callable[[], nn.Module] | None = None,
+) -> Reference:
+    """The reference for ``mode`` (one of `REFERENCE_MODES`).
+
+    Args:
+        mode: ``copy``, ``adapter_off``, ``precomputed`` or ``none``.
+        policy: The policy (``adapter_off`` runs through it, and ``precomputed`` while it is initial).
+        frozen: For ``copy``: the frozen model loaded from the policy's spec.
+        load_initial: For ``precomputed`` with full fine-tuning: loads a fresh copy of the initial weights.
+    """
+    check_choice("algo.reference", mode, REFERENCE_MODES)
+    if mode == "copy":
+        if frozen is None:
+            raise ValueError("algo.reference=copy needs the frozen reference model")
+        return CopyReference(frozen)
+    if mode == "adapter_off":
+        return AdapterOffReference(policy)
+    if mode == "precomputed":
+        return PrecomputedReference(policy, load_initial)
+    return NoReference()
 
 
 @contextlib.contextmanager

@@ -3,7 +3,8 @@ export, in one command.
 
     python -m rlhf_lab experiment=sft_then_dpo data=suite data.source.task=in_context
 
-Each stage is a normal run (``python -m rlhf_lab <overrides> <the stage's overrides>`` in its own process).
+Each stage is a normal run (``python -m rlhf_lab <overrides> <the stage's overrides>`` in its own process,
+started by `rlhf_lab.launch.run_child`; its output is this command's).
 Every stage but the last starts from the command line's model; each later stage starts from the previous
 stage's export (``model=hub model.name_or_path=<export>``), so its reference, the initial policy, is the
 model the previous stage trained. The last stage runs in the command's run directory, so the run directory
@@ -23,10 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf_lab.cli import command_line_overrides, without
 from rlhf_lab.errors import ConfigError
+from rlhf_lab.launch import child_command, run_child
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +42,16 @@ NOT_FORWARDED = ("experiment=", "hydra.", "stages", "+stages", "~stages")
 
 @dataclass
 class Stage:
-    """One stage: its name, where it runs and its command line."""
+    """One stage: its name, where it runs and its overrides (``hydra.run.dir=`` last)."""
 
     name: str
     run_dir: Path
-    command: list[str]
+    overrides: list[str]
+
+    @property
+    def command(self) -> list[str]:
+        """Its command line (`rlhf_lab.launch.child_command`)."""
+        return child_command(self.overrides)
 
     @property
     def finished(self) -> bool:
@@ -129,8 +132,7 @@ def run_stages(cfg: DictConfig, forwarded: list[str] | None = None) -> dict[str,
         else:
             key = _key(name, inputs, previous.run_dir.name if previous else None)
             stage_dir = Path(cfg.paths.cache_dir) / "stages" / f"{name}-{key}"
-        command = [sys.executable, "-m", "rlhf_lab", *inputs, f"hydra.run.dir={stage_dir}"]
-        stage = Stage(name, stage_dir, command)
+        stage = Stage(name, stage_dir, [*inputs, f"hydra.run.dir={stage_dir}"])
         (run_dir / "stages.json").write_text(
             json.dumps([{"name": s.name, "run_dir": str(s.run_dir)} for s in [*done, stage]], indent=2)
         )
@@ -146,15 +148,15 @@ def run_stages(cfg: DictConfig, forwarded: list[str] | None = None) -> dict[str,
 
 
 def _run(stage: Stage, resume: bool) -> None:
+    """Train the stage; its output goes to this process's (it is the run's own log).
+
+    Raises:
+        rlhf_lab.launch.ChildError: It failed; the message ends with the tail of its stderr.
+    """
     stage.run_dir.mkdir(parents=True, exist_ok=True)
-    command = [*stage.command, *(["resume=true"] if resume else [])]
     print(f"stages: training {stage.name} in {stage.run_dir}" + (" (resuming)" if resume else ""), flush=True)
-    started = time.perf_counter()
-    # The stage's output goes to this process's: it is the run's own log.
-    result = subprocess.run(command, env=os.environ.copy(), check=False)
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"stages: {stage.name} failed (exit {result.returncode}) in {stage.run_dir}; run the same command "
-            "again to resume it from its last checkpoint"
-        )
-    print(f"stages: {stage.name} done in {time.perf_counter() - started:.0f}s", flush=True)
+    result = run_child([*stage.overrides, *(["resume=true"] if resume else [])], run_dir=stage.run_dir)
+    result.check(
+        f"stages: {stage.name}", hint="run the same command again to resume it from its last checkpoint"
+    )
+    print(f"stages: {stage.name} done in {result.seconds:.0f}s", flush=True)

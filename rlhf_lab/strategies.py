@@ -30,7 +30,10 @@ def ddp(find_unused_parameters: bool = False, start_method: str = "popen") -> An
     from lightning.pytorch.strategies import DDPStrategy
 
     check_choice("strategy.start_method", start_method, ("popen", "spawn"))
-    return DDPStrategy(find_unused_parameters=find_unused_parameters, start_method=start_method)
+    return DDPStrategy(
+        find_unused_parameters=find_unused_parameters,
+        start_method="spawn" if start_method == "spawn" else "popen",
+    )
 
 
 class FSDPSpec:
@@ -62,7 +65,8 @@ class FSDPSpec:
         if not isinstance(devices, int):
             raise ConfigError(f"strategy=fsdp needs trainer.devices as a number; got {devices!r}")
         strategy = ModelParallelStrategy(data_parallel_size=devices * nodes, tensor_parallel_size=1)
-        strategy.rlhf_lab_fsdp = self.options  # read by the objective's configure_model (shard_fsdp2)
+        # Read by the objective's configure_model (shard_fsdp2).
+        strategy.rlhf_lab_fsdp = self.options  # type: ignore[attr-defined]
         return strategy
 
 
@@ -159,9 +163,11 @@ def deepspeed_config(
 
 def _cpu_deepspeed_class() -> type:
     from lightning.fabric.utilities.seed import reset_seed
-    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+    from lightning.pytorch.strategies import DDPStrategy
 
-    class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+    from rlhf_lab.lightning_compat import DeepSpeedEngineHook, init_deepspeed_distributed
+
+    class CPUDeepSpeedStrategy(DeepSpeedEngineHook):
         """DeepSpeed on DeepSpeed's CPU accelerator (tests and laptops); Lightning allows CUDA only."""
 
         @property
@@ -175,9 +181,9 @@ def _cpu_deepspeed_class() -> type:
         def setup_distributed(self) -> None:
             reset_seed()
             self.set_world_ranks()
-            self._init_deepspeed_distributed()
+            init_deepspeed_distributed(self)
 
-        def _setup_model_and_optimizer(self, model: Any, optimizer: Any, lr_scheduler: Any = None) -> Any:
+        def initialize_engine(self, model: Any, optimizer: Any, lr_scheduler: Any = None) -> Any:
             import argparse
 
             import deepspeed

@@ -5,9 +5,9 @@
 The YAML is the one ``wandb sweep`` takes, so one file drives both paths. Its ``command`` (``${env}
 ${interpreter} -m rlhf_lab ${args_no_hyphens}``) is expanded here as the W&B agent would expand it, with
 ``${interpreter}`` this Python, then the Hydra overrides given after the YAML (applied to every trial, last
-wins) and ``hydra.run.dir=<sweep dir>/trial_<i>``. Trials log with ``logger=csv`` unless an override names the
-logger. Each finished trial's metric (``summary.json``) goes back to the search, so ``bayes`` learns from it;
-a failed trial is recorded as failed and the sweep goes on. ``early_terminate`` (hyperband) needs the W&B
+wins) and ``hydra.run.dir=<sweep dir>/trial_<i>``; `rlhf_lab.launch.run_child` runs it. Trials log with
+``logger=csv`` unless an override names the logger. Each finished trial's metric (``summary.json``) goes back
+to the search, so ``bayes`` learns from it; a failed trial is recorded as failed and the sweep goes on. ``early_terminate`` (hyperband) needs the W&B
 server and is not applied offline. The sweep directory gets ``sweep.yaml`` (what ran), one directory per
 trial (with ``trial.log``, its output) and ``summary.csv``, rewritten after every trial.
 """
@@ -20,7 +20,6 @@ import math
 import os
 import random
 import re
-import subprocess
 import sys
 import time
 import warnings
@@ -32,8 +31,10 @@ from typing import Any
 
 import yaml
 
+from rlhf_lab.launch import MODULE, run_child
+
 # What the W&B agent runs when a sweep YAML has no `command`, adapted to Hydra (no leading dashes).
-DEFAULT_COMMAND = ["${env}", "${interpreter}", "-m", "rlhf_lab", "${args_no_hyphens}"]
+DEFAULT_COMMAND = ["${env}", "${interpreter}", "-m", MODULE, "${args_no_hyphens}"]
 # Random and Bayes searches never run out of proposals; W&B's agent would run until stopped.
 DEFAULT_COUNT = 10
 _ENVVAR = re.compile(r"^\$\{envvar:([A-Za-z0-9_]+)\}$")
@@ -169,10 +170,9 @@ def read_metric(run_dir: Path, name: str | None) -> float | None:
 
 
 def run_process(command: list[str], log_file: Path) -> int:
-    """Run a trial's command with its output in ``log_file``; returns the exit status."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("w") as log:
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    """Run a trial's command (`rlhf_lab.launch.run_child`) with its output in ``log_file``; returns the exit
+    status."""
+    return run_child(command=command, log_file=log_file).returncode
 
 
 def searched_names(sweep_config: dict[str, Any]) -> list[str]:

@@ -48,12 +48,15 @@ def resolve_monitor(cfg: DictConfig, objective: AlignmentObjective) -> tuple[str
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, objective: AlignmentObjective | None = None) -> list[Any]:
-    """RunProgress first (its batch-end hook must run before a checkpoint is saved), then ``last.ckpt`` on its
-    own schedule, then the best-k by the monitored metric."""
+    """RunProgress first (its batch-end hook must run before a checkpoint is saved), then the objective's
+    ``trainer.nan_policy`` (`rlhf_lab.nan_policy.NanPolicy`: checks the gradient before every optimiser step),
+    then ``last.ckpt`` on its own schedule, then the best-k by the monitored metric."""
     checkpoints = run_dir / "checkpoints"
     ckpt = cfg.checkpoint
     monitor, mode = resolve_monitor(cfg, objective) if objective is not None else (ckpt.monitor, ckpt.mode)
     callbacks: list[Any] = [RunProgress()]
+    if objective is not None:
+        callbacks.append(objective.nan_policy)
     if ckpt.save_last:
         callbacks.append(
             LastCheckpoint(

@@ -11,9 +11,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from rlhf_lab.config import CONF_DIR as _CONF_DIR
 from rlhf_lab.config import register_schemas
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The package's own configs (rlhf_lab/conf), as a string for Hydra's initialize_config_dir.
+CONF_DIR = str(_CONF_DIR)
 
 # Small enough for a CPU test, big enough that DPO has something to learn.
 TINY_OVERRIDES = (
@@ -48,7 +50,7 @@ def _shared_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
 def compose_config(
     overrides: Sequence[str] = (), run_dir: Path | None = None, tiny: bool = True
 ) -> DictConfig:
-    """Compose ``conf/config.yaml`` as the CLI would, with the tiny/CPU test overrides first."""
+    """Compose ``rlhf_lab/conf/config.yaml`` as the CLI would, with the tiny/CPU test overrides first."""
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("config", overrides=[*(TINY_OVERRIDES if tiny else ()), *overrides])
     with open_dict(cfg):

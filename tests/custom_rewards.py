@@ -1,8 +1,12 @@
-"""Reward functions a user would bring (TRL's signature), named by import path in tests."""
+"""Reward functions (TRL's signature) and an advantage estimator a user would bring, named by import path in tests."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
+
+from rlhf_lab.losses.advantages import Advantages
 
 
 def even_tokens(
@@ -24,3 +28,9 @@ def record_call(
         {"prompts": prompts, "completions": completions, "completion_ids": completion_ids, **columns}
     )
     return [None] * len(completions)
+
+
+def mean_baseline(scores: torch.Tensor, num_generations: int) -> Advantages:
+    """A user's advantage estimator, named by import path: the reward minus its group's mean."""
+    grouped = scores.view(-1, num_generations)
+    return Advantages((grouped - grouped.mean(1, keepdim=True)).reshape(-1))

@@ -13,7 +13,7 @@ from rlhf_lab.config import config_groups_help
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "rlhf_lab"
-CONF = REPO / "conf"
+CONF = PACKAGE / "conf"
 
 
 def imports(path: Path) -> list[tuple[str, list[str]]]:

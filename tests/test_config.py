@@ -15,6 +15,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rlhf_lab.config import config_group_dirs
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.train import build
 from tests.conftest import CONF_DIR, compose_config
@@ -22,7 +23,7 @@ from tests.conftest import CONF_DIR, compose_config
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path(CONF_DIR)
 # Hydra's own config (conf/hydra/help) is not a group a run selects.
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+GROUPS = [p.name for p in config_group_dirs(CONF)]
 # hparams_search needs the optuna sweeper plugin (the hpo extra): tests/test_multirun.py composes it.
 OPTIONS = [
     (group, path.stem)

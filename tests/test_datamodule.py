@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from rlhf_lab.data.batches import PairBatch, SingleBatch
-from rlhf_lab.data.datamodule import EpochSampler, PreferenceDataModule, mismatched_partners
+from rlhf_lab.data.datamodule import PreferenceDataModule
+from rlhf_lab.data.datasets import EpochSampler, mismatched_partners
 from rlhf_lab.data.formats import DataError
 from rlhf_lab.data.sources import LocalFiles
 from rlhf_lab.data.synthetic import ANSWER, CATEGORIES, SyntheticPreferences

@@ -99,3 +99,33 @@ def test_evaluate_reward_model_from_its_checkpoint(tmp_path: Path) -> None:
         isinstance(s["chosen_score"], float) and isinstance(s["rejected_score"], float) for s in samples
     )
     assert "generation/mean_new_tokens" not in metrics  # a reward model does not generate
+
+
+def test_evaluate_is_a_hydra_app_that_writes_nothing_and_names_what_is_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rlhf_lab.errors import ConfigError
+    from rlhf_lab.evaluate import main
+
+    options = parse_args(["run_dir=r", "split=test", "max_new_tokens=8", "algo.reference=copy"])
+    assert options.config_overrides == ["data.eval_split=test", "algo.reference=copy"]
+    assert options.max_new_tokens == 8
+    # Hydra's grammar and typing for the app's own options; the error names the key.
+    with pytest.raises(Exception, match="samples"):
+        parse_args(["run_dir=r", "samples=many"])
+    # A run-config override whose key the run's config does not have is a typo, not a new key.
+    OmegaConf.save(compose_config(run_dir=tmp_path), tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match=r"sample=3: 'sample' is neither an option"):
+        load_config(tmp_path, ["sample=3"])
+    assert load_config(tmp_path, ["+note=x"]).note == "x"
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["--cfg", "job", f"run_dir={tmp_path}", "data.eval_batch_size=4"]) == {}
+    assert f"run_dir: {tmp_path}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["samples=2"])
+    assert exited.value.code == 2
+    assert "error: run_dir is required" in capsys.readouterr().err
+    assert list(cwd.iterdir()) == []  # no outputs/, no .hydra/, no log file

@@ -114,3 +114,70 @@ def test_the_cli_stops_a_diverging_run_with_a_message_and_no_model(tmp_path: Pat
     assert "error: non-finite loss at step" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "export").exists()
     assert not list((tmp_path / "checkpoints").glob("step*.ckpt"))  # no "best" checkpoint of a NaN model
+
+
+# --- the policy as a callback, the objective's thin hooks, old checkpoints ----------------------------------
+
+
+def _fake_objective(global_step: int = 3):
+    """What `NanPolicy.handle` reads of an objective: the trainer's step, the skip buffer, ``log``."""
+    from types import SimpleNamespace
+
+    logged: dict[str, float] = {}
+    return SimpleNamespace(
+        trainer=SimpleNamespace(global_step=global_step),
+        nan_skipped=torch.zeros((), dtype=torch.long),
+        log=lambda name, value, **_: logged.__setitem__(name, float(value)),
+        logged=logged,
+    )
+
+
+def test_nan_policy_handles_skip_and_stop_on_its_own() -> None:
+    from rlhf_lab.nan_policy import NanPolicy
+
+    objective = _fake_objective()
+    policy = NanPolicy("skip", max_skips=1)
+    policy.handle(objective, "loss", None)
+    assert int(objective.nan_skipped) == 1 and objective.logged == {"train/nan_skipped": 1.0}
+    with pytest.raises(NonFiniteError, match=r"non-finite gradient at step 4 after 1 skipped steps"):
+        policy.handle(objective, "gradient", None)
+    with pytest.raises(NonFiniteError, match=r"at step 4; the run stops \(trainer.nan_policy=stop\)"):
+        NanPolicy("stop").handle(_fake_objective(), "loss", None)
+    assert not NanPolicy("ignore").active and NanPolicy("skip").active
+
+
+def test_invalid_nan_policy_names_the_key_and_choices() -> None:
+    from rlhf_lab.errors import ConfigError
+    from rlhf_lab.nan_policy import NanPolicy
+
+    with pytest.raises(
+        ConfigError, match=r"trainer.nan_policy='retry' is not supported; choose one of: stop, skip"
+    ):
+        NanPolicy("retry")
+    with pytest.raises(ConfigError, match=r"trainer.max_nan_skips=-1 is out of range"):
+        NanPolicy("skip", max_skips=-1)
+
+
+def test_the_trainer_gets_the_objectives_nan_policy_and_the_skip_count_stays_a_state_dict_key(
+    make_config, tmp_path: Path
+) -> None:
+    """`build_callbacks` hands the objective's `NanPolicy` to the trainer; ``nan_skipped`` is where checkpoints
+    written before the callback existed hold it (a state-dict key of the objective), so they load and resume."""
+    from rlhf_lab import nan_policy
+    from rlhf_lab.objectives import base
+    from rlhf_lab.train import build, build_callbacks
+
+    assert base.NonFiniteError is nan_policy.NonFiniteError  # importable from where it used to live
+    cfg = make_config("trainer.nan_policy=skip", "trainer.max_nan_skips=3")
+    objective, _, _ = build(cfg)
+    callbacks = build_callbacks(cfg, tmp_path, objective)
+    (policy,) = [c for c in callbacks if isinstance(c, nan_policy.NanPolicy)]
+    assert policy is objective.nan_policy and (policy.policy, policy.max_skips) == ("skip", 3)
+    objective.configure_model()
+    assert "nan_skipped" in objective.checkpoint_keys() and "nan_skipped" in objective.state_dict()
+    objective.nan_skipped += 2
+    state = {k: v for k, v in objective.state_dict().items() if k in objective.checkpoint_keys()}
+    again, _, _ = build(cfg)
+    again.configure_model()
+    again.load_trained_state(state, "a checkpoint")
+    assert int(again.nan_skipped) == 2

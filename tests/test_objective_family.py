@@ -19,7 +19,7 @@ from rlhf_lab.train import build, run
 from tests.conftest import compose_config
 from tests.naive import full_logits, naive_logps
 
-ALGO_DIR = Path(__file__).resolve().parents[1] / "conf" / "algo"
+ALGO_DIR = Path(__file__).resolve().parents[1] / "rlhf_lab" / "conf" / "algo"
 ALGOS = sorted(path.stem for path in ALGO_DIR.glob("*.yaml"))
 
 

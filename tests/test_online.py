@@ -107,7 +107,7 @@ def test_grpo_loss_and_metrics_equal_the_naive_computation(loss_type: str) -> No
     # Old log-probs pushed away from the current ones so the clip binds on some tokens.
     old = (naive + torch.linspace(-0.5, 0.5, naive.numel()).view_as(naive)).detach() * mask
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.0, 0.0]).repeat(rollout.size // 8)
-    rollout.tensors.update(advantages=advantages, old_logps=old, reference_logps=reference)
+    rollout.advantages, rollout.old_logps, rollout.reference_logps = advantages, old, reference
     totals = objective.step_totals(rollout)
     loss, metrics = objective.micro_loss(rollout, totals)
 
@@ -141,11 +141,11 @@ def test_ppo_value_and_policy_losses_equal_the_naive_computation() -> None:
     objective, rollout = _objective_and_rollout("algo=ppo", "algo.cliprange=0.1", "algo.cliprange_value=0.05")
     mask = rollout.mask.float()
     with torch.no_grad():
-        rollout.tensors["rewards"] = torch.linspace(0, 1, rollout.size)
-        rollout.tensors["truncated"] = torch.zeros(rollout.size, dtype=torch.bool)
+        rollout.rewards = torch.linspace(0, 1, rollout.size)
+        rollout.truncated = torch.zeros(rollout.size, dtype=torch.bool)
         naive = _naive_token_logps(objective.policy.model, rollout, 1.0)
-        rollout.tensors["sample_logps"] = rollout.tensors["old_logps"] = naive - 0.05 * mask
-        rollout.tensors["reference_logps"] = _naive_token_logps(objective.reference.model.model, rollout, 1.0)
+        rollout.old_logps = naive - 0.05 * mask
+        rollout.reference_logps = _naive_token_logps(objective.reference.model.model, rollout, 1.0)
         metrics = objective.score_rollout(rollout)
     # The value of the state before completion token t is the value head's output at the token before it.
     scores = (
@@ -154,13 +154,13 @@ def test_ppo_value_and_policy_losses_equal_the_naive_computation() -> None:
         .logits
     )
     assert scores.shape[-1] == 1
-    values = rollout.tensors["values"]
+    values = rollout.values
     assert torch.equal(values == 0, ~rollout.mask)  # off-mask values are zeroed
     # Rewards: -beta * k1 per token, the score added on the last token; GAE with gamma=1, lam=0.95.
-    k1 = (rollout.tensors["sample_logps"] - rollout.tensors["reference_logps"]) * mask
+    k1 = (rollout.old_logps - rollout.reference_logps) * mask
     rewards = -0.05 * k1
     last = mask.sum(1).long() - 1
-    rewards[torch.arange(rollout.size), last] += rollout.tensors["rewards"]
+    rewards[torch.arange(rollout.size), last] += rollout.rewards
     advantages = torch.zeros_like(rewards)
     running = torch.zeros(rollout.size)
     for t in reversed(range(rewards.shape[1])):
@@ -169,16 +169,16 @@ def test_ppo_value_and_policy_losses_equal_the_naive_computation() -> None:
         advantages[:, t] = running
     advantages = advantages * mask
     assert_close(metrics["advantages/mean"], advantages.sum() / mask.sum(), rtol=1e-5, atol=1e-6)
-    assert_close(rollout.tensors["returns"], advantages + values * mask, rtol=1e-5, atol=1e-6)
+    assert_close(rollout.returns, advantages + values * mask, rtol=1e-5, atol=1e-6)
 
     totals = objective.step_totals(rollout)
     loss, step = objective.micro_loss(rollout, totals)
-    whitened = rollout.tensors["advantages"]
-    ratio = torch.exp(naive - rollout.tensors["old_logps"])
+    whitened = rollout.advantages
+    ratio = torch.exp(naive - rollout.old_logps)
     policy = (-torch.min(ratio * whitened, ratio.clamp(0.9, 1.1) * whitened) * mask).sum() / mask.sum()
     value_losses = torch.max(
-        (values - rollout.tensors["returns"]).square(),
-        (values.clamp(values - 0.05, values + 0.05) - rollout.tensors["returns"]).square(),
+        (values - rollout.returns).square(),
+        (values.clamp(values - 0.05, values + 0.05) - rollout.returns).square(),
     )
     value = 0.5 * (value_losses * mask).sum() / mask.sum()
     assert_close(step["policy_loss"], policy, rtol=1e-5, atol=1e-6)
@@ -363,3 +363,49 @@ def test_truncated_completions_can_leave_the_loss() -> None:
         rollout, metrics = objective.make_rollout(next(iter(datamodule.train_dataloader())))
         assert metrics["completions/clipped_ratio"] == 1.0
         assert int(rollout.mask.sum()) == (0 if masked else 2 * rollout.size)
+
+
+# ------------------------------------------------------------------------------ registered parts
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "ppo"])
+def test_a_config_written_before_the_registry_builds_the_same_objective(algo: str) -> None:
+    """A run's saved config.yaml from before GRPO, RLOO and PPO became YAMLs over one objective names
+    ``rlhf_lab.objectives.<GRPO|RLOO|PPO>`` with that class's keys: it builds the objective today's YAML
+    builds, with the same parts, settings and checkpoint keys."""
+    from omegaconf import OmegaConf, open_dict
+
+    old = OmegaConf.load(Path(__file__).parent / "assets" / "legacy_online" / f"{algo}.yaml")
+    today, _, _ = build(compose_config([*SMALL, f"algo={algo}"]))
+    cfg = compose_config([*SMALL, f"algo={algo}"])
+    with open_dict(cfg):
+        cfg.algo = OmegaConf.merge(
+            old, {k: cfg.algo[k] for k in ("reward_functions", "max_new_tokens", "num_generations")}
+        )
+    legacy, _, _ = build(cfg)
+    assert type(legacy) is type(today)
+    assert legacy.parts.estimator is today.parts.estimator and legacy.parts.aggregate is today.parts.aggregate
+    assert legacy.parts.policy_loss_kwargs == today.parts.policy_loss_kwargs
+    assert legacy.parts.estimator_kwargs == today.parts.estimator_kwargs
+    for key in ("beta", "kl_in_reward", "num_iterations", "shuffle_mini_batches", "num_generations"):
+        assert getattr(legacy, key) == getattr(today, key), key
+    legacy.configure_model()
+    today.configure_model()
+    assert legacy.checkpoint_keys() == today.checkpoint_keys()
+
+
+def test_an_unregistered_estimator_by_import_path() -> None:
+    """``algo.advantage_estimator`` may name a user's function by import path, without registering it."""
+    objective, _, _ = build(
+        compose_config([*SMALL, "algo=grpo", "algo.advantage_estimator=tests.custom_rewards.mean_baseline"])
+    )
+    rollout_scores = torch.tensor([1.0, 0.0, 3.0, 1.0])
+    out = objective.parts.estimator(rollout_scores, 2)
+    assert_close(out.advantages, torch.tensor([0.5, -0.5, 1.0, -1.0]))
+    with pytest.raises(ConfigError, match=r"algo.advantage_estimator='gea' is not one of: grpo, rloo, gae"):
+        build(compose_config([*SMALL, "algo=grpo", "algo.advantage_estimator=gea"]))
+    with pytest.raises(ConfigError, match=r"algo.policy_loss='nope.missing' is not an importable function"):
+        build(compose_config([*SMALL, "algo=grpo", "algo.policy_loss=nope.missing"]))
+    # TRL's name for the aggregation is named in the message as written.
+    with pytest.raises(
+        ConfigError, match=r"algo.loss_type='token' is not one of: token_mean, token_mean_global"
+    ):
+        build(compose_config([*SMALL, "algo=grpo", "algo.loss_type=token"]))

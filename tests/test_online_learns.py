@@ -68,6 +68,8 @@ def held_out(policy: Path, run_dir: Path, *overrides: str) -> dict[str, float]:
         ("algo=grpo", "algo.loss_type=dapo", "algo.epsilon_high=0.28", "algo.num_iterations=2"),
         ("algo=grpo", "algo.loss_type=bnpo", "algo.beta=0.04"),
         ("algo=rloo",),
+        # The registry's worked example: REINFORCE++'s estimator is one function and a YAML.
+        ("algo=reinforce_pp",),
         # 4 optimiser steps per rollout: 100 rollouts of 16 prompts.
         (
             "algo=ppo",
@@ -77,7 +79,7 @@ def held_out(policy: Path, run_dir: Path, *overrides: str) -> dict[str, float]:
             "trainer.max_steps=400",
         ),
     ],
-    ids=["grpo", "dr_grpo", "dapo", "bnpo", "rloo", "ppo"],
+    ids=["grpo", "dr_grpo", "dapo", "bnpo", "rloo", "reinforce_pp", "ppo"],
 )
 def test_online_rl_raises_held_out_exact_match(
     warm_start: Path, tmp_path: Path, overrides: tuple[str, ...]

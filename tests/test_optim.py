@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.objectives import OptimConfig
+from rlhf_lab.optim import configure_optimizers
 from rlhf_lab.train import run
 from tests.conftest import compose_config
 
@@ -85,3 +88,133 @@ def test_same_seed_same_run(tmp_path: Path) -> None:
     }
     other = run(compose_config([*overrides[:-1], "seed=8"], run_dir=tmp_path / "c")).summary
     assert other["train/loss"] != first["train/loss"]
+
+
+# --- the optimiser and schedule named by target ---------------------------------------------------------------
+
+
+def _parameters() -> list[torch.nn.Parameter]:
+    layer = torch.nn.Linear(3, 2)
+    return list(layer.parameters())
+
+
+def _optim(*overrides: str) -> OptimConfig:
+    from hydra.utils import instantiate
+
+    return instantiate(compose_config(overrides).optim, _convert_="all")
+
+
+def test_any_optimiser_and_scheduler_by_target() -> None:
+    """``optim.optimizer`` / ``optim.lr_scheduler``: `_target_` nodes with `_partial_: true` replace the presets;
+    the optimiser gets the groups and ``optim.lr``, the schedule the optimiser."""
+    config = _optim(
+        "optim.lr=0.1",
+        "optim.optimizer={_target_:torch.optim.SGD,_partial_:true,momentum:0.9}",
+        "optim.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:2,gamma:0.5}",
+    )
+    built = configure_optimizers(config, _parameters(), total_steps=10)
+    optimizer, scheduler = built["optimizer"], built["lr_scheduler"]["scheduler"]
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["momentum"] == 0.9
+    assert (
+        isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and built["lr_scheduler"]["interval"] == "step"
+    )
+    rates = []
+    for _ in range(4):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.1, 0.1, 0.05, 0.05])
+
+
+def test_a_scheduler_taking_total_steps_gets_the_runs_length() -> None:
+    config = OptimConfig(
+        lr_scheduler=functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1),
+    )
+    scheduler = configure_optimizers(config, _parameters(), total_steps=7)["lr_scheduler"]["scheduler"]
+    assert scheduler.total_steps == 7
+    # A node that sets the argument itself keeps its value.
+    config = OptimConfig(
+        lr_scheduler=functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=3)
+    )
+    assert (
+        configure_optimizers(config, _parameters(), total_steps=7)["lr_scheduler"]["scheduler"].total_steps
+        == 3
+    )
+
+
+def test_presets_by_name_and_by_option() -> None:
+    """``optim=adamw`` (default), ``optim=adamw_8bit`` / ``paged_adamw_8bit``, and ``optim.name=...`` as before."""
+    assert _optim().name == "adamw" and _optim().optimizer is None
+    assert _optim("optim=adamw_8bit").name == "adamw_8bit"
+    assert _optim("optim=paged_adamw_8bit", "optim.lr=1e-3").lr == 1e-3
+    assert _optim("optim.name=adamw_8bit").name == "adamw_8bit"
+    optimizer = configure_optimizers(OptimConfig(betas=(0.8, 0.9), eps=1e-6), _parameters(), 4)["optimizer"]
+    assert type(optimizer) is torch.optim.AdamW
+    assert optimizer.defaults["betas"] == (0.8, 0.9) and optimizer.defaults["eps"] == 1e-6
+
+
+def test_weight_decay_groups() -> None:
+    """No decay on biases (1-D); one group when there is no decay at all (ZeRO-3 regroups parameters)."""
+    parameters = _parameters()
+    one = configure_optimizers(OptimConfig(), parameters, 4)["optimizer"]
+    assert len(one.param_groups) == 1
+    two = configure_optimizers(OptimConfig(weight_decay=0.1), parameters, 4)["optimizer"]
+    assert [(len(g["params"]), g["weight_decay"]) for g in two.param_groups] == [(1, 0.1), (1, 0.0)]
+
+
+def test_a_run_config_written_before_targets_still_instantiates() -> None:
+    """A saved config.yaml of an older run (the flat keys, ``rlhf_lab.objectives.OptimConfig``) still builds,
+    for evaluation and resume."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    old = OmegaConf.create(
+        {
+            "_target_": "rlhf_lab.objectives.OptimConfig",
+            "name": "adamw",
+            "lr": 0.001,
+            "weight_decay": 0.0,
+            "betas": [0.9, 0.999],
+            "eps": 1e-8,
+            "scheduler": "linear",
+            "warmup_ratio": 0.1,
+            "warmup_steps": 0,
+            "min_lr_ratio": 0.0,
+        }
+    )
+    config = instantiate(old, _convert_="all")
+    assert (config.lr, config.scheduler, config.optimizer, config.lr_scheduler) == (
+        0.001,
+        "linear",
+        None,
+        None,
+    )
+    assert type(configure_optimizers(config, _parameters(), 4)["optimizer"]) is torch.optim.AdamW
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"name": "sgd"},
+            r"optim.name='sgd' is not supported; choose one of: adamw, adamw_8bit, paged_adamw_8bit",
+        ),
+        (
+            {"optimizer": "torch.optim.NoSuchThing"},
+            r"optim.optimizer='torch.optim.NoSuchThing' names no class",
+        ),
+        (
+            {"lr_scheduler": {"step_size": 2}},
+            r"optim.lr_scheduler=\{'step_size': 2\} is not supported; choose a target",
+        ),
+        ({"min_lr_ratio": 2.0}, r"optim.min_lr_ratio=2.0 is out of range"),
+    ],
+)
+def test_invalid_optim_settings_name_the_key_value_and_choices(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        OptimConfig(**kwargs)
+
+
+def test_no_trainable_parameters_fails_clearly() -> None:
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        configure_optimizers(OptimConfig(), [], 4)

@@ -255,3 +255,133 @@ def test_two_runs_sharing_a_cache_compute_the_table_once(tmp_path: Path) -> None
     (table,) = reference_files(cache)
     assert not torch.isnan(torch.load(table, weights_only=True)["train"]).any()
     assert not list((cache / "reference").glob(".*tmp-*"))
+
+
+# --- one small class per mode, one factory, one adapter-off view ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cls"),
+    [
+        (("algo.reference=copy",), "CopyReference"),
+        (("adapter=lora", "algo.reference=adapter_off"), "AdapterOffReference"),
+        (("algo.reference=precomputed",), "PrecomputedReference"),
+        (("algo=sft",), "NoReference"),
+    ],
+    ids=["copy", "adapter_off", "precomputed", "none"],
+)
+def test_one_factory_builds_a_class_per_mode(make_config, overrides: tuple[str, ...], cls: str) -> None:
+    from rlhf_lab import policy as policy_module
+    from rlhf_lab.errors import ConfigError
+
+    objective, datamodule, _ = build(make_config(*overrides))
+    objective.configure_model()
+    reference = objective.reference
+    assert type(reference) is getattr(policy_module, cls) and reference.mode == objective.reference_mode
+    assert isinstance(reference, policy_module.Reference)
+    batch = next(iter(datamodule.train_dataloader()))
+    if reference.mode == "precomputed":
+        objective.precompute_reference(datamodule)
+    values = objective.reference_logps(batch, "train")
+    if reference.mode == "none":
+        assert values is None and reference.model is None
+    else:
+        assert values is not None and values.shape == (batch.sequences.num_rows,)
+    if reference.mode in ("copy", "adapter_off"):
+        assert_close(reference.run(batch.sequences).logps, values)
+    else:
+        with pytest.raises(
+            ConfigError, match=rf"algo.reference={reference.mode} has no reference model to run"
+        ):
+            reference.run(batch.sequences)
+    assert (reference.state_for_checkpoint() is not None) is (reference.mode == "precomputed")
+
+
+def test_the_former_constructor_still_builds_through_the_factory(make_config) -> None:
+    """``Reference(mode, policy, frozen)`` (the one class before the per-mode ones) gives the mode's class."""
+    from rlhf_lab.policy import CopyReference, FrozenModel, NoReference, Reference, make_reference
+
+    objective, _, _ = build(make_config())
+    objective.configure_model()
+    frozen = objective.reference.model
+    assert isinstance(frozen, FrozenModel)
+    assert type(Reference("copy", objective.policy, frozen)) is CopyReference
+    assert type(make_reference("none", objective.policy)) is NoReference
+
+
+def test_the_adapter_off_view_is_one_context_shared_by_reference_and_teacher(make_config) -> None:
+    """The adapter-off reference and the adapter-off teacher read the same view: the base, adapters disabled."""
+    from rlhf_lab.policy import adapters_disabled
+
+    objective, datamodule, _ = build(make_config("algo=kd", "teacher=adapter_off", "adapter=lora"))
+    objective.configure_model()
+    with torch.no_grad():
+        for name, parameter in objective.policy.model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.5)  # the adapter now changes the outputs
+    sequences = next(iter(datamodule.train_dataloader())).sequences
+    teacher, context = objective.teacher_model()
+    with torch.no_grad():
+        with context():
+            teacher_logps = objective.policy(sequences).logps
+        with adapters_disabled(objective.policy.model):
+            base_logps = objective.policy(sequences).logps
+        adapted = objective.policy(sequences).logps
+    assert teacher is objective.policy.model
+    assert_close(teacher_logps, base_logps)
+    assert not torch.allclose(adapted, base_logps)
+    lora, _, _ = build(make_config("adapter=lora", "algo.reference=adapter_off"))
+    lora.configure_model()
+    lora.policy.load_state_dict(objective.policy.state_dict())
+    assert_close(lora.reference.compute(sequences), base_logps)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        (("algo.reference=adapter_off", "adapter=full"), "algo.reference"),
+        (("algo=kd", "teacher=adapter_off", "adapter=full"), "teacher"),
+    ],
+    ids=["reference", "teacher"],
+)
+def test_adapter_off_needs_an_adapter_checked_in_one_place(
+    make_config, monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...], setting: str
+) -> None:
+    """Both adapter-off settings fail through `require_adapters`, naming the key, before any model loads."""
+    import rlhf_lab.policy as policy_module
+
+    calls: list[str] = []
+    original = policy_module.require_adapters
+
+    def spy(setting: str, adapter, instead: str) -> None:
+        calls.append(setting)
+        original(setting, adapter, instead)
+
+    monkeypatch.setattr(policy_module, "require_adapters", spy)
+    monkeypatch.setattr("rlhf_lab.objectives.distill.require_adapters", spy)
+    with pytest.raises(Exception, match=rf"{setting}=adapter_off needs adapter=lora or adapter=dora"):
+        build(make_config(*overrides))
+    assert calls == [setting]
+
+
+def test_the_policy_and_reference_are_typed_and_fail_clearly_before_they_are_built(make_config) -> None:
+    from rlhf_lab.objectives.base import ModelNotBuiltError
+    from rlhf_lab.policy import Policy
+
+    objective, _, _ = build(make_config())
+    assert not objective.is_built and not hasattr(objective, "policy")
+    for name in ("policy", "reference"):
+        with pytest.raises(
+            ModelNotBuiltError, match=rf"\.{name} does not exist yet: configure_model\(\) builds it"
+        ):
+            getattr(objective, name)
+    with pytest.raises(AttributeError, match="no attribute 'polciy'"):
+        objective.polciy  # noqa: B018 - any other missing attribute fails as usual
+    objective.configure_model()
+    assert objective.is_built and isinstance(objective.policy, Policy)
+    # Registered as submodules, as before: the same state-dict keys (checkpoints written before still load).
+    assert any(key.startswith("policy.model.") for key in objective.state_dict())
+    assert any(key.startswith("reference.model.") for key in objective.state_dict())
+    policy = objective.policy
+    objective.configure_model()  # built once
+    assert objective.policy is policy

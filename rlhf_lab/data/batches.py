@@ -153,7 +153,9 @@ class Sequences:
 
     def to(self, device: torch.device | str) -> Sequences:
         return Sequences(
-            *(getattr(self, f.name).to(device) for f in fields(self) if f.name not in ("images", "shared")),
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.completion_mask.to(device),
             images=None if self.images is None else self.images.to(device),
             shared=None if self.shared is None else self.shared.to(device),
         )

@@ -179,7 +179,7 @@ class UnpairedCollator:
 
     Rows ``0..B-1`` are ``prompt_b + completion_b``; rows ``B..2B-1`` are ``prompt_b`` with the completion of
     example ``b``'s mismatched partner (``TokenizedExample.mismatched_ids``, fixed per dataset example by
-    `rlhf_lab.data.datamodule.TokenizedDataset`), from which KTO estimates its KL reference point. The partner
+    `rlhf_lab.data.datasets.TokenizedDataset`), from which KTO estimates its KL reference point. The partner
     belongs to the example, not to the batch, so the estimate does not depend on which examples share a
     batch (or a rank).
 
@@ -249,7 +249,7 @@ class PromptCollator:
     def __call__(self, items: list[tuple[int, TokenizedExample]]) -> PromptBatch:
         if not items:
             raise ValueError("cannot collate an empty batch")
-        rows = [(example.prompt_ids, []) for _, example in items]
+        rows: list[tuple[list[int], list[int]]] = [(example.prompt_ids, []) for _, example in items]
         names = sorted({name for _, example in items for name in example.columns or {}})
         sequences = pad_rows(rows, self.pad_token_id, left=True)
         sequences.images = image_inputs([_images(example) for _, example in items], self.images)

@@ -156,19 +156,38 @@ def dpo_loss(
     weights = [1.0] * len(types) if loss_weights is None else list(loss_weights)
     chosen_logratios = policy_chosen_logps - reference_chosen_logps
     rejected_logratios = policy_rejected_logps - reference_rejected_logps
+    normalised = None
     if LENGTH_NORMALISED & set(types):
         if chosen_lengths is None or rejected_lengths is None:
             raise ValueError(f"loss_type={loss_type!r} needs chosen_lengths and rejected_lengths")
-        mean_chosen = chosen_logratios / chosen_lengths.clamp(min=1)
-        mean_rejected = rejected_logratios / rejected_lengths.clamp(min=1)
+        normalised = (
+            chosen_logratios / chosen_lengths.clamp(min=1),
+            rejected_logratios / rejected_lengths.clamp(min=1),
+        )
+    output = _weighted_losses(
+        types, weights, (chosen_logratios, rejected_logratios), normalised, beta, label_smoothing
+    )
+    output.losses = output.losses + nll_term(sft_beta, chosen_nll, "algo.sft_beta")
+    return output
+
+
+def _weighted_losses(
+    types: list[str],
+    weights: list[float],
+    summed: tuple[torch.Tensor, torch.Tensor],
+    normalised: tuple[torch.Tensor, torch.Tensor] | None,
+    beta: float,
+    label_smoothing: float,
+) -> PreferenceLossOutput:
+    """``sum_i weight_i * loss_i`` over the loss types, each on the chosen and rejected log-ratios it compares
+    (``normalised``: per-token means, for `LENGTH_NORMALISED` types; else ``summed``); the first type's
+    rewards, and ``loss/<type>`` metrics when there are several."""
     total: torch.Tensor | float = 0.0
     metrics = {}
     for position, (name, weight) in enumerate(zip(types, weights, strict=True)):
-        chosen, rejected = (
-            (mean_chosen, mean_rejected)
-            if name in LENGTH_NORMALISED
-            else (chosen_logratios, rejected_logratios)
-        )
+        pair = normalised if name in LENGTH_NORMALISED else summed
+        assert pair is not None
+        chosen, rejected = pair
         losses = LOSS_TYPES[name](chosen - rejected, beta, label_smoothing)
         total = total + weight * losses
         if len(types) > 1:
@@ -177,8 +196,5 @@ def dpo_loss(
             chosen_rewards, rejected_rewards = (beta * chosen).detach(), (beta * rejected).detach()
     assert isinstance(total, torch.Tensor)
     return PreferenceLossOutput(
-        losses=total + nll_term(sft_beta, chosen_nll, "algo.sft_beta"),
-        chosen_rewards=chosen_rewards,
-        rejected_rewards=rejected_rewards,
-        metrics=metrics,
+        losses=total, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards, metrics=metrics
     )

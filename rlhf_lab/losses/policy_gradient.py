@@ -15,6 +15,10 @@ rows, all answering the same prompt.
   micro-batches (gradient accumulation) and summing their results is exact.
 - PPO's clipped value loss and masked whitening (Huang et al., 2024, "The N+ implementation details of
   RLHF with PPO"): `clipped_value_loss`, `masked_whiten`.
+
+The online objective picks its policy loss from `POLICY_LOSSES` (``algo.policy_loss``) and its
+aggregation from `LOSS_AGGREGATIONS` (``algo.loss_agg_mode``, verl's names; TRL's ``loss_type`` names are
+aliases); its advantage estimators live in `rlhf_lab.losses.advantages`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_lab.losses.hyperparameters import NON_NEGATIVE, OneOf, Range, hyperparameters
+from rlhf_lab.losses.registry import Registry
 
 SCALE_REWARDS = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "sequence")
@@ -285,3 +290,123 @@ def clipped_value_loss(
     return 0.5 * torch.max(unclipped_loss, clipped_loss) * mask_f, (
         clipped_loss > unclipped_loss
     ) & mask.bool()
+
+
+# ------------------------------------------------------------------------------ registered policy losses
+#: Policy losses by name: ``(logps, old_logps, advantages, mask, **hyperparameters) -> ClippedSurrogate``.
+POLICY_LOSSES = Registry("algo.policy_loss")
+
+
+@POLICY_LOSSES.register("ppo_clip", "vanilla")
+@hyperparameters(
+    epsilon=CLIP_RANGE,
+    epsilon_high=Range(0.0, None, low_inclusive=False),
+    importance_sampling_level=OneOf(IMPORTANCE_SAMPLING_LEVELS),
+)
+def ppo_clip_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    importance_sampling_level: str = "token",
+) -> ClippedSurrogate:
+    """PPO's clipped surrogate (Schulman et al., 2017, Eq. 7; DAPO's clip-higher with ``epsilon_high``;
+    GSPO's sequence ratio with ``importance_sampling_level=sequence``): `clipped_surrogate`."""
+    return clipped_surrogate(
+        logps,
+        old_logps,
+        advantages,
+        mask,
+        epsilon=epsilon,
+        epsilon_high=epsilon_high,
+        importance_sampling_level=importance_sampling_level,
+    )
+
+
+@POLICY_LOSSES.register("gspo")
+@hyperparameters(epsilon=CLIP_RANGE, epsilon_high=Range(0.0, None, low_inclusive=False))
+def gspo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    epsilon: float = 3e-4,
+    epsilon_high: float | None = 4e-4,
+) -> ClippedSurrogate:
+    """GSPO (Zheng et al., 2025, Eq. 5-7): one length-normalised ratio ``exp(mean_t log(pi/pi_old))`` per
+    sequence, clipped; the paper's clip ranges (3e-4, 4e-4) are the defaults."""
+    return clipped_surrogate(
+        logps,
+        old_logps,
+        advantages,
+        mask,
+        epsilon=epsilon,
+        epsilon_high=epsilon_high,
+        importance_sampling_level="sequence",
+    )
+
+
+# ---------------------------------------------------------------------------- registered aggregations
+@dataclass(frozen=True)
+class StepTotals:
+    """Counts of one optimiser step's whole batch, known before its first micro-batch.
+
+    Attributes:
+        sequences: Completions of this process's step batch.
+        tokens: Their completion tokens (in the loss mask).
+        global_tokens: Completion tokens of every process's step batch.
+        world_size: Processes (data parallelism averages their gradients).
+        max_completion_length: ``max_new_tokens`` (Dr. GRPO's constant).
+    """
+
+    sequences: float
+    tokens: float
+    global_tokens: float
+    world_size: int = 1
+    max_completion_length: int = 1
+
+
+#: Aggregations by name: ``(losses [N, L], mask [N, L], totals: StepTotals) -> this micro-batch's share``.
+LOSS_AGGREGATIONS = Registry("algo.loss_agg_mode")
+
+
+@LOSS_AGGREGATIONS.register("token_mean", "bnpo")
+def token_mean(losses: torch.Tensor, mask: torch.Tensor, totals: StepTotals) -> torch.Tensor:
+    """Token sum over the step batch's tokens on this process (BNPO; verl's ``token-mean``)."""
+    return reduce_token_losses(losses, mask, loss_type="bnpo", num_tokens=totals.tokens)
+
+
+@LOSS_AGGREGATIONS.register("token_mean_global", "dapo")
+def token_mean_global(losses: torch.Tensor, mask: torch.Tensor, totals: StepTotals) -> torch.Tensor:
+    """Token sum over every process's tokens (DAPO's token-level loss), times the world size because data
+    parallelism averages the processes' gradients."""
+    share = reduce_token_losses(losses, mask, loss_type="dapo", num_tokens=totals.global_tokens)
+    return share * totals.world_size
+
+
+@LOSS_AGGREGATIONS.register("seq_mean_token_mean", "grpo")
+def seq_mean_token_mean(losses: torch.Tensor, mask: torch.Tensor, totals: StepTotals) -> torch.Tensor:
+    """Each sequence's token mean, averaged over sequences (GRPO as in the paper)."""
+    return reduce_token_losses(losses, mask, loss_type="grpo", num_sequences=totals.sequences)
+
+
+@LOSS_AGGREGATIONS.register("seq_mean_token_sum", "sequence")
+def seq_mean_token_sum(losses: torch.Tensor, mask: torch.Tensor, totals: StepTotals) -> torch.Tensor:
+    """Each sequence's token sum, averaged over sequences (RLOO: the completion is one action)."""
+    return reduce_token_losses(losses, mask, loss_type="sequence", num_sequences=totals.sequences)
+
+
+@LOSS_AGGREGATIONS.register("seq_mean_token_sum_norm", "dr_grpo")
+def seq_mean_token_sum_norm(losses: torch.Tensor, mask: torch.Tensor, totals: StepTotals) -> torch.Tensor:
+    """Token sum over ``sequences * max_completion_length`` (Dr. GRPO: a constant normaliser)."""
+    return reduce_token_losses(
+        losses,
+        mask,
+        loss_type="dr_grpo",
+        num_sequences=totals.sequences,
+        max_completion_length=totals.max_completion_length,
+    )

@@ -78,6 +78,28 @@ def check_same_vocabulary(
     )
 
 
+def load_companions(
+    companions: Mapping[str, Companion], policy_spec: Any
+) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """Each companion's model (frozen ones without gradients, checkpointing or dropout) and tokenizer, by
+    name; a ``same_vocabulary`` companion's tokenizer checked against the policy's."""
+    loaded: dict[str, nn.Module] = {}
+    tokenizers: dict[str, Any] = {}
+    policy_tokenizer = None
+    for name, companion in companions.items():
+        model = companion.spec.load_model(task=companion.task, **companion.load_kwargs)
+        if not companion.trainable:
+            if companion.spec.gradient_checkpointing:
+                model.gradient_checkpointing_disable()  # no backward runs through a frozen model
+            model.requires_grad_(False).eval()
+        tokenizers[name] = companion.spec.load_tokenizer()
+        if companion.same_vocabulary:
+            policy_tokenizer = policy_tokenizer or policy_spec.load_tokenizer()
+            check_same_vocabulary(name, tokenizers[name], companion.spec, policy_tokenizer, policy_spec)
+        loaded[name] = model
+    return loaded, tokenizers
+
+
 def build_models(
     policy_spec: Any,
     adapter: Any,
@@ -103,7 +125,6 @@ def build_models(
         `BuiltModels`.
     """
     check_choice("task", task, TASKS)
-    companions = dict(companions or {})
     deepspeed_config = None
     if strategy is not None and getattr(strategy, "zero_stage_3", False):
         # Tell transformers that ZeRO-3 is on: it then builds each model partitioned and loads its weights
@@ -116,21 +137,7 @@ def build_models(
     frozen, train_in_full = policy_spec.adapter_plan(base)
     policy = adapter.apply(base, task=task, frozen=frozen, train_in_full=train_in_full)
 
-    loaded: dict[str, nn.Module] = {}
-    tokenizers: dict[str, Any] = {}
-    policy_tokenizer = None
-    for name, companion in companions.items():
-        model = companion.spec.load_model(task=companion.task, **companion.load_kwargs)
-        if not companion.trainable:
-            if companion.spec.gradient_checkpointing:
-                model.gradient_checkpointing_disable()  # no backward runs through a frozen model
-            model.requires_grad_(False).eval()
-        tokenizers[name] = companion.spec.load_tokenizer()
-        if companion.same_vocabulary:
-            policy_tokenizer = policy_tokenizer or policy_spec.load_tokenizer()
-            check_same_vocabulary(name, tokenizers[name], companion.spec, policy_tokenizer, policy_spec)
-        loaded[name] = model
-
+    loaded, tokenizers = load_companions(companions or {}, policy_spec)
     options = fsdp_options(strategy) if strategy is not None else None
     if options is not None:
         # Shard every model alike: no rank holds a full copy of the reference, the teacher or a reward model.

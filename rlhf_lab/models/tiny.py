@@ -194,6 +194,8 @@ class TinyModel(HubModel):
             self.given_tokenizer() if self.tokenizer else train_tokenizer(texts, vocab_size=self.vocab_size)
         )
         common = self.text_config(tokenizer)
+        config: Any
+        model_cls: Any
         if self.architecture == "llama":
             config, model_cls = LlamaConfig(**common), LlamaForCausalLM
         else:

@@ -134,10 +134,9 @@ class TinyVisionLanguageModel(VisionLanguageModel, TinyModel):
             video_token_id=ids["<|video_pad|>"],
             vision_start_token_id=ids["<|vision_start|>"],
             vision_end_token_id=ids["<|vision_end|>"],
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=False,
+            # Not in Qwen2VLConfig's typed signature; it keeps them as attributes (generation reads them).
+            **special_token_ids(tokenizer),
         )
         pixels = self.image_size**2
         image_processor = _image_processor("Qwen2VLImageProcessor")(
@@ -197,3 +196,8 @@ class TinyVisionLanguageModel(VisionLanguageModel, TinyModel):
 
     def _llava_next(self, tokenizer: Any, text: dict[str, Any]) -> tuple[Any, Any]:
         return self._llava(tokenizer, text, next_=True)
+
+
+def special_token_ids(tokenizer: Any) -> dict[str, Any]:
+    """The tokenizer's BOS, EOS and padding ids as config keyword arguments."""
+    return {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}

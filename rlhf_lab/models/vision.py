@@ -122,7 +122,7 @@ def load_processor(name_or_path: str, revision: str | None = None, trust_remote_
     e.g. a video processor without torchvision) the same processor class with images and text only."""
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-    options = {"revision": revision, "trust_remote_code": trust_remote_code}
+    options: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         return AutoProcessor.from_pretrained(name_or_path, **options)
     except ImportError as error:
@@ -145,7 +145,7 @@ def save_processor(processor: Any, directory: Path) -> None:
     # The parts, then the processor's own config: works whether or not its video processor could load.
     processor.image_processor.save_pretrained(directory)
     processor.tokenizer.save_pretrained(directory)
-    config = {"processor_class": type(processor).__name__}
+    config: dict[str, int | str] = {"processor_class": type(processor).__name__}
     for key in ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens", "image_token"):
         value = getattr(processor, key, None)
         if isinstance(value, int | str):

@@ -2,15 +2,16 @@
 
 Pairwise objectives (DPO and its variants, IPO, CPO, SimPO, CPO-SimPO, ORPO) are one class whose loss
 ``conf/algo/<name>.yaml`` names; KTO (unpaired batches), the reward model (a classification head) and SFT
-(single completions) have their own; the online-RL objectives (GRPO, RLOO, PPO) share `OnlineObjective`; distillation (KD, SeqKD, GKD) shares `Distillation`.
+(single completions) have their own; online RL is one `OnlineObjective`
+built from registered parts (GRPO, RLOO, PPO, REINFORCE++ are YAML files); distillation (KD, SeqKD, GKD) shares `Distillation`.
 """
 
 from rlhf_lab.objectives.base import AlignmentObjective, OptimConfig, RuntimeConfig, pairwise_metrics
 from rlhf_lab.objectives.distill import GKD, KD, Distillation, SeqKD
 from rlhf_lab.objectives.kto import KTO
 from rlhf_lab.objectives.online import OnlineObjective
+from rlhf_lab.objectives.online_legacy import GRPO, PPO, RLOO
 from rlhf_lab.objectives.pairwise import PAIR_INPUTS, PairwiseObjective
-from rlhf_lab.objectives.policy_gradient import GRPO, PPO, RLOO
 from rlhf_lab.objectives.reward import RewardModel
 from rlhf_lab.objectives.sft import SFT
 

@@ -1,17 +1,17 @@
-"""The LightningModule every objective shares: models, reference, optimiser, schedule, logging, checkpoints.
+"""The LightningModule every objective shares: the late-built models, the reference, steps, logging, checkpoints.
 
 An objective subclasses `AlignmentObjective` and implements `compute`, which turns a typed batch
 (`rlhf_lab.data.batches`) into a loss and a dict of metrics (names without the ``train/``/``val/``
 prefix). It may ask for companions built beside the policy (`companion_specs`: a teacher, reward models, a
-value model); `rlhf_lab.models.build.build_models` builds them with the policy. Everything else lives here
-once.
+value model); `rlhf_lab.models.build.build_models` builds them with the policy. The pieces live in their own
+modules: the reference modes in `rlhf_lab.policy` (`make_reference`), the optimiser and schedule in
+`rlhf_lab.optim`, the non-finite loss and gradient policy in `rlhf_lab.nan_policy` (a callback the trainer
+gets; the objective keeps thin `_non_finite` / `_all_ranks` hooks for its own loss checks).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,73 +24,25 @@ from torch import nn
 
 from rlhf_lab.data.batches import Batch
 from rlhf_lab.errors import ConfigError, check_choice, check_range
+from rlhf_lab.lightning_compat import attached_trainer
 from rlhf_lab.logprobs import SequenceLogps
 from rlhf_lab.models.adapters import Adapter, FullFinetune
 from rlhf_lab.models.build import Companion, build_models
 from rlhf_lab.models.hub import HubModel, default_cache_dir
-from rlhf_lab.policy import REFERENCE_MODES, FrozenModel, Policy, Reference, ValueModel, cache_key
+from rlhf_lab.nan_policy import NanPolicy, all_ranks
+from rlhf_lab.nan_policy import NonFiniteError as NonFiniteError  # re-exported: it lived here
+from rlhf_lab.optim import OptimConfig, configure_optimizers
+from rlhf_lab.policy import (
+    FrozenModel,
+    Policy,
+    Reference,
+    ValueModel,
+    cache_key,
+    make_reference,
+    resolve_reference_mode,
+)
 from rlhf_lab.quant import NoQuantization
 from rlhf_lab.strategies import fsdp_options
-
-log = logging.getLogger(__name__)
-
-SCHEDULERS = ("constant", "linear", "cosine")
-NAN_POLICIES = ("stop", "skip", "ignore")
-OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
-
-
-@dataclass
-class OptimConfig:
-    """AdamW and its learning-rate schedule.
-
-    Attributes:
-        name: ``adamw`` (torch), ``adamw_8bit`` or ``paged_adamw_8bit`` (bitsandbytes; paged falls back to
-            unpaged on CPU).
-        lr: Peak learning rate.
-        weight_decay: Decoupled weight decay.
-        betas: Adam betas.
-        eps: Adam epsilon.
-        scheduler: ``constant``, ``linear`` (decay to 0) or ``cosine`` (decay to ``min_lr_ratio * lr``).
-        warmup_ratio: Linear warm-up over this share of the optimiser steps (ignored if ``warmup_steps``).
-        warmup_steps: Linear warm-up steps (takes precedence over ``warmup_ratio`` when > 0).
-        min_lr_ratio: Final learning rate of the cosine schedule, as a share of ``lr``.
-    """
-
-    name: str = "adamw"
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    scheduler: str = "cosine"
-    warmup_ratio: float = 0.1
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_choice("optim.name", self.name, OPTIMIZERS)
-        check_choice("optim.scheduler", self.scheduler, SCHEDULERS)
-        check_range("optim.lr", self.lr, 0.0, None, low_inclusive=False)
-        check_range("optim.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        # eps = 0 divides by sqrt(v) = 0 wherever a gradient has been 0 so far: NaN weights.
-        check_range("optim.eps", self.eps, 0.0, None, low_inclusive=False)
-        check_range("optim.weight_decay", self.weight_decay, 0.0, None)
-        check_range("optim.warmup_steps", self.warmup_steps, 0)
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-
-    def lr_lambda(self, total_steps: int) -> Any:
-        warmup = self.warmup_steps if self.warmup_steps > 0 else math.ceil(self.warmup_ratio * total_steps)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if self.scheduler == "constant":
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-            if self.scheduler == "linear":
-                return 1.0 - progress
-            return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        return factor
 
 
 @dataclass
@@ -102,9 +54,7 @@ class RuntimeConfig:
         logps_chunk_size: Completion tokens per output-head call.
         logps_recompute: Recompute the head's logits in backward (True: memory) or store them (False: speed);
             ``auto`` stores them when they fit in `rlhf_lab.logprobs.STORED_LOGITS_BUDGET`.
-        nan_policy: ``stop`` (the run stops at the first non-finite loss or gradient, naming the step and
-            the batch's examples, its last finite state in ``last.ckpt``, exit non-zero), ``skip`` (the step
-            is skipped and counted: ``train/nan_skipped``; past ``max_nan_skips`` the run stops) or ``ignore``.
+        nan_policy: ``stop``, ``skip`` or ``ignore`` (`rlhf_lab.nan_policy`).
         max_nan_skips: Most steps ``skip`` may skip.
         seed: The run's seed (online RL seeds its rollouts with it).
         run_dir: The run directory (online RL writes its sample tables there).
@@ -126,15 +76,14 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         check_range("logps_chunk_size", self.logps_chunk_size, 1)
         check_choice("logps_recompute", self.logps_recompute, ("auto", True, False))
-        check_choice("trainer.nan_policy", self.nan_policy, NAN_POLICIES)
-        check_range("trainer.max_nan_skips", self.max_nan_skips, 0)
 
 
-class NonFiniteError(RuntimeError):
-    """Training met a non-finite loss or gradient under ``trainer.nan_policy=stop`` (or past its skips)."""
+#: The submodules `AlignmentObjective.configure_model` builds late.
+LATE_BUILT = ("policy", "reference")
 
-    #: The last finite state was saved before raising (the checkpoint callbacks need not save again).
-    checkpoint_saved = False
+
+class ModelNotBuiltError(AttributeError):
+    """The policy or the reference was read before `AlignmentObjective.configure_model` built it."""
 
 
 class AlignmentObjective(L.LightningModule):
@@ -143,10 +92,10 @@ class AlignmentObjective(L.LightningModule):
     Args:
         model: The model spec (`HubModel` or `TinyModel`); the model is built in `configure_model`.
         adapter: `FullFinetune` or `LoraAdapter`.
-        optim: Optimiser and schedule.
+        optim: Optimiser and schedule (`rlhf_lab.optim`).
         reference: Reference mode (``auto``: ``adapter_off`` under LoRA/DoRA, else ``copy``; reference-free
             objectives force ``none``).
-        runtime: Cache directory and log-prob chunking.
+        runtime: Cache directory, log-prob chunking and the non-finite policy.
         quant: Quantisation of the base weights (`rlhf_lab.quant`).
     """
 
@@ -164,6 +113,14 @@ class AlignmentObjective(L.LightningModule):
     model_task: str = "causal_lm"
     #: The held-out metric checkpoints are ranked by under ``checkpoint.monitor=auto``, and its direction.
     monitor: tuple[str, str] = ("val/loss", "min")
+    #: Steps skipped for a non-finite loss or gradient (``trainer.nan_policy=skip``): a buffer, kept in
+    #: checkpoints under this key.
+    nan_skipped: torch.Tensor
+    #: The trainable model and the reference (`rlhf_lab.policy.make_reference`), built by `configure_model`:
+    #: submodules (state-dict keys ``policy.*``, ``reference.*``), typed here, and a `ModelNotBuiltError` if
+    #: read before (`is_built` asks).
+    policy: Policy
+    reference: Reference
 
     def __init__(
         self,
@@ -180,40 +137,16 @@ class AlignmentObjective(L.LightningModule):
         self.quant = quant or NoQuantization()
         self.optim = optim or OptimConfig()
         self.runtime = runtime or RuntimeConfig()
-        self.reference_mode = self._resolve_reference(reference)
-        self.policy: Policy | None = None
-        self.reference: Reference | None = None
+        #: The non-finite loss and gradient policy: the trainer gets it as a callback (`rlhf_lab.train`).
+        self.nan_policy = NanPolicy(self.runtime.nan_policy, self.runtime.max_nan_skips)
+        self.reference_mode = resolve_reference_mode(reference, self.needs_reference, self.adapter, self.name)
         self.companions = nn.ModuleDict()
         # Checkpoints hold the trainable weights only (frozen weights come back from the model specs);
         # `on_load_checkpoint` checks that they match this run's trainable weights exactly.
         self.strict_loading = False
         self._batch_started: float | None = None
         self._deepspeed_config: Any = None
-        # Steps skipped for a non-finite loss or gradient (trainer.nan_policy=skip); kept in checkpoints.
         self.register_buffer("nan_skipped", torch.zeros((), dtype=torch.long))
-
-    def _resolve_reference(self, requested: str) -> str:
-        check_choice("algo.reference", requested, ("auto", *REFERENCE_MODES))
-        if not self.needs_reference:
-            if requested not in ("auto", "none"):
-                raise ConfigError(
-                    f"algo.reference={requested} but {self.name} is reference-free; "
-                    "use algo.reference=none (or auto)"
-                )
-            return "none"
-        if requested == "auto":
-            return "adapter_off" if self.adapter.is_peft else "copy"
-        if requested == "none":
-            raise ConfigError(
-                f"algo.reference=none but {self.name} needs a reference; "
-                "choose one of: copy, adapter_off, precomputed"
-            )
-        if requested == "adapter_off" and not self.adapter.is_peft:
-            raise ConfigError(
-                "algo.reference=adapter_off needs adapter=lora or adapter=dora; "
-                "use algo.reference=copy or precomputed with adapter=full"
-            )
-        return requested
 
     @property
     def name(self) -> str:
@@ -221,16 +154,30 @@ class AlignmentObjective(L.LightningModule):
         return type(self).__name__
 
     # ----------------------------------------------------------------------------------------- model
+    def __getattr__(self, name: str) -> torch.Tensor | nn.Module:
+        # Reached only when normal lookup fails (nn.Module finds submodules in `_modules` here).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in LATE_BUILT:
+                raise
+        raise ModelNotBuiltError(
+            f"{type(self).__name__}.{name} does not exist yet: configure_model() builds it (the trainer calls "
+            "it at fit and validate; call objective.configure_model() to use the objective outside a trainer)"
+        )
+
+    @property
+    def is_built(self) -> bool:
+        """Whether `configure_model` has built the policy, the reference and the companions."""
+        return "policy" in self._modules
+
     def companion_specs(self) -> dict[str, Companion]:
         """The models to build beside the policy, by name (subclasses add a teacher, reward models...)."""
         if self.reference_mode != "copy":
             return {}
         # The copy reference is loaded from the policy's own spec (and quantisation): the initial policy.
-        return {
-            "reference": Companion(
-                self.model_spec, task=self.model_task, load_kwargs=self.quant.load_kwargs()
-            )
-        }
+        spec = Companion(self.model_spec, task=self.model_task, load_kwargs=self.quant.load_kwargs())
+        return {"reference": spec}
 
     def model_specs(self) -> list[Any]:
         """Every model spec the run loads (tiny specs build their weights and tokenizer from the corpus)."""
@@ -238,9 +185,10 @@ class AlignmentObjective(L.LightningModule):
 
     def configure_model(self) -> None:
         """Build the policy and its companions late, so sharding strategies can wrap them at init."""
-        if self.policy is not None:
+        if self.is_built:
             return
-        strategy = self._trainer.strategy if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        strategy = trainer.strategy if trainer is not None else None
         specs = self.companion_specs()
         built = build_models(
             self.model_spec,
@@ -253,26 +201,22 @@ class AlignmentObjective(L.LightningModule):
         )
         self._deepspeed_config = built.deepspeed_config
         chunk = self.runtime.logps_chunk_size
-        self.policy = Policy(built.policy, chunk_size=chunk, recompute=self.runtime.logps_recompute)
-        self.policy.train()
+        policy = Policy(built.policy, chunk_size=chunk, recompute=self.runtime.logps_recompute).train()
         wrapped: dict[str, nn.Module] = {
             name: ValueModel(model)
             if specs[name].trainable
             else FrozenModel(model, built.tokenizers[name], chunk)
             for name, model in built.companions.items()
         }
-        reference_model = wrapped.pop("reference", None)
-        self.reference = Reference(
-            self.reference_mode,
-            self.policy,
-            reference_model,  # type: ignore[arg-type]
-            load_initial=self._load_initial_weights,
-        )
+        frozen: Any = wrapped.pop("reference", None)
+        self.policy = policy
+        self.reference = make_reference(self.reference_mode, policy, frozen, self._load_initial_weights)
         self.companions = nn.ModuleDict(wrapped)
 
     def _load_initial_weights(self) -> nn.Module:
         """A fresh, frozen copy of the initial policy weights (a precomputed reference after training)."""
-        strategy = self._trainer.strategy if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        strategy = trainer.strategy if trainer is not None else None
         if fsdp_options(strategy) is not None or getattr(strategy, "zero_stage_3", False):
             raise ConfigError(
                 "algo.reference=precomputed: the reference table is missing from the checkpoint and the cache, "
@@ -281,8 +225,8 @@ class AlignmentObjective(L.LightningModule):
             )
         model = self.model_spec.load_model(task=self.model_task, **self.quant.load_kwargs())
         model.requires_grad_(False).eval()
-        if self._trainer is not None:
-            model = self.trainer.precision_plugin.convert_module(model)
+        if trainer is not None:
+            model = trainer.precision_plugin.convert_module(model)
         return model.to(self.device)
 
     def check_data(self, datamodule: Any) -> None:
@@ -304,11 +248,12 @@ class AlignmentObjective(L.LightningModule):
         """Everything that changes a precomputed reference table: weights, quantisation, precision, chat
         template, data and scoring settings."""
         tokenizer = getattr(datamodule, "tokenizer", None)
+        trainer = attached_trainer(self)
         return cache_key(
             model=self.model_spec.identity(),
             task=self.model_task,
             quant=self.quant.identity(),
-            precision=str(self.trainer.precision) if self._trainer is not None else "32-true",
+            precision=str(trainer.precision) if trainer is not None else "32-true",
             chat_template=getattr(tokenizer, "chat_template", None),
             data=datamodule.fingerprint(),
             scoring=self.scoring_settings(),
@@ -317,14 +262,14 @@ class AlignmentObjective(L.LightningModule):
     def precompute_reference(self, datamodule: Any = None) -> str:
         """Fill the precomputed reference table (held from a checkpoint, from the cache, or computed from
         the initial weights); returns where it came from: ``held``, ``cache`` or ``computed``."""
-        datamodule = datamodule if datamodule is not None else self.trainer.datamodule
+        trainer = attached_trainer(self)
+        datamodule = datamodule if datamodule is not None else getattr(trainer, "datamodule", None)
         key = self.reference_cache_key(datamodule)
         cache_file = Path(self.runtime.cache_dir) / "reference" / f"{key}.pt"
         # Under the run's precision (autocast for bf16-mixed), so the table matches what training computes.
-        context = self.trainer.precision_plugin.forward_context if self._trainer is not None else nullcontext
-        return self.reference.precompute(
-            datamodule.reference_loaders(), self.device, key, cache_file, context
-        )
+        context = trainer.precision_plugin.forward_context if trainer is not None else nullcontext
+        loaders = datamodule.reference_loaders()
+        return self.reference.precompute(loaders, self.device, key, cache_file, context)
 
     # -------------------------------------------------------------------------------------- steps
     def compute(self, batch: Batch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -341,13 +286,13 @@ class AlignmentObjective(L.LightningModule):
         # From here on the policy's weights are no longer the initial ones (the reference must not use them).
         self.policy.at_initial_weights = False
         loss, metrics = self.compute(batch, "train")
-        if self.runtime.nan_policy != "ignore" and not self._all_ranks(bool(torch.isfinite(loss.detach()))):
+        if self.nan_policy.active and not self._all_ranks(bool(torch.isfinite(loss.detach()))):
             self._non_finite("loss", batch)
             return None  # skip: no backward, no optimiser step for this batch
         self._log("train", loss, metrics, batch.size, on_step=True)
-        schedulers = self.lr_schedulers()
-        if schedulers is not None:
-            self.log("train/lr", schedulers.get_last_lr()[0], on_step=True, on_epoch=False)
+        scheduler: Any = self.lr_schedulers()
+        if scheduler is not None:
+            self.log("train/lr", scheduler.get_last_lr()[0], on_step=True, on_epoch=False)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
@@ -362,55 +307,18 @@ class AlignmentObjective(L.LightningModule):
 
     def _all_ranks(self, decision: bool) -> bool:
         """True when it holds on every rank (a skip must be taken by all ranks together)."""
-        if self._trainer is None or self.trainer.world_size == 1:
-            return decision
-        return bool(self.trainer.strategy.reduce_boolean_decision(decision, all=True))
+        return all_ranks(attached_trainer(self), decision)
 
     def _non_finite(self, what: str, batch: Batch | None) -> None:
         """Apply ``trainer.nan_policy`` to a non-finite loss or gradient (stop raises; skip counts)."""
-        step = self.trainer.global_step + 1
-        examples = "" if batch is None else f" (training batch of dataset examples {batch.index.tolist()})"
-        if self.runtime.nan_policy == "skip" and int(self.nan_skipped) < self.runtime.max_nan_skips:
-            self.nan_skipped += 1
-            log.warning(
-                "non-finite %s at step %d%s: step skipped (%d so far)",
-                what,
-                step,
-                examples,
-                int(self.nan_skipped),
-            )
-            self.log("train/nan_skipped", self.nan_skipped.float(), on_step=True, on_epoch=False)
-            return
-        past = "" if self.runtime.nan_policy == "stop" else f" after {int(self.nan_skipped)} skipped steps"
-        raise NonFiniteError(
-            f"non-finite {what} at step {step}{examples}{past}; the run stops (trainer.nan_policy="
-            f"{self.runtime.nan_policy}). Its last finite state is in checkpoints/last.ckpt. Lower optim.lr, check "
-            "those examples, or set trainer.nan_policy=skip"
-        )
+        self.nan_policy.handle(self, what, batch)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Before clipping: the gradient of the (accumulated) loss as the optimiser receives it.
-        norms = []
-        for _, parameter in self.trainable_parameters():
-            if parameter.grad is not None:
-                norm = parameter.grad.detach().norm(2)
-                # A sharded (FSDP2) gradient's norm is a DTensor: materialise the global value.
-                norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        if not norms:
-            return
-        grad_norm = torch.stack(norms).norm(2)
-        if self.runtime.nan_policy != "ignore" and not bool(torch.isfinite(grad_norm)):
-            # Gradients are already reduced across ranks: every rank takes the same decision here.
-            self._non_finite("gradient", None)
-            for _, parameter in self.trainable_parameters():
-                parameter.grad = None  # the optimiser skips parameters without a gradient: no update
-            return
-        self.log("train/grad_norm", grad_norm, on_step=True, on_epoch=False)
-        if not self.automatic_optimization and self.runtime.gradient_clip_val:
-            # Lightning clips only under automatic optimisation; after the norm above, as it would.
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.runtime.gradient_clip_val, gradient_clip_algorithm="norm"
-            )
+        # The `NanPolicy` callback has checked (and logged) the gradient norm before this hook runs.
+        # Lightning clips only under automatic optimisation; after that norm, as it would.
+        clip = self.runtime.gradient_clip_val
+        if not self.automatic_optimization and clip and any(p.grad is not None for p in self.parameters()):
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, metrics = self.compute(batch, "val")
@@ -422,48 +330,15 @@ class AlignmentObjective(L.LightningModule):
     ) -> None:
         values = {f"{split}/loss": loss.detach(), **{f"{split}/{k}": v.detach() for k, v in metrics.items()}}
         on_progress_bar = (f"{split}/loss", f"{split}/rewards/accuracies")
+        options: dict[str, Any] = {"on_step": on_step, "on_epoch": not on_step, "sync_dist": not on_step}
         for key, value in values.items():
-            self.log(
-                key,
-                value,
-                prog_bar=key in on_progress_bar,
-                on_step=on_step,
-                on_epoch=not on_step,
-                batch_size=batch_size,
-                sync_dist=not on_step,
-            )
+            self.log(key, value, prog_bar=key in on_progress_bar, batch_size=batch_size, **options)
 
     # ------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
-        params = [p for _, p in self.trainable_parameters()]
-        if not params:
-            raise ConfigError("the policy has no trainable parameters (check adapter.*)")
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        optimizer_cls: Any = torch.optim.AdamW
-        if self.optim.name != "adamw":
-            import bitsandbytes as bnb
-
-            optimizer_cls = (
-                bnb.optim.AdamW8bit if self.optim.name == "adamw_8bit" else bnb.optim.PagedAdamW8bit
-            )
-        # One group unless decay needs two: DeepSpeed ZeRO-3 regroups parameters, and a schedule built for
-        # two groups would then no longer match its optimiser.
-        groups: list[dict[str, Any]] = [{"params": params, "weight_decay": 0.0}]
-        if self.optim.weight_decay:
-            groups = [
-                {"params": decay, "weight_decay": self.optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ]
-        optimizer = optimizer_cls(
-            groups,
-            lr=self.optim.lr,
-            betas=self.optim.betas,
-            eps=self.optim.eps,
-        )
-        total_steps = self.total_optimizer_steps()
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.optim.lr_lambda(total_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        """The ``optim`` optimiser of the trainable parameters and its per-step schedule (`rlhf_lab.optim`)."""
+        parameters = [p for _, p in self.trainable_parameters()]
+        return configure_optimizers(self.optim, parameters, self.total_optimizer_steps())
 
     def derived_seed(self, *parts: Any) -> int:
         """A seed derived from the run's seed and ``parts`` (a rollout, a prompt, a step): draws that depend on
@@ -484,8 +359,8 @@ class AlignmentObjective(L.LightningModule):
         """State-dict keys a checkpoint holds: the trainable weights and the objective's own state."""
         own_state = {
             name
-            for name, buffer in self._buffers.items()
-            if buffer is not None and name not in self._non_persistent_buffers_set
+            for name, buffer in self.named_buffers(recurse=False)
+            if name not in self._non_persistent_buffers_set
         }
         return {name for name, _ in self.trainable_parameters()} | own_state
 

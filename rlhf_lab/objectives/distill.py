@@ -12,6 +12,7 @@ token), ``teacher_student_kl/reverse``, ``kd_loss`` (the divergence at ``tempera
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -27,13 +28,14 @@ from rlhf_lab.data.batches import Sequences, SingleBatch
 from rlhf_lab.data.collate import pad_rows
 from rlhf_lab.errors import ConfigError, check_range
 from rlhf_lab.generation import Generation, SamplingConfig, generate, stop_and_pad_ids
+from rlhf_lab.lightning_compat import attached_trainer
 from rlhf_lab.logprobs import completion_distillation, decoder_and_head
 from rlhf_lab.losses.distill import DistillationTokens, generalized_jsd
 from rlhf_lab.losses.hyperparameters import UNIT_INTERVAL, check_hyperparameters
 from rlhf_lab.losses.sft import nll_loss
 from rlhf_lab.models.build import Companion
 from rlhf_lab.objectives.base import AlignmentObjective
-from rlhf_lab.policy import cache_key, file_lock, hidden_states
+from rlhf_lab.policy import adapters_disabled, cache_key, file_lock, hidden_states, require_adapters
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,8 @@ class Distillation(AlignmentObjective):
                 f"{self.name} distils from a teacher: set teacher=hub teacher.name_or_path=<directory or hub id> "
                 "(or teacher=tiny, or teacher=adapter_off for the student's base with its adapters off)"
             )
-        if teacher == ADAPTER_OFF and not self.adapter.is_peft:
-            raise ConfigError(
-                "teacher=adapter_off needs adapter=lora or adapter=dora (the student's base is the teacher)"
-            )
+        if teacher == ADAPTER_OFF:
+            require_adapters("teacher", self.adapter, "or distil from a model: teacher=tiny, hub, ...")
         self.teacher_spec = teacher
         self.beta, self.temperature, self.teacher_topk = beta, temperature, teacher_topk
         self.tokenizer: Any = None
@@ -109,7 +109,8 @@ class Distillation(AlignmentObjective):
     def teacher_model(self) -> tuple[torch.nn.Module, Callable[[], Any]]:
         """The teacher's causal LM and the context it runs in (adapters off for self-distillation)."""
         if self.self_distillation:
-            return self.policy.model, self.policy.adapters_disabled
+            model = self.policy.model
+            return model, functools.partial(adapters_disabled, model)
         return self.companions["teacher"].model, nullcontext
 
     def distill(
@@ -164,7 +165,7 @@ class Distillation(AlignmentObjective):
 
     def on_validation_start(self) -> None:
         super().on_validation_start()
-        datamodule = getattr(self._trainer, "datamodule", None)
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         if datamodule is not None:
             self.use_teacher_completions(datamodule)  # evaluation alone: held-out prompts too
 
@@ -211,7 +212,8 @@ class Distillation(AlignmentObjective):
                     completions, source = torch.load(cache_file, weights_only=True), "cache"
                 else:
                     completions, source = self._generate_all(part, datamodule, seed_tag), "generated"
-                    if self._trainer is None or self.trainer.is_global_zero:
+                    trainer = attached_trainer(self)
+                    if trainer is None or trainer.is_global_zero:
                         from rlhf_lab.checkpoints import atomic_torch_save
 
                         atomic_torch_save(completions, cache_file)
@@ -362,7 +364,8 @@ class GKD(Distillation):
     def compute(self, batch: SingleBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if split != "train":
             return self.held_out(batch)
-        step = self.trainer.global_step if self._trainer is not None else 0
+        trainer = attached_trainer(self)
+        step = trainer.global_step if trainer is not None else 0
         on_policy = self._coin(step) < self.lmbda
         sequences = batch.sequences
         metrics: dict[str, torch.Tensor] = {}

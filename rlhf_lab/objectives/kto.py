@@ -9,6 +9,7 @@ import torch
 
 from rlhf_lab.data.batches import PairBatch, UnpairedBatch
 from rlhf_lab.errors import ConfigError
+from rlhf_lab.lightning_compat import attached_trainer
 from rlhf_lab.losses.hyperparameters import check_hyperparameters
 from rlhf_lab.losses.kto import clamp_kl, kto_kl_estimate, kto_loss
 from rlhf_lab.objectives.base import AlignmentObjective, pairwise_metrics
@@ -27,7 +28,7 @@ class KTO(AlignmentObjective):
     """KTO on ``prompt``/``completion``/``label`` rows (paired data is split into desirable/undesirable).
 
     Training batches hold B labelled completions and, for the KL reference point, the same B prompts each
-    with the completion of its fixed mismatched partner (`rlhf_lab.data.datamodule.mismatched_partners`).
+    with the completion of its fixed mismatched partner (`rlhf_lab.data.datasets.mismatched_partners`).
     Under data parallelism ``z0`` is the mean over every rank's mismatched rows, clamped after the mean, so
     2 processes with batch B give what 1 process with batch 2B gives. Held-out pairs are scored with the implicit reward
     ``beta * log(pi/pi_ref)``, so ``val/rewards/accuracies`` means what it means for DPO; the held-out loss
@@ -93,7 +94,8 @@ class KTO(AlignmentObjective):
 
     def _kl(self, policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:
         kl = kto_kl_estimate(policy_logps, reference_logps)
-        if self._trainer is not None and self._trainer.world_size > 1:
+        trainer = attached_trainer(self)
+        if trainer is not None and trainer.world_size > 1:
             # One reference point for the global batch (ranks hold equal batches): mean first, then clamp.
             kl = self.all_gather(kl).mean()
         return clamp_kl(kl)

@@ -27,8 +27,10 @@ from typing import Any
 
 from rlhf_lab.data.formats.example import Message
 from rlhf_lab.data.formats.registry import Layout, Parsed, register
+from rlhf_lab.data.formats.speakers import ANY_SPEAKER
+from rlhf_lab.data.formats.texts import is_blank, kind
 from rlhf_lab.data.formats.trl import split_pair
-from rlhf_lab.data.formats.validate import ANY_SPEAKER, RowContext, is_blank, kind
+from rlhf_lab.data.formats.validate import RowContext
 
 CONVERSATION_COLUMNS = ("messages", "conversations", "conversation")
 LABEL_COLUMNS = ("label", "kto_tag")
@@ -158,7 +160,18 @@ def read_conversation(context: RowContext) -> Parsed:
         )
     if rejected_kind == "rejected_messages":
         return _whole_pair(context, column, tools)  # ms-swift
+    return _one_conversation(context, column, rejected_kind, label_column, tools)
 
+
+def _one_conversation(
+    context: RowContext,
+    column: str,
+    rejected_kind: str | None,
+    label_column: str | None,
+    tools: list[dict[str, Any]] | None,
+) -> Parsed:
+    """A row whose one conversation is in ``column``: a ranking row, a pair with a ``rejected_response``, a
+    prompt, or a conversation ending with its completion (SFT, KTO, or a pair by ``rejected_images``)."""
     start = len(context.part_images)
     messages, first = _conversation(context, column)
     images = context.part_images[start:] or None

@@ -16,7 +16,10 @@ from pathlib import Path
 from rlhf_lab.data.formats.example import DataError, Message, PreferenceExample
 from rlhf_lab.data.formats.mapping import ColumnMapping, rename
 from rlhf_lab.data.formats.registry import LAYOUTS, Parsed, detect_format, known_columns
-from rlhf_lab.data.formats.validate import RowContext, check_texts, speakers_from_tags
+from rlhf_lab.data.formats.speakers import speakers_from_tags
+from rlhf_lab.data.formats.texts import check_texts
+from rlhf_lab.data.formats.turns import take_loss_weights
+from rlhf_lab.data.formats.validate import RowContext
 from rlhf_lab.data.images import IMAGE_PLACEHOLDER, ImageLookup, ImageSource, count_placeholders
 from rlhf_lab.errors import check_choice
 
@@ -141,7 +144,7 @@ def _finish(context: RowContext, parsed: Parsed, ranking: bool | None) -> tuple[
                 "the dataset_info entry says ranking: true, but this row is not a pair (no chosen/rejected)",
                 None,
             )
-    context.take_loss_weights(completions, parsed.prompt)
+    take_loss_weights(context, completions, parsed.prompt)
     check_texts(context, parsed.prompt, completions, parsed.origin, parsed.empty_prompt)
     images, rejected_images, placed = _images(context, parsed)
     for name, completion in completions.items():
@@ -179,6 +182,145 @@ def _identical(example: PreferenceExample) -> bool:
     ]
 
 
+def _checked_rows(
+    rows: Iterable[dict], row_numbers: Sequence[int] | None, file: str
+) -> tuple[list[dict], Sequence[int]]:
+    """The rows as a list, each with its 0-based position in ``file``, every one checked to be an object."""
+    rows = list(rows)
+    if row_numbers is None:
+        row_numbers = range(len(rows))
+    elif len(row_numbers) != len(rows):
+        raise ValueError(f"{file}: {len(row_numbers)} row numbers given for {len(rows)} rows")
+    for row_number, row in zip(row_numbers, rows, strict=True):
+        if not isinstance(row, dict):
+            raise DataError(
+                f"expected an object (column -> value), got {type(row).__name__}", file=file, row=row_number
+            )
+    return rows, row_numbers
+
+
+def _mapped_columns(mapping: ColumnMapping, fmt: str, rows: list[dict], file: str) -> dict[str, str]:
+    """Column a layout reads -> the file's column it is mapped to, each checked to be in the file."""
+    columns = mapping.resolved(LAYOUTS[fmt].aliases if fmt != "auto" else {}, known_columns())
+    if rows:
+        present = set().union(*(row.keys() for row in rows))
+        for name, column in columns.items():
+            if column not in present:
+                raise DataError(
+                    f"{mapping.origin} maps {name!r} to column {column!r}, which the file does not have (its "
+                    f"columns: {', '.join(sorted(map(str, present)))})",
+                    file=file,
+                )
+    return columns
+
+
+@dataclass
+class _Tally:
+    """The examples of a file's converted rows, and what is counted and collected on the way for its
+    `Conversion` and its log lines.
+
+    Attributes:
+        file: The file the rows came from.
+        examples: The examples kept, in file order.
+        dropped: Identical pairs left out.
+        placed: Rows whose images were put in front of the first user turn.
+        multi_turn: Rows whose prompt holds earlier assistant turns.
+        unused: Columns no row's layout read, and columns a mapping hid.
+        unused_keys: Message keys nothing reads.
+        first_pair: (row number, has a margin) of the first pair, to report a file that gives margins to
+            some pairs only.
+    """
+
+    file: str
+    examples: list[PreferenceExample] = field(default_factory=list)
+    dropped: int = 0
+    placed: int = 0
+    multi_turn: int = 0
+    unused: set[str] = field(default_factory=set)
+    unused_keys: set[str] = field(default_factory=set)
+    first_pair: tuple[int, bool] | None = None
+
+    def add(
+        self,
+        example: PreferenceExample,
+        row_number: int,
+        placed: bool,
+        hidden: list[str],
+        unused_keys: set[str],
+    ) -> None:
+        """Count one converted row and keep its example unless it is an identical pair."""
+        self.placed += placed
+        self.multi_turn += (
+            example.chosen is not None
+            and isinstance(example.prompt, list)
+            and any(message["role"] == "assistant" for message in example.prompt)
+        )
+        self.unused.update(example.columns)
+        self.unused.update(hidden)
+        self.unused_keys.update(unused_keys)
+        if example.rejected is not None:
+            self._check_margin(example, row_number)
+            if _identical(example):
+                self.dropped += 1
+                return
+        self.examples.append(example)
+
+    def _check_margin(self, example: PreferenceExample, row_number: int) -> None:
+        """Raise when the file gives a margin to some of its pairs only."""
+        has_margin = example.margin is not None
+        if self.first_pair is None:
+            self.first_pair = (row_number, has_margin)
+        elif has_margin != self.first_pair[1]:
+            # A batch needs a margin for every pair or for none; fail here rather than mid-training.
+            first = self.first_pair[0]
+            with_, without = (row_number, first) if has_margin else (first, row_number)
+            raise DataError(
+                f"row {with_} has a margin but row {without} has none; give every pair a margin or none",
+                file=self.file,
+                row=without,
+                field="margin",
+            )
+
+    def log(self, rows: int) -> None:
+        """Log the identical pairs dropped, the rows whose images were placed, and the multi-turn rows."""
+        if self.dropped:
+            logger.warning(
+                "%s: dropped %d of %d rows whose chosen and rejected are identical",
+                self.file,
+                self.dropped,
+                rows,
+            )
+        if self.placed:
+            logger.info(
+                "%s: %d rows give images without an %s placeholder; each such row's images were put at the start "
+                "of its first user turn (TRL's rule)",
+                self.file,
+                self.placed,
+                IMAGE_PLACEHOLDER,
+            )
+        if self.multi_turn:
+            logger.info(
+                "%s: %d rows hold earlier assistant turns: each row trains on its completion (the last assistant "
+                "turn), the earlier turns are its context",
+                self.file,
+                self.multi_turn,
+            )
+
+    def conversion(self, rows: int, fmt: str, detected: bool) -> Conversion:
+        return Conversion(
+            self.file,
+            self.examples,
+            rows,
+            self.dropped,
+            fmt,
+            detected,
+            sorted(map(str, self.unused)),
+            sorted(self.unused_keys),
+            self.placed,
+            self.multi_turn,
+        )
+
+
 def convert_file(
     rows: Iterable[dict],
     fmt: str = "auto",
@@ -207,27 +349,9 @@ def convert_file(
     mapping = mapping or ColumnMapping()
     fmt = mapping.format if fmt == "auto" else fmt  # data.format wins over a registry entry's
     check_choice("data.format", fmt, ("auto", *LAYOUTS))
-    rows = list(rows)
-    if row_numbers is None:
-        row_numbers = range(len(rows))
-    elif len(row_numbers) != len(rows):
-        raise ValueError(f"{file}: {len(row_numbers)} row numbers given for {len(rows)} rows")
-    for row_number, row in zip(row_numbers, rows, strict=True):
-        if not isinstance(row, dict):
-            raise DataError(
-                f"expected an object (column -> value), got {type(row).__name__}", file=file, row=row_number
-            )
+    rows, row_numbers = _checked_rows(rows, row_numbers, file)
     detected = fmt == "auto"
-    columns = mapping.resolved(LAYOUTS[fmt].aliases if not detected else {}, known_columns())
-    if rows:
-        present = set().union(*(row.keys() for row in rows))
-        for name, column in columns.items():
-            if column not in present:
-                raise DataError(
-                    f"{mapping.origin} maps {name!r} to column {column!r}, which the file does not have (its "
-                    f"columns: {', '.join(sorted(map(str, present)))})",
-                    file=file,
-                )
+    columns = _mapped_columns(mapping, fmt, rows, file)
     if detected:
         if not rows:
             return Conversion(file, [], 0, 0, "auto", True)
@@ -238,73 +362,14 @@ def convert_file(
     label = f"{fmt} ({'detected' if detected else 'configured'})"
     speakers = speakers_from_tags(mapping.tags) if mapping.tags else None
     lookup = lookup or default_lookup(file)
-    examples = []
-    dropped = placed = multi_turn = 0
-    unused: set[str] = set()
-    unused_keys: set[str] = set()
-    # (row number, has a margin) of the first pair, to report a file that gives margins to some pairs only.
-    first_pair: tuple[int, bool] | None = None
+    tally = _Tally(file)
     for row_number, row in zip(row_numbers, rows, strict=True):
         renamed, hidden = rename(row, columns)
         context = RowContext(renamed, label, file, row_number, lookup, columns, speakers)
-        example, was_placed = _finish(context, layout.convert(context), mapping.ranking)
-        placed += was_placed
-        multi_turn += (
-            example.chosen is not None
-            and isinstance(example.prompt, list)
-            and any(message["role"] == "assistant" for message in example.prompt)
-        )
-        unused.update(example.columns)
-        unused.update(hidden)
-        unused_keys.update(context.unused_keys)
-        if example.rejected is not None:
-            has_margin = example.margin is not None
-            if first_pair is None:
-                first_pair = (row_number, has_margin)
-            elif has_margin != first_pair[1]:
-                # A batch needs a margin for every pair or for none; fail here rather than mid-training.
-                with_, without = (row_number, first_pair[0]) if has_margin else (first_pair[0], row_number)
-                raise DataError(
-                    f"row {with_} has a margin but row {without} has none; give every pair a margin or none",
-                    file=file,
-                    row=without,
-                    field="margin",
-                )
-        if example.rejected is not None and _identical(example):
-            dropped += 1
-            continue
-        examples.append(example)
-    if dropped:
-        logger.warning(
-            "%s: dropped %d of %d rows whose chosen and rejected are identical", file, dropped, len(rows)
-        )
-    if placed:
-        logger.info(
-            "%s: %d rows give images without an %s placeholder; each such row's images were put at the start of "
-            "its first user turn (TRL's rule)",
-            file,
-            placed,
-            IMAGE_PLACEHOLDER,
-        )
-    if multi_turn:
-        logger.info(
-            "%s: %d rows hold earlier assistant turns: each row trains on its completion (the last assistant turn), "
-            "the earlier turns are its context",
-            file,
-            multi_turn,
-        )
-    return Conversion(
-        file,
-        examples,
-        len(rows),
-        dropped,
-        fmt,
-        detected,
-        sorted(map(str, unused)),
-        sorted(unused_keys),
-        placed,
-        multi_turn,
-    )
+        example, placed = _finish(context, layout.convert(context), mapping.ranking)
+        tally.add(example, row_number, placed, hidden, context.unused_keys)
+    tally.log(len(rows))
+    return tally.conversion(len(rows), fmt, detected)
 
 
 def convert_rows(

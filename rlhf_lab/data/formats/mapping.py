@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf_lab.data.formats.validate import TAGS
+from rlhf_lab.data.formats.speakers import TAGS
 from rlhf_lab.errors import ConfigError
 
 

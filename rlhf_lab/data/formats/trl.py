@@ -11,7 +11,8 @@ from typing import Any
 
 from rlhf_lab.data.formats.example import Message
 from rlhf_lab.data.formats.registry import Layout, Parsed, register
-from rlhf_lab.data.formats.validate import RowContext, check_pair_types, kind
+from rlhf_lab.data.formats.texts import check_pair_types, kind
+from rlhf_lab.data.formats.validate import RowContext
 
 
 def _conversational_prompt(context: RowContext, raw: Any, column: str = "prompt") -> list[Message]:

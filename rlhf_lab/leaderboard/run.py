@@ -1,0 +1,122 @@
+"""Running a leaderboard's jobs: training each as a child process (`rlhf_lab.launch.run_child`), several at a
+time, keeping finished runs and resuming interrupted ones; then evaluating each kept run once on the report
+split."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from rlhf_lab.launch import run_child
+from rlhf_lab.leaderboard.plan import Job
+
+log = logging.getLogger(__name__)
+
+TIMING_FILE = "wall_time.json"
+
+
+def log_file(job: Job) -> Path:
+    """``<run dir>.log``: the job's training output, beside its run directory."""
+    return job.run_dir.parent / f"{job.run_dir.name}.log"
+
+
+def train_all(jobs: list[Job], max_parallel: int = 1, rerun: bool = False) -> dict[str, int]:
+    """Run the jobs' training processes, ``max_parallel`` at a time; returns each job's exit code.
+
+    A job whose run directory already holds ``summary.json`` is skipped (exit code 0) unless ``rerun``; one
+    with checkpoints but no summary (interrupted) resumes from them. Each process's output goes to
+    ``<run dir>.log``; a finished run's wall time to ``<run dir>/wall_time.json``. Several processes at a time
+    share the cores (``OMP_NUM_THREADS``, unless set).
+    """
+    codes: dict[str, int] = {}
+    pending = []
+    for job in jobs:
+        if not rerun and (job.run_dir / "summary.json").is_file():
+            log.info("leaderboard: %s already finished, kept", job.name)
+            codes[job.name] = 0
+        else:
+            pending.append(job)
+    parallel = max(1, max_parallel)
+    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="leaderboard") as pool:
+        for job, code in zip(pending, pool.map(lambda j: train_one(j, rerun, threads), pending), strict=True):
+            codes[job.name] = code
+    return codes
+
+
+def train_one(job: Job, rerun: bool = False, threads: int | None = None) -> int:
+    """Train one job (resuming it from its checkpoints unless ``rerun``); returns its exit code."""
+    job.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    resume = ["resume=true"] if not rerun and (job.run_dir / "checkpoints").is_dir() else []
+    print(f"leaderboard: training {job.name}" + (" (resuming)" if resume else ""), flush=True)
+    result = run_child(
+        resume, command=job.command, run_dir=job.run_dir, threads=threads, log_file=log_file(job), append=True
+    )
+    if result.ok:
+        (job.run_dir / TIMING_FILE).write_text(json.dumps({"wall_time_s": result.seconds}))
+        print(f"leaderboard: {job.name} done in {result.seconds:.0f}s", flush=True)
+    else:
+        log.error("leaderboard: %s", result.error(job.name))
+    return result.returncode
+
+
+def report_split(job: Job) -> str:
+    """``test`` when the job's data source has a test split (``data=suite``), else ``val``."""
+    from hydra.utils import get_class
+
+    config = OmegaConf.load(job.run_dir / "config.yaml")
+    target = OmegaConf.select(config, "data.source._target_")
+    try:
+        splits = getattr(get_class(str(target)), "SPLITS", ("train", "val")) if target else ("train", "val")
+    except (ImportError, AttributeError, ValueError):
+        splits = ("train", "val")
+    return "test" if "test" in splits else "val"
+
+
+def evaluate_all(jobs: list[Job], codes: dict[str, int], samples: int, max_new_tokens: int) -> None:
+    """Each finished job once on its report split (``<run>/eval``): the test metrics (where there is a test
+    split; the validation ones are the run's own) and greedy generations for ``samples`` of its prompts."""
+    from rlhf_lab.evaluate import EvalOptions, evaluate
+
+    for job in jobs:
+        if codes.get(job.name) != 0 or not (job.run_dir / "summary.json").is_file():
+            continue
+        split = report_split(job)
+        if _evaluated(job.run_dir, split) or (split == "val" and samples <= 0):
+            continue
+        evaluate(
+            EvalOptions(
+                run_dir=job.run_dir,
+                samples=samples,
+                max_new_tokens=max_new_tokens,
+                validate=split != "val",
+                split=split if split != "val" else None,
+            )
+        )
+
+
+def _evaluated(run_dir: Path, split: str) -> bool:
+    """Whether ``<run>/eval`` is newer than the run and holds the split's metrics (``val``: the run's own)."""
+    metrics_file = run_dir / "eval" / "metrics.json"
+    if (
+        not metrics_file.is_file()
+        or metrics_file.stat().st_mtime < (run_dir / "summary.json").stat().st_mtime
+    ):
+        return False
+    return split == "val" or f"{split}/rewards/accuracies" in json.loads(metrics_file.read_text())
+
+
+def diverged(job: Job) -> bool:
+    """Whether the job's run went non-finite (``run/diverged`` in its summary.json): it is never ranked."""
+    summary = job.run_dir / "summary.json"
+    return summary.is_file() and bool(json.loads(summary.read_text()).get("run/diverged"))
+
+
+def succeeded(job: Job, codes: dict[str, int]) -> bool:
+    """Exited 0 with a summary.json and did not diverge."""
+    return codes.get(job.name) == 0 and (job.run_dir / "summary.json").is_file() and not diverged(job)

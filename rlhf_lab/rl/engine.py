@@ -1,0 +1,54 @@
+"""Rollout engines: what samples completions for the online objective.
+
+An engine generates from prompt batches and returns token ids, the sampler's log-probs and finish reasons
+(a `rlhf_lab.generation.Generation`), and receives the policy's weights after each optimiser step. The
+in-process engine samples from the live policy (so it needs no weight transfer, and its log-probs equal
+teacher forcing); an engine that runs elsewhere (vLLM, SGLang) implements the same two methods and is
+registered in `ENGINES` under its ``algo.generation_backend`` name, without touching the objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from torch import nn
+
+from rlhf_lab.data.batches import Sequences
+from rlhf_lab.generation import Generation, SamplingConfig
+
+
+class RolloutEngine(Protocol):
+    """Samples completions; kept in sync with the policy's weights."""
+
+    def generate(self, prompts: Sequences, sampling: SamplingConfig, row_seeds: list[int]) -> Generation:
+        """Sample one completion per row of left-padded ``prompts``; row ``i`` draws from ``row_seeds[i]``."""
+        ...
+
+    def update_weights(self, model: nn.Module) -> None:
+        """Receive the policy's current weights (after an optimiser step)."""
+        ...
+
+
+class InProcessEngine:
+    """Samples with the policy itself (`rlhf_lab.policy.Policy.generate`): nothing to synchronise.
+
+    Args:
+        policy: The `Policy` being trained.
+        token_ids: Returns the ``eos_token_id`` / ``pad_token_id`` keyword arguments of `generate`.
+    """
+
+    def __init__(self, policy: Any, token_ids: Callable[[], dict[str, Any]]) -> None:
+        self.policy = policy
+        self.token_ids = token_ids
+
+    def generate(self, prompts: Sequences, sampling: SamplingConfig, row_seeds: list[int]) -> Generation:
+        return self.policy.generate(prompts, sampling, row_seeds=row_seeds, **self.token_ids())
+
+    def update_weights(self, model: nn.Module) -> None:
+        """Nothing to do: the engine reads the live weights."""
+
+
+#: Engines by ``algo.generation_backend`` (``vllm`` is checked, and refused with its reason, by
+#: `rlhf_lab.generation.check_generation_backend` before this is read).
+ENGINES: dict[str, type] = {"hf": InProcessEngine}

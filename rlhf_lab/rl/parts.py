@@ -1,0 +1,189 @@
+"""The registered parts one online-RL run is built from, resolved from flat ``algo.*`` keys.
+
+``algo.advantage_estimator`` names an estimator (`rlhf_lab.losses.advantages.ADVANTAGE_ESTIMATORS`),
+``algo.policy_loss`` a policy loss and ``algo.loss_agg_mode`` an aggregation
+(`rlhf_lab.losses.policy_gradient`). Each part's hyperparameters are its keyword-only parameters, set as
+flat ``algo.<name>`` keys under their paper names; an estimator that takes ``values`` adds the critic
+(``value_model``, ``vf_coef`` and the value loss's ``cliprange_value``). TRL's names are accepted as
+aliases (`ALIASES`), so ``algo.loss_type=dapo`` or PPO's ``algo.cliprange`` mean what they mean in TRL.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from rlhf_lab.errors import ConfigError, check_range
+from rlhf_lab.losses.advantages import ADVANTAGE_ESTIMATORS, INPUTS
+from rlhf_lab.losses.hyperparameters import check_hyperparameters, hyperparameter_defaults, tensor_inputs
+from rlhf_lab.losses.policy_gradient import LOSS_AGGREGATIONS, POLICY_LOSSES, clipped_value_loss
+from rlhf_lab.losses.registry import Registry
+
+#: TRL's names of online-RL settings -> this project's keys (verl's and the papers' names).
+ALIASES = {"loss_type": "loss_agg_mode", "cliprange": "epsilon", "num_ppo_epochs": "num_iterations"}
+#: The critic's settings beside the value loss's hyperparameters: (annotation, default).
+CRITIC_SETTINGS: dict[str, tuple[Any, Any]] = {"value_model": (Optional[str], None), "vf_coef": (float, 0.1)}  # noqa: UP045
+
+
+def _hyperparameter_functions(*named: Callable[..., Any]) -> list[Callable[..., Any]]:
+    """Every registered function whose keyword-only parameters are ``algo.*`` keys (and ``named``)."""
+    registries = (ADVANTAGE_ESTIMATORS, POLICY_LOSSES)
+    registered = [r.get(name) for r in registries for name in r.names()]
+    return [*registered, *(f for f in named if f not in registered), clipped_value_loss]
+
+
+def schema_parameters(node: dict[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+    """``(name, annotation, default)`` of every registered part's hyperparameters, the critic's settings
+    and the TRL aliases: the ``algo`` schema of an online objective beyond its constructor arguments
+    (every part's, so that ``algo.advantage_estimator=...`` on the command line finds its keys), plus
+    those of a user's function that ``node`` names by import path."""
+    fields: dict[str, tuple[Any, Any]] = {}
+    for function in _hyperparameter_functions(*_imported(node or {})):
+        hints = typing.get_type_hints(function)
+        for name, parameter in hyperparameter_defaults(function).items():
+            fields.setdefault(name, (hints.get(name, Any), parameter.default))
+    fields.update(CRITIC_SETTINGS)
+    fields.update(dict.fromkeys(ALIASES, (Any, None)))
+    return [(name, annotation, default) for name, (annotation, default) in fields.items()]
+
+
+@dataclass
+class RLParts:
+    """The estimator, policy loss and aggregation of a run, with their configured hyperparameters.
+
+    Attributes:
+        estimator_name: The estimator's registered name.
+        estimator: The estimator function; ``estimator_kwargs`` its hyperparameters.
+        policy_loss: The policy loss function; ``policy_loss_kwargs`` its hyperparameters.
+        aggregate: The aggregation function.
+        value_loss_kwargs: The value loss's hyperparameters (critic runs).
+        value_model: The critic's initial weights (None: the policy's with a new head).
+        vf_coef: The value loss's weight.
+    """
+
+    estimator_name: str
+    estimator: Callable[..., Any]
+    estimator_kwargs: dict[str, Any]
+    policy_loss: Callable[..., Any]
+    policy_loss_kwargs: dict[str, Any]
+    aggregate: Callable[..., Any]
+    value_loss_kwargs: dict[str, Any]
+    value_model: str | None = None
+    vf_coef: float = 0.1
+
+    @property
+    def needs_critic(self) -> bool:
+        """The estimator takes the critic's ``values``."""
+        return "values" in tensor_inputs(self.estimator)
+
+    @property
+    def compares_generations(self) -> bool:
+        """The estimator compares a prompt's completions with each other (needs ``num_generations >= 2``)."""
+        return "num_generations" in tensor_inputs(self.estimator)
+
+    @classmethod
+    def resolve(
+        cls,
+        estimator: str,
+        policy_loss: str,
+        loss_agg_mode: str,
+        settings: dict[str, Any],
+        written: dict[str, str],
+    ) -> RLParts:
+        """Resolve the three names and take each part's hyperparameters out of ``settings`` (the remaining
+        ``algo.*`` keys, already renamed by `take_aliases`; what is taken is removed).
+
+        Args:
+            written: The key the user wrote for a renamed one (``{"epsilon": "cliprange"}``), for messages.
+
+        Raises:
+            ConfigError: A name is not registered or a value breaks its constraint; the message names the
+                key as the user wrote it.
+        """
+        parts = {
+            "estimator": _named(ADVANTAGE_ESTIMATORS, estimator),
+            "policy_loss": _named(POLICY_LOSSES, policy_loss),
+            "aggregate": _named(LOSS_AGGREGATIONS, loss_agg_mode, written.get("loss_agg_mode")),
+        }
+        unknown = [name for name in tensor_inputs(parts["estimator"]) if name not in INPUTS]
+        if unknown:
+            raise ConfigError(
+                f"algo.advantage_estimator={estimator} takes {unknown}, which the online objective cannot give; "
+                f"its tensor parameters must be among: {', '.join(INPUTS)}"
+            )
+        known: set[str] = set(CRITIC_SETTINGS)
+        for function in _hyperparameter_functions(parts["estimator"], parts["policy_loss"]):
+            names = set(hyperparameter_defaults(function))
+            known |= names
+            _check(function, {k: v for k, v in settings.items() if k in names and v is not None}, written)
+        values = {key: settings.pop(key) for key in known if key in settings}
+        picked = {
+            name: _with_defaults(function, values)
+            for name, function in (("estimator", parts["estimator"]), ("policy_loss", parts["policy_loss"]))
+        }
+        vf_coef = float(values.get("vf_coef", CRITIC_SETTINGS["vf_coef"][1]))
+        check_range("algo.vf_coef", vf_coef, 0.0)
+        return cls(
+            estimator_name=estimator if "." in estimator else ADVANTAGE_ESTIMATORS.canonical(estimator),
+            estimator=parts["estimator"],
+            estimator_kwargs=picked["estimator"],
+            policy_loss=parts["policy_loss"],
+            policy_loss_kwargs=picked["policy_loss"],
+            aggregate=parts["aggregate"],
+            value_loss_kwargs=_with_defaults(clipped_value_loss, values),
+            value_model=values.get("value_model"),
+            vf_coef=vf_coef,
+        )
+
+
+def take_aliases(settings: dict[str, Any]) -> dict[str, str]:
+    """Rename TRL's keys in ``settings`` to this project's (in place; an alias left at None is dropped);
+    returns ``{canonical: alias}`` for the renamed ones, so messages can name the key the user wrote."""
+    written = {}
+    for alias, canonical in ALIASES.items():
+        value = settings.pop(alias, None)
+        if value is not None:
+            settings[canonical] = value
+            written[canonical] = alias
+    return written
+
+
+def _with_defaults(function: Callable[..., Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``function``'s hyperparameters: the configured values, its defaults for the rest."""
+    return {name: values.get(name, p.default) for name, p in hyperparameter_defaults(function).items()}
+
+
+def _imported(node: dict[str, Any]) -> list[Callable[..., Any]]:
+    """The parts ``node`` names by import path (not registered)."""
+    pairs = ((ADVANTAGE_ESTIMATORS, "advantage_estimator"), (POLICY_LOSSES, "policy_loss"))
+    return [_named(registry, node[key]) for registry, key in pairs if "." in str(node.get(key, ""))]
+
+
+def _named(registry: Registry, name: str, written_as: str | None = None) -> Callable[..., Any]:
+    """The part ``name`` names: a registered name or alias, or the import path of a user's function."""
+    key = f"algo.{written_as}" if written_as else registry.key
+    if isinstance(name, str) and "." in name:
+        from hydra.utils import get_method
+
+        try:
+            return get_method(name)
+        except Exception as error:
+            raise ConfigError(f"{key}={name!r} is not an importable function: {error}") from None
+    try:
+        return registry.get(name)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace(registry.key, key)) from None
+
+
+def _check(function: Callable[..., Any], values: dict[str, Any], used: dict[str, str]) -> None:
+    """`check_hyperparameters`, naming each key as the user wrote it (``algo.cliprange``, not ``epsilon``)."""
+    try:
+        check_hyperparameters(function, values)
+    except ConfigError as error:
+        message = str(error)
+        for canonical, written in used.items():
+            if canonical != written:
+                message = message.replace(f"algo.{canonical}=", f"algo.{written}=")
+        raise ConfigError(message) from None

@@ -1,0 +1,90 @@
+"""The typed rollout: what one batch of prompts became after sampling and scoring, row-aligned."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlhf_lab.data.batches import Sequences
+
+
+@dataclass
+class Completions:
+    """Sampled completions as the reward functions see them, row-aligned (TRL's arguments).
+
+    Attributes:
+        prompts: Each row's prompt as data (a string or messages).
+        completions: Decoded completions (strings, or assistant messages for conversational prompts).
+        ids: Completion token ids without EOS.
+        columns: The data's extra columns, one value per row.
+    """
+
+    prompts: list[Any]
+    completions: list[Any]
+    ids: list[list[int]]
+    columns: dict[str, list[Any]]
+
+
+@dataclass
+class Rollout:
+    """One rollout of ``N`` completions (prompts x ``num_generations``) with completion width ``L``.
+
+    Filled in stages: the engine gives the tokens, ``truncated`` and ``sampler_logps``; the rewards give
+    ``rewards``/``per_reward``; teacher-forced passes give ``old_logps``, ``reference_logps`` and the critic's
+    ``values``; the estimator gives ``advantages`` (and ``returns``). Fields a run does not need stay None.
+
+    Attributes:
+        sequences: ``[N, P + L]`` prompt (left-padded to ``P``) + completion rows.
+        prompt_width: ``P``: completion token ``t`` is column ``P + t``.
+        mask: ``[N, L]`` bool, completion tokens the loss counts (EOS included; truncated completions
+            dropped under ``mask_truncated_completions``).
+        rewards: ``[N]`` weighted sum of the rewards.
+        per_reward: ``[N, R]`` each reward function's / model's score (NaN: not applicable to the row).
+        truncated: ``[N]`` bool, no EOS within ``max_new_tokens``.
+        sampler_logps: ``[N, L]`` log-probs of the sampled tokens as the engine reported them.
+        old_logps: ``[N, L]`` the same, teacher-forced through the policy before any update of this
+            rollout (the importance ratio's denominator; the KL in the reward).
+        reference_logps: ``[N, L]`` the same under the reference.
+        values: ``[N, L]`` the critic's value of the state before each completion token.
+        advantages: ``[N]`` per completion or ``[N, L]`` per token.
+        returns: ``[N, L]`` the critic's targets.
+        texts: What the rewards saw (for the sample tables); not carried into `rows`.
+    """
+
+    sequences: Sequences
+    prompt_width: int
+    mask: torch.Tensor
+    rewards: torch.Tensor | None = None
+    per_reward: torch.Tensor | None = None
+    truncated: torch.Tensor | None = None
+    sampler_logps: torch.Tensor | None = None
+    old_logps: torch.Tensor | None = None
+    reference_logps: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    texts: Completions | None = None
+
+    @property
+    def size(self) -> int:
+        """``N``."""
+        return int(self.mask.shape[0])
+
+    def rows(self, index: torch.Tensor) -> Rollout:
+        """The rows ``index`` (a ``[n]`` long tensor) of every tensor field (``texts`` left out)."""
+        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                values[name] = value[index]
+        values.update(sequences=self.sequences.rows(index), texts=None)
+        return Rollout(**values)
+
+    def require(self, name: str) -> torch.Tensor:
+        """Field ``name``, which this stage needs filled (a clear error instead of a None further down)."""
+        value = getattr(self, name)
+        if value is None:
+            raise RuntimeError(f"the rollout's {name} is needed here but was not computed")
+        return value

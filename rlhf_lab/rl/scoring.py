@@ -1,0 +1,92 @@
+"""What the rewards see of a rollout, and their scores: decoding, reward functions and reward models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlhf_lab.data.batches import PromptBatch
+from rlhf_lab.data.formats import PreferenceExample
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.generation import Generation
+from rlhf_lab.rewards import (
+    call_reward_function,
+    check_reward_weights,
+    combine_rewards,
+    resolve_reward_functions,
+    reward_name,
+)
+from rlhf_lab.rl.rollout import Completions
+
+
+class RewardScorer:
+    """Reward functions (TRL's signature) and reward models, weighted.
+
+    Args:
+        reward_functions: Import paths or ``{_target_: ...}`` mappings (`rlhf_lab.rewards`).
+        reward_models: How many reward models score beside them (built as companions by the objective).
+        reward_weights: One weight per reward, functions first (None: all 1).
+    """
+
+    def __init__(
+        self, reward_functions: list[Any], reward_models: int, reward_weights: list[float] | None
+    ) -> None:
+        self.functions = resolve_reward_functions(reward_functions)
+        self.num_models = reward_models
+        if not self.functions and not reward_models:
+            raise ConfigError(
+                "online RL needs a reward: set algo.reward_functions (e.g. [rlhf_lab.rewards.exact_match]) "
+                "and/or algo.reward_models (e.g. [<run dir of algo=reward>/export])"
+            )
+        self.weights = check_reward_weights(reward_weights, len(self.functions) + reward_models)
+
+    @property
+    def names(self) -> list[str]:
+        """One name per reward column: functions by name, then ``reward_model`` (or ``reward_model_<i>``)."""
+        names = [reward_name(function) for function in self.functions]
+        models = self.num_models
+        return names + (["reward_model"] if models == 1 else [f"reward_model_{i}" for i in range(models)])
+
+    def decode(
+        self, batch: PromptBatch, generation: Generation, generations: int, tokenizer: Any, eos: set[int]
+    ) -> Completions:
+        """Each row's prompt, decoded completion (assistant messages for conversational prompts), token ids
+        without EOS, and the data's extra columns, repeated per sample."""
+        ids = [
+            row[mask].tolist()
+            for row, mask in zip(
+                generation.completion_ids.cpu(), generation.completion_mask.cpu(), strict=True
+            )
+        ]
+        ids = [row[:-1] if row and row[-1] in eos else row for row in ids]
+        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        prompts = [prompt for prompt in batch.prompts for _ in range(generations)]
+        completions: list[Any] = [
+            [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+            for prompt, text in zip(prompts, texts, strict=True)
+        ]
+        columns = {
+            name: [v for v in values for _ in range(generations)] for name, values in batch.columns.items()
+        }
+        return Completions(prompts, completions, ids, columns)
+
+    def score(self, decoded: Completions, reward_models: list[Any], device: torch.device) -> torch.Tensor:
+        """``[N, R]`` scores of every completion by every reward (NaN: not applicable)."""
+        scores = [
+            call_reward_function(function, decoded.prompts, decoded.completions, decoded.ids, decoded.columns)
+            for function in self.functions
+        ]
+        if reward_models:
+            examples = [
+                PreferenceExample(prompt=prompt, chosen=completion, rejected=None, source=f"rollout:{i}")
+                for i, (prompt, completion) in enumerate(
+                    zip(decoded.prompts, decoded.completions, strict=True)
+                )
+            ]
+            scores += [model.score_examples(examples).float().cpu() for model in reward_models]
+        return torch.stack(scores, 1).to(device)
+
+    def combine(self, per_reward: torch.Tensor) -> torch.Tensor:
+        """``[N]`` weighted sums (not-applicable rewards left out)."""
+        return combine_rewards(per_reward, torch.tensor(self.weights, device=per_reward.device))
