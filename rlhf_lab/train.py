@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +104,7 @@ def resolve_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[str, dict[str, A
     return None
 
 
-def metric_values(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+def metric_values(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
     """The ``prefix*`` metrics as floats, non-finite ones (a diverged run's NaN loss) included."""
     return {
         key: float(value.item() if isinstance(value, torch.Tensor) else value)
@@ -158,11 +160,48 @@ def build_teacher(node: DictConfig | None) -> Any:
     return _instantiate(node)
 
 
-def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[AlignmentObjective, Any, Any]:
-    """Instantiate the objective and the DataModule (tokenised) from a composed config.
+def objective_class(target: str) -> type[AlignmentObjective]:
+    """The objective class ``algo._target_`` builds (a factory function, such as a legacy ``GRPO``, names it as
+    its return type), read before anything is built: the data needs its batch kind."""
+    built = get_object(target)
+    if isinstance(built, type):
+        return built
+    returned = typing.get_type_hints(built).get("return")
+    if not (isinstance(returned, type) and issubclass(returned, AlignmentObjective)):
+        raise ConfigError(
+            f"algo._target_={target} is neither an objective class nor a function returning one"
+        )
+    return returned
 
-    Data comes first: a bad file fails before any model loads, and the tiny model's tokenizer trains on it.
-    The model itself is built later, in the objective's `configure_model`.
+
+def build_data(
+    cfg: DictConfig, kind: type[AlignmentObjective], model_spec: Any, corpus: Any = None
+) -> tuple[Any, Any]:
+    """The DataModule for objectives of class ``kind``, tokenised, and the policy's tokenizer. A tiny policy
+    trains its tokenizer and builds its weights from the training texts first (``corpus``'s, a DataModule
+    of other data, if given)."""
+    datamodule = _instantiate(cfg.data)
+    for data in {id(datamodule): datamodule, id(corpus): corpus}.values():
+        if data is not None:
+            data.batch_kind = kind.batch_kind
+            data.completes_prompts = kind.completes_prompts
+    model_spec.prepare((corpus or datamodule).corpus)
+    tokenizer = model_spec.load_tokenizer()
+    processor = model_spec.load_processor()  # None for a text model
+    if processor is not None:
+        processor.tokenizer = tokenizer  # one tokenizer (pad token, chat template) for data and export
+    datamodule.set_tokenizer(tokenizer, processor)
+    datamodule.setup("fit")
+    return datamodule, tokenizer
+
+
+def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[AlignmentObjective, Any, Any]:
+    """Instantiate the DataModule (tokenised) and then the objective, which receives it, from a composed config.
+
+    In one direction: the objective's class says what batches hold; the data is read (a bad file fails before
+    any model loads), a tiny policy's tokenizer trains on it, the data is tokenised; the objective is built
+    with the data and checks it; then the models it will build beside the policy are prepared (tiny ones
+    from the same texts). The models themselves are built later, in the objective's `configure_model`.
 
     Args:
         cfg: The composed config.
@@ -170,13 +209,36 @@ def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[Align
             instead of ``cfg.data``'s (evaluating a tiny-model run on other data: its tokenizer and initial
             weights came from its own training data).
     """
-    model_spec = _instantiate(cfg.model)
-    adapter = _instantiate(cfg.adapter)
-    optim = _instantiate(cfg.optim)
-    quant = _instantiate(cfg.quant)
+    kind = objective_class(cfg.algo._target_)
+    adapter, quant = _instantiate(cfg.adapter), _instantiate(cfg.quant)
     check_compatible(quant, adapter, _instantiate(cfg.strategy))
-    datamodule = _instantiate(cfg.data)
-    runtime = RuntimeConfig(
+    teacher = build_teacher(cfg.get("teacher"))
+    if teacher is not None and "teacher" not in kind.RUNTIME_ARGS:
+        raise ConfigError(
+            "a teacher is set (teacher=...) but this objective does not distil; use algo=kd, seqkd or gkd, "
+            "or teacher=none"
+        )
+    model_spec = _instantiate(cfg.model)
+    corpus = None if corpus_data is None else _instantiate(corpus_data)
+    datamodule, tokenizer = build_data(cfg, kind, model_spec, corpus)
+    # Built objects go in after instantiation: Hydra would merge them into the config otherwise.
+    make_objective = instantiate(cfg.algo, _partial_=True, _convert_="all")
+    built = {"model": model_spec, "adapter": adapter, "optim": _instantiate(cfg.optim), "quant": quant}
+    try:
+        objective: AlignmentObjective = make_objective(
+            **built, runtime=runtime_config(cfg), data=datamodule, **({"teacher": teacher} if teacher else {})
+        )
+    except TypeError as error:
+        raise ConfigError(f"algo: {error}") from error
+    # The companions' specs (a tiny teacher builds from the same texts; the copy reference is the policy's).
+    for spec in {id(spec): spec for spec in objective.model_specs() if spec is not model_spec}.values():
+        spec.prepare((corpus or datamodule).corpus)
+    return objective, datamodule, tokenizer
+
+
+def runtime_config(cfg: DictConfig) -> RuntimeConfig:
+    """The run-level settings objectives read (`RuntimeConfig`), from ``cfg``'s paths and trainer."""
+    return RuntimeConfig(
         cache_dir=cfg.paths.cache_dir,
         logps_chunk_size=cfg.logps_chunk_size,
         logps_recompute=cfg.get("logps_recompute", "auto"),
@@ -187,43 +249,6 @@ def build(cfg: DictConfig, corpus_data: DictConfig | None = None) -> tuple[Align
         accumulate_grad_batches=int(cfg.trainer.get("accumulate_grad_batches", 1) or 1),
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
     )
-    # Built objects go in after instantiation: Hydra would merge them into the config otherwise.
-    make_objective = instantiate(cfg.algo, _partial_=True, _convert_="all")
-    extra = {}
-    teacher = build_teacher(cfg.get("teacher"))
-    if teacher is not None:
-        if "teacher" not in getattr(get_object(cfg.algo._target_), "RUNTIME_ARGS", ()):
-            raise ConfigError(
-                "a teacher is set (teacher=...) but this objective does not distil; use algo=kd, seqkd or gkd, "
-                "or teacher=none"
-            )
-        extra["teacher"] = teacher
-    try:
-        objective: AlignmentObjective = make_objective(
-            model=model_spec, adapter=adapter, optim=optim, runtime=runtime, quant=quant, **extra
-        )
-    except TypeError as error:
-        raise ConfigError(f"algo: {error}") from error
-    datamodule.batch_kind = objective.batch_kind
-    datamodule.completes_prompts = objective.completes_prompts
-    corpus = datamodule
-    if corpus_data is not None:
-        corpus = _instantiate(corpus_data)
-        corpus.batch_kind = objective.batch_kind
-        corpus.completes_prompts = objective.completes_prompts
-    prepared: set[int] = set()
-    for spec in objective.model_specs():
-        if id(spec) not in prepared:
-            spec.prepare(corpus.corpus)
-            prepared.add(id(spec))
-    tokenizer = model_spec.load_tokenizer()
-    processor = model_spec.load_processor()  # None for a text model
-    if processor is not None:
-        processor.tokenizer = tokenizer  # one tokenizer (pad token, chat template) for data and export
-    datamodule.set_tokenizer(tokenizer, processor)
-    datamodule.setup("fit")
-    objective.check_data(datamodule)
-    return objective, datamodule, tokenizer
 
 
 @dataclass
@@ -253,17 +278,7 @@ def run(cfg: DictConfig) -> Run:
     objective, datamodule, tokenizer = build(cfg)
     check_run_config(cfg, datamodule)  # training settings against each other and the data, before any model
 
-    remove_partial_files(run_dir / "checkpoints")
-    resumed = resolve_checkpoint(cfg, run_dir)
-    ckpt_path = None if resumed is None else resumed[0]
-    if resumed is None:
-        # Starting over: another run's rows move aside instead of being appended to.
-        archive_metrics(run_dir / "metrics.csv")
-    else:
-        # metrics.csv as the checkpoint saw it; everything after is trained and logged again.
-        progress = (resumed[1].get("callbacks") or {}).get(RunProgress.__qualname__) or {}
-        if progress.get("csv_rows") is not None:
-            truncate_metrics(run_dir / "metrics.csv", progress["csv_rows"], progress.get("pending_row"))
+    ckpt_path = prepare_resume(cfg, run_dir)
     loggers = [instantiate(logger_cfg) for logger_cfg in cfg.logger.values()] if cfg.logger else []
     hparams = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
@@ -279,21 +294,7 @@ def run(cfg: DictConfig) -> Run:
         plugins=[AtomicCheckpointIO()] if single_file_checkpoints(strategy) else None,
     )
     trainer.fit(objective, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    # The last training metrics: this process's, or (resumed after training had finished) the checkpoint's.
-    progress_callback = next(callback for callback in callbacks if isinstance(callback, RunProgress))
-    summary = {**progress_callback.train_metrics, **metric_values(trainer.callback_metrics, "train/")}
-    if cfg.trainer.get("fast_dev_run"):
-        summary.update(metric_values(trainer.callback_metrics, "val/"))  # its single validation batch
-    else:
-        results = trainer.validate(objective, datamodule=datamodule, verbose=False)
-        summary.update(metric_values(results[0] if results else {}, "val/"))
-    summary["trainer/global_step"] = float(trainer.global_step)
-    # A metric that went NaN/inf is kept (null in summary.json), and the run says it diverged.
-    summary["run/diverged"] = 1.0 if non_finite(summary) else 0.0
-    summary.update(
-        {f"data/{split}/{k}": float(v) for split, stats in datamodule.stats.items() for k, v in stats.items()}
-    )
-    summary.update(datamodule.data_report())  # the layout read and the columns it did not read
+    summary = final_summary(cfg, trainer, objective, datamodule, callbacks)
 
     # Sharded weights are gathered collectively: every rank takes part, rank zero writes.
     state_dict = gathered_state_dict(objective.policy.model, trainer.strategy) if cfg.export.enabled else None
@@ -321,6 +322,44 @@ def run(cfg: DictConfig) -> Run:
         write_curves(run_dir)
         report(run_dir, summary)
     return Run(summary, objective, datamodule, tokenizer, trainer, run_dir)
+
+
+def prepare_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint to resume from (None: start over), with ``metrics.csv`` made to match it: as the
+    checkpoint saw it when resuming (what follows is trained and logged again), moved aside otherwise."""
+    remove_partial_files(run_dir / "checkpoints")
+    resumed = resolve_checkpoint(cfg, run_dir)
+    if resumed is None:
+        # Starting over: another run's rows move aside instead of being appended to.
+        archive_metrics(run_dir / "metrics.csv")
+        return None
+    progress = (resumed[1].get("callbacks") or {}).get(RunProgress.__qualname__) or {}
+    if progress.get("csv_rows") is not None:
+        truncate_metrics(run_dir / "metrics.csv", progress["csv_rows"], progress.get("pending_row"))
+    return resumed[0]
+
+
+def final_summary(
+    cfg: DictConfig, trainer: L.Trainer, objective: AlignmentObjective, datamodule: Any, callbacks: list[Any]
+) -> dict[str, Any]:
+    """``summary.json``'s values: the last training metrics, a final validation, the step, whether the run
+    diverged, the data's statistics and what the data layer read."""
+    # The last training metrics: this process's, or (resumed after training had finished) the checkpoint's.
+    progress_callback = next(callback for callback in callbacks if isinstance(callback, RunProgress))
+    summary = {**progress_callback.train_metrics, **metric_values(trainer.callback_metrics, "train/")}
+    if cfg.trainer.get("fast_dev_run"):
+        summary.update(metric_values(trainer.callback_metrics, "val/"))  # its single validation batch
+    else:
+        results = trainer.validate(objective, datamodule=datamodule, verbose=False)
+        summary.update(metric_values(results[0] if results else {}, "val/"))
+    summary["trainer/global_step"] = float(trainer.global_step)
+    # A metric that went NaN/inf is kept (null in summary.json), and the run says it diverged.
+    summary["run/diverged"] = 1.0 if non_finite(summary) else 0.0
+    summary.update(
+        {f"data/{split}/{k}": float(v) for split, stats in datamodule.stats.items() for k, v in stats.items()}
+    )
+    summary.update(datamodule.data_report())  # the layout read and the columns it did not read
+    return summary
 
 
 def single_file_checkpoints(strategy: Any) -> bool:

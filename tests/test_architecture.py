@@ -77,3 +77,40 @@ def test_readme_layout_table_lists_every_registered_layout() -> None:
 
     table = readme_table("## Bring your data", r"layout \(`data.format`\)")
     assert set(table) == set(FORMATS)
+
+
+#: The structure the project keeps: a module that outgrows these is split along a seam, a function too.
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 60  # signature, docstring and body
+
+
+def test_no_module_or_function_outgrows_the_limits() -> None:
+    too_long = []
+    for path in sorted((REPO / "rlhf_lab").rglob("*.py")):
+        source = path.read_text()
+        name = path.relative_to(REPO)
+        if source.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{name}:{node.lineno} {node.name}: {length} lines")
+    assert not too_long, "\n".join(too_long)
+
+
+def test_the_online_objective_is_one_class_over_registered_parts() -> None:
+    """GRPO, RLOO, PPO and REINFORCE++ are YAML files naming registered parts over one objective class."""
+    from omegaconf import OmegaConf
+
+    from rlhf_lab.losses.advantages import ADVANTAGE_ESTIMATORS
+    from rlhf_lab.losses.policy_gradient import LOSS_AGGREGATIONS, POLICY_LOSSES
+
+    online = (REPO / "rlhf_lab" / "objectives" / "online.py").read_text()
+    assert online.count("\n") < 300
+    for algo in ("grpo", "rloo", "ppo", "reinforce_pp"):
+        node = OmegaConf.load(CONF / "algo" / f"{algo}.yaml")
+        assert node._target_ == "rlhf_lab.objectives.OnlineObjective", algo
+        ADVANTAGE_ESTIMATORS.get(node.advantage_estimator)
+        POLICY_LOSSES.get(node.policy_loss)
+        LOSS_AGGREGATIONS.get(node.loss_agg_mode)

@@ -15,7 +15,8 @@ from rlhf_lab.data.formats import convert_rows
 from rlhf_lab.data.tokenize import TokenizeSettings, tokenize_examples
 from rlhf_lab.models.adapters import LoraAdapter
 from rlhf_lab.models.tiny import TinyModel
-from rlhf_lab.policy import FrozenModel, Policy, Reference
+from rlhf_lab.policy import FrozenModel, Policy
+from rlhf_lab.reference import make_reference
 from rlhf_lab.train import run
 from tests.conftest import compose_config
 
@@ -118,7 +119,7 @@ def test_shared_equals_unshared_values_and_gradients(spec: TinyModel, adapter: s
 def test_the_reference_shares_prompts_too(spec: TinyModel) -> None:
     batch = _batch(spec)
     policy = Policy(spec.load_model())
-    reference = Reference("copy", policy, FrozenModel(_moved(spec.load_model())))
+    reference = make_reference("copy", policy, FrozenModel(_moved(spec.load_model())))
     calls: list[int] = []
     backbone = reference.model.model.model
     hook = backbone.register_forward_hook(lambda _m, args, kwargs_out: calls.append(1))

@@ -110,7 +110,7 @@ def test_resume_with_an_emptied_cache_ends_like_an_uninterrupted_run(
         checkpoint = torch.load(last, map_location="cpu", weights_only=False)
         del checkpoint["rlhf_lab"]
         torch.save(checkpoint, last)
-    with caplog.at_level(logging.INFO, logger="rlhf_lab.policy"):
+    with caplog.at_level(logging.INFO, logger="rlhf_lab.reference"):
         resumed = _resume_run(tmp_path / "resumed", cache, 8, resume=True)
     assert resumed.trainer.global_step == 8
     assert ("freshly loaded base model" in caplog.text) is not tables_in_checkpoint
@@ -271,14 +271,14 @@ def test_two_runs_sharing_a_cache_compute_the_table_once(tmp_path: Path) -> None
     ids=["copy", "adapter_off", "precomputed", "none"],
 )
 def test_one_factory_builds_a_class_per_mode(make_config, overrides: tuple[str, ...], cls: str) -> None:
-    from rlhf_lab import policy as policy_module
+    from rlhf_lab import reference as reference_module
     from rlhf_lab.errors import ConfigError
 
     objective, datamodule, _ = build(make_config(*overrides))
     objective.configure_model()
     reference = objective.reference
-    assert type(reference) is getattr(policy_module, cls) and reference.mode == objective.reference_mode
-    assert isinstance(reference, policy_module.Reference)
+    assert type(reference) is getattr(reference_module, cls) and reference.mode == objective.reference_mode
+    assert isinstance(reference, reference_module.Reference)
     batch = next(iter(datamodule.train_dataloader()))
     if reference.mode == "precomputed":
         objective.precompute_reference(datamodule)
@@ -297,15 +297,16 @@ def test_one_factory_builds_a_class_per_mode(make_config, overrides: tuple[str, 
     assert (reference.state_for_checkpoint() is not None) is (reference.mode == "precomputed")
 
 
-def test_the_former_constructor_still_builds_through_the_factory(make_config) -> None:
-    """``Reference(mode, policy, frozen)`` (the one class before the per-mode ones) gives the mode's class."""
-    from rlhf_lab.policy import CopyReference, FrozenModel, NoReference, Reference, make_reference
+def test_the_factory_builds_each_modes_class(make_config) -> None:
+    """`make_reference` gives the class of each mode (one class per mode, one factory)."""
+    from rlhf_lab.policy import FrozenModel
+    from rlhf_lab.reference import CopyReference, NoReference, make_reference
 
     objective, _, _ = build(make_config())
     objective.configure_model()
     frozen = objective.reference.model
     assert isinstance(frozen, FrozenModel)
-    assert type(Reference("copy", objective.policy, frozen)) is CopyReference
+    assert type(make_reference("copy", objective.policy, frozen)) is CopyReference
     assert type(make_reference("none", objective.policy)) is NoReference
 
 
@@ -348,16 +349,16 @@ def test_adapter_off_needs_an_adapter_checked_in_one_place(
     make_config, monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...], setting: str
 ) -> None:
     """Both adapter-off settings fail through `require_adapters`, naming the key, before any model loads."""
-    import rlhf_lab.policy as policy_module
+    import rlhf_lab.reference as reference_module
 
     calls: list[str] = []
-    original = policy_module.require_adapters
+    original = reference_module.require_adapters
 
     def spy(setting: str, adapter, instead: str) -> None:
         calls.append(setting)
         original(setting, adapter, instead)
 
-    monkeypatch.setattr(policy_module, "require_adapters", spy)
+    monkeypatch.setattr(reference_module, "require_adapters", spy)
     monkeypatch.setattr("rlhf_lab.objectives.distill.require_adapters", spy)
     with pytest.raises(Exception, match=rf"{setting}=adapter_off needs adapter=lora or adapter=dora"):
         build(make_config(*overrides))

@@ -52,6 +52,17 @@ def _blanked(example: PreferenceExample) -> PreferenceExample:
     return dataclasses.replace(example, images=blank, rejected_images=rejected)
 
 
+def check_sizes(batch_size: int, eval_batch_size: int | None, group_by_length: int) -> None:
+    """Fail naming the key when a batch size or the length-grouping window is out of range."""
+    if batch_size < 1:
+        raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
+    if eval_batch_size is not None and eval_batch_size < 1:
+        raise ConfigError(
+            f"data.eval_batch_size={eval_batch_size} must be at least 1 (or null: data.batch_size)"
+        )
+    check_range("data.group_by_length", group_by_length, 0)
+
+
 class PreferenceDataModule(L.LightningDataModule):
     """Loads, validates, tokenises and batches preference (or SFT, or unpaired KTO) data.
 
@@ -114,12 +125,7 @@ class PreferenceDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ConfigError(
-                f"data.eval_batch_size={eval_batch_size} must be at least 1 (or null: data.batch_size)"
-            )
+        check_sizes(batch_size, eval_batch_size, group_by_length)
         self.source = source
         self.format = format
         self.settings = TokenizeSettings(
@@ -132,7 +138,6 @@ class PreferenceDataModule(L.LightningDataModule):
         self.seed = seed
         self.blank_images = blank_images
         self.prefix_sharing = prefix_sharing
-        check_range("data.group_by_length", group_by_length, 0)
         self.group_by_length = group_by_length
         check_choice("data.eval_split", eval_split, EVAL_SPLITS)
         self.eval_split = eval_split

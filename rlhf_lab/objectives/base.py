@@ -32,16 +32,9 @@ from rlhf_lab.models.hub import HubModel, default_cache_dir
 from rlhf_lab.nan_policy import NanPolicy, all_ranks
 from rlhf_lab.nan_policy import NonFiniteError as NonFiniteError  # re-exported: it lived here
 from rlhf_lab.optim import OptimConfig, configure_optimizers
-from rlhf_lab.policy import (
-    FrozenModel,
-    Policy,
-    Reference,
-    ValueModel,
-    cache_key,
-    make_reference,
-    resolve_reference_mode,
-)
+from rlhf_lab.policy import FrozenModel, Policy, ValueModel
 from rlhf_lab.quant import NoQuantization
+from rlhf_lab.reference import Reference, cache_key, make_reference, resolve_reference_mode
 from rlhf_lab.strategies import fsdp_options
 
 
@@ -100,9 +93,14 @@ class AlignmentObjective(L.LightningModule):
     """
 
     #: Constructor arguments the entry point passes as built objects (not part of ``algo``'s schema).
-    RUNTIME_ARGS = ("model", "adapter", "optim", "runtime", "quant")
+    RUNTIME_ARGS: tuple[str, ...] = ("model", "adapter", "optim", "runtime", "quant", "data")
+
     #: Whether the objective needs reference log-probs (reference-free objectives set False).
-    needs_reference: bool = True
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the objective needs reference log-probs (reference-free objectives say False)."""
+        return True
+
     #: What the training batches hold: ``pairs`` (chosen + rejected), ``single`` (chosen only: SFT) or
     #: ``unpaired`` (KTO: labelled completions plus mismatched rows).
     batch_kind: str = "pairs"
@@ -116,7 +114,7 @@ class AlignmentObjective(L.LightningModule):
     #: Steps skipped for a non-finite loss or gradient (``trainer.nan_policy=skip``): a buffer, kept in
     #: checkpoints under this key.
     nan_skipped: torch.Tensor
-    #: The trainable model and the reference (`rlhf_lab.policy.make_reference`), built by `configure_model`:
+    #: The trainable model and the reference (`rlhf_lab.reference.make_reference`), built by `configure_model`:
     #: submodules (state-dict keys ``policy.*``, ``reference.*``), typed here, and a `ModelNotBuiltError` if
     #: read before (`is_built` asks).
     policy: Policy
@@ -130,6 +128,7 @@ class AlignmentObjective(L.LightningModule):
         reference: str = "auto",
         runtime: RuntimeConfig | None = None,
         quant: Any = None,
+        data: Any = None,
     ) -> None:
         super().__init__()
         self.model_spec = model
@@ -147,6 +146,10 @@ class AlignmentObjective(L.LightningModule):
         self._batch_started: float | None = None
         self._deepspeed_config: Any = None
         self.register_buffer("nan_skipped", torch.zeros((), dtype=torch.long))
+        #: The data's tokenizer (decodes what the objective generates; knows EOS and padding).
+        self.tokenizer: Any = getattr(data, "tokenizer", None)
+        if data is not None:
+            self.check_data(data)
 
     @property
     def name(self) -> str:
@@ -230,7 +233,8 @@ class AlignmentObjective(L.LightningModule):
         return model.to(self.device)
 
     def check_data(self, datamodule: Any) -> None:
-        """Fail (or warn) before any model loads when the data cannot serve this objective."""
+        """Fail (or warn) before any model loads when the data cannot serve this objective (called at the end
+        of construction with the built, tokenised data; a subclass sets what it reads before ``super().__init__``)."""
 
     def on_fit_start(self) -> None:
         if self.reference_mode == "precomputed":
@@ -272,7 +276,7 @@ class AlignmentObjective(L.LightningModule):
         return self.reference.precompute(loaders, self.device, key, cache_file, context)
 
     # -------------------------------------------------------------------------------------- steps
-    def compute(self, batch: Batch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute(self, batch: Any, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and metrics (unprefixed names) for one batch."""
         raise NotImplementedError
 
@@ -282,7 +286,7 @@ class AlignmentObjective(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_started = time.perf_counter()
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         # From here on the policy's weights are no longer the initial ones (the reference must not use them).
         self.policy.at_initial_weights = False
         loss, metrics = self.compute(batch, "train")
@@ -320,7 +324,7 @@ class AlignmentObjective(L.LightningModule):
         if not self.automatic_optimization and clip and any(p.grad is not None for p in self.parameters()):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
         loss, metrics = self.compute(batch, "val")
         self._log("val", loss, metrics, batch.size, on_step=False)
         return loss

@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -35,7 +35,8 @@ from rlhf_lab.losses.hyperparameters import UNIT_INTERVAL, check_hyperparameters
 from rlhf_lab.losses.sft import nll_loss
 from rlhf_lab.models.build import Companion
 from rlhf_lab.objectives.base import AlignmentObjective
-from rlhf_lab.policy import adapters_disabled, cache_key, file_lock, hidden_states, require_adapters
+from rlhf_lab.policy import adapters_disabled, hidden_states
+from rlhf_lab.reference import cache_key, file_lock, require_adapters
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,9 @@ ADAPTER_OFF = "adapter_off"
 def prompts_of(sequences: Sequences, pad_token_id: int) -> Sequences:
     """The prompt part of right-padded rows, left-padded (what generation continues from)."""
     mask = sequences.prompt_mask
-    rows = [(row[keep].tolist(), []) for row, keep in zip(sequences.input_ids.cpu(), mask.cpu(), strict=True)]
+    rows: list[tuple[list[int], list[int]]] = [
+        (row[keep].tolist(), []) for row, keep in zip(sequences.input_ids.cpu(), mask.cpu(), strict=True)
+    ]
     return pad_rows(rows, pad_token_id, left=True).to(sequences.input_ids.device)
 
 
@@ -62,7 +65,11 @@ class Distillation(AlignmentObjective):
     """
 
     RUNTIME_ARGS = (*AlignmentObjective.RUNTIME_ARGS, "teacher")
-    needs_reference = False
+
+    @property
+    def needs_reference(self) -> bool:
+        return False
+
     batch_kind = "single"
 
     def __init__(
@@ -85,7 +92,6 @@ class Distillation(AlignmentObjective):
             require_adapters("teacher", self.adapter, "or distil from a model: teacher=tiny, hub, ...")
         self.teacher_spec = teacher
         self.beta, self.temperature, self.teacher_topk = beta, temperature, teacher_topk
-        self.tokenizer: Any = None
 
     #: Whether the training loss uses the NLL of the target tokens (KD with alpha < 1); otherwise it is a metric.
     uses_nll = False
@@ -103,15 +109,13 @@ class Distillation(AlignmentObjective):
             specs["teacher"] = Companion(self.teacher_spec, same_vocabulary=True)
         return specs
 
-    def check_data(self, datamodule: Any) -> None:
-        self.tokenizer = datamodule.tokenizer
-
     def teacher_model(self) -> tuple[torch.nn.Module, Callable[[], Any]]:
         """The teacher's causal LM and the context it runs in (adapters off for self-distillation)."""
         if self.self_distillation:
             model = self.policy.model
             return model, functools.partial(adapters_disabled, model)
-        return self.companions["teacher"].model, nullcontext
+        teacher = cast(torch.nn.Module, self.companions["teacher"].model)
+        return teacher, nullcontext
 
     def distill(
         self, sequences: Sequences, beta: float | None = None, temperature: float | None = None
@@ -161,7 +165,7 @@ class Distillation(AlignmentObjective):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self.use_teacher_completions(self.trainer.datamodule)
+        self.use_teacher_completions(self.trainer.datamodule)  # type: ignore[attr-defined]  # set by fit
 
     def on_validation_start(self) -> None:
         super().on_validation_start()

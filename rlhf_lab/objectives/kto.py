@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -50,10 +50,10 @@ class KTO(AlignmentObjective):
             kto_loss,
             {"beta": beta, "desirable_weight": desirable_weight, "undesirable_weight": undesirable_weight},
         )
-        super().__init__(**kwargs)
         self.beta = beta
         self.desirable_weight = desirable_weight
         self.undesirable_weight = undesirable_weight
+        super().__init__(**kwargs)
         # The last training z0, used by the held-out loss; persistent, so a resumed run validates the same.
         self.register_buffer("last_kl", torch.zeros(()))
 
@@ -97,13 +97,14 @@ class KTO(AlignmentObjective):
         trainer = attached_trainer(self)
         if trainer is not None and trainer.world_size > 1:
             # One reference point for the global batch (ranks hold equal batches): mean first, then clamp.
-            kl = self.all_gather(kl).mean()
+            kl = cast(torch.Tensor, self.all_gather(kl)).mean()
         return clamp_kl(kl)
 
     def _unpaired(self, batch: UnpairedBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         size = batch.size
         completions = self.policy(batch.completions())
         reference = self.reference_logps(batch, split)
+        assert reference is not None  # KTO needs a reference (needs_reference)
         with torch.no_grad():
             mismatched = self.policy(batch.mismatched())
         kl = self._kl(mismatched.logps, reference[size:])
@@ -138,6 +139,7 @@ class KTO(AlignmentObjective):
         stats = self.policy(batch.sequences)
         chosen, rejected = stats.rows(slice(None, size)), stats.rows(slice(size, None))
         reference = self.reference_logps(batch, split)
+        assert reference is not None  # KTO needs a reference (needs_reference)
         labels = torch.cat([torch.ones(size, dtype=torch.bool), torch.zeros(size, dtype=torch.bool)])
         out = kto_loss(
             torch.cat([chosen.logps, rejected.logps]),

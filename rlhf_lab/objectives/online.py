@@ -30,11 +30,10 @@ from rlhf_lab.lightning_compat import attached_trainer
 from rlhf_lab.losses.policy_gradient import StepTotals
 from rlhf_lab.losses.registry import declared_metrics
 from rlhf_lab.models.build import Companion
-from rlhf_lab.models.hub import HubModel
 from rlhf_lab.objectives.base import AlignmentObjective
 from rlhf_lab.rl.actor import RolloutActor
 from rlhf_lab.rl.engine import RolloutEngine
-from rlhf_lab.rl.metrics import MeanTracker, completion_metrics, reduce_fx, reward_metrics
+from rlhf_lab.rl.metrics import MeanTracker, completion_metrics, log_metrics, reward_metrics
 from rlhf_lab.rl.parts import RLParts, schema_parameters, take_aliases
 from rlhf_lab.rl.rollout import Rollout
 from rlhf_lab.rl.samples import sample_rows, write_samples
@@ -105,20 +104,12 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         self.reward_model_paths = list(reward_models or [])
         self.scorer = RewardScorer(reward_functions or [], len(self.reward_model_paths), reward_weights)
         check_range("algo.beta", beta, 0.0, 1e3)
-        check_range("algo.num_generations", num_generations, 1)
-        check_range(f"algo.{written.get('num_iterations', 'num_iterations')}", num_iterations, 1)
-        check_range("algo.num_mini_batches", num_mini_batches, 1)
+        counts = {"num_iterations": num_iterations, "num_mini_batches": num_mini_batches}
+        for key, value in {**counts, "num_generations": num_generations}.items():
+            check_range(f"algo.{written.get(key, key)}", value, 1)
         check_range("algo.log_samples_every", log_samples_every, 0)
         check_generation_backend(generation_backend)
-        if self.parts.compares_generations and num_generations < 2:
-            raise ConfigError(
-                f"algo.advantage_estimator={advantage_estimator} compares the completions of a prompt with each "
-                f"other: algo.num_generations={num_generations} must be at least 2"
-            )
-        if self.parts.value_model is not None and not self.parts.needs_critic:
-            raise ConfigError(
-                f"algo.value_model is set but algo.advantage_estimator={advantage_estimator} trains no critic"
-            )
+        self.parts.check(advantage_estimator, num_generations)
         sampling = partial(SamplingConfig, max_new_tokens, temperature, top_p, top_k)
         self.sampling, self.val_sampling = sampling(do_sample=True), sampling(do_sample=val_do_sample)
         self.beta, self.kl_in_reward = float(beta), kl_in_reward
@@ -147,7 +138,7 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
 
     # ------------------------------------------------------------------------------------ config
     @property
-    def needs_reference(self) -> bool:  # type: ignore[override]
+    def needs_reference(self) -> bool:
         return self.beta > 0
 
     @property
@@ -163,28 +154,13 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         """The policy's log-probs before this rollout's updates: the ratio's denominator, the KL in the reward."""
         return self.steps_per_rollout > 1 or (self.kl_in_reward and self.beta > 0)
 
-    def reward_model_spec(self, path: str) -> HubModel:
-        # Reward models (and a critic from one) load in the policy's dtype (a tiny policy is float32).
-        return HubModel(name_or_path=path, dtype=getattr(self.model_spec, "dtype", "float32"))
-
     def companion_specs(self) -> dict[str, Companion]:
-        specs = super().companion_specs()
-        for position, path in enumerate(self.reward_model_paths):
-            specs[f"reward_model_{position}"] = Companion(
-                self.reward_model_spec(path), task="sequence_classification"
-            )
-        if self.parts.needs_critic:
-            critic = self.parts.value_model
-            spec = self.model_spec if critic is None else self.reward_model_spec(critic)
-            # The critic reads the policy's token ids, so it must tokenise exactly like the policy.
-            specs["value_model"] = Companion(
-                spec, task="sequence_classification", trainable=True, same_vocabulary=critic is not None
-            )
-        return specs
+        # Reward models (and a critic from one) load in the policy's dtype (a tiny policy is float32).
+        dtype = getattr(self.model_spec, "dtype", "float32")
+        specs = {**super().companion_specs(), **self.scorer.companion_specs(self.reward_model_paths, dtype)}
+        return {**specs, **self.parts.critic_companion(self.model_spec, dtype)}
 
     def check_data(self, datamodule: Any) -> None:
-        # The policy's tokenizer: decodes completions for the rewards, and knows EOS and padding.
-        self.tokenizer = datamodule.tokenizer
         rows = datamodule.batch_size * self.num_generations
         accumulate = self.runtime.accumulate_grad_batches
         if rows % (self.num_mini_batches * accumulate):
@@ -272,7 +248,7 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         self.engine.update_weights(self.policy.model)
         return metrics
 
-    def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor | None:  # type: ignore[override]
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor | None:
         self.policy.at_initial_weights = False
         rollout, rollout_metrics = self.make_rollout(batch)
         self.rollouts_done += 1
@@ -295,7 +271,7 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
             speed = self._rollout_tokens / max(time.perf_counter() - self._batch_started, 1e-9)
             self.log("train/tokens_per_sec", speed, on_step=True, on_epoch=False)
 
-    def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:  # type: ignore[override]
+    def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         generation = self.sample(batch, self.val_sampling, 1, 1, 0)
         per_reward = self.score(batch, generation, 1)
         metrics = reward_metrics(self.scorer.combine(per_reward), per_reward, self.reward_names, 1)
@@ -303,29 +279,14 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         self._log_metrics("val", metrics, batch.size)
 
     def _log_metrics(self, split: str, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Training metrics per rollout, held-out ones per validation; both over every process (ranks hold
-        equal batches, so a mean of means is the mean; lengths' extremes stay extremes)."""
-        for key, value in metrics.items():
-            self.log(
-                f"{split}/{key}",
-                value,
-                on_step=split == "train",
-                on_epoch=split != "train",
-                batch_size=batch_size,
-                sync_dist=True,
-                reduce_fx=reduce_fx(key),
-                prog_bar=key in ("reward", "loss"),
-            )
+        log_metrics(self, split, metrics, batch_size)
 
     def compute(self, batch: Any, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError(f"{self.name} trains on its own rollouts (training_step), not on batches")
 
     def _maybe_write_samples(self, rollout: Rollout) -> None:
-        every, done = self.log_samples_every, int(self.rollouts_done)
-        trainer = attached_trainer(self)
-        if not every or (done - 1) % every or trainer is None or not trainer.is_global_zero:
-            return
-        if self.runtime.run_dir is not None:
-            step = self.trainer.global_step
-            rows = sample_rows(rollout, self.reward_names, step)
-            write_samples(rows, self.runtime.run_dir, step, list(self.trainer.loggers))
+        trainer, every = attached_trainer(self), self.log_samples_every
+        due = bool(every) and (int(self.rollouts_done) - 1) % every == 0
+        if due and trainer is not None and trainer.is_global_zero and self.runtime.run_dir is not None:
+            rows = sample_rows(rollout, self.reward_names, trainer.global_step)
+            write_samples(rows, self.runtime.run_dir, trainer.global_step, list(trainer.loggers))

@@ -90,7 +90,7 @@ class PairwiseObjective(AlignmentObjective):
         return [(name, hints.get(name, Any), p.default) for name, p in hyperparameter_defaults(loss).items()]
 
     @property
-    def needs_reference(self) -> bool:  # type: ignore[override]
+    def needs_reference(self) -> bool:
         return "reference_chosen_logps" in self._loss_inputs
 
     @property

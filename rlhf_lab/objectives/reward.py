@@ -24,7 +24,10 @@ class RewardModel(AlignmentObjective):
         **kwargs: `AlignmentObjective` arguments.
     """
 
-    needs_reference = False
+    @property
+    def needs_reference(self) -> bool:
+        return False
+
     model_task = "sequence_classification"
 
     def __init__(self, center_rewards_coefficient: float = 0.0, **kwargs: Any) -> None:

@@ -12,7 +12,10 @@ from rlhf_lab.objectives.base import AlignmentObjective
 class SFT(AlignmentObjective):
     """Maximum likelihood on the target completion (prompt tokens masked out)."""
 
-    needs_reference = False
+    @property
+    def needs_reference(self) -> bool:
+        return False
+
     batch_kind = "single"
 
     def compute(self, batch: SingleBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -58,3 +60,20 @@ class MeanTracker:
 
     def means(self) -> dict[str, torch.Tensor]:
         return {key: value / self.counts[key] for key, value in self.sums.items()}
+
+
+def log_metrics(module: Any, split: str, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
+    """Log ``metrics`` as ``<split>/<name>`` on ``module``: training ones per rollout, held-out ones per
+    validation; both over every process (ranks hold equal batches, so a mean of means is the mean; the
+    extremes of lengths stay extremes)."""
+    for key, value in metrics.items():
+        module.log(
+            f"{split}/{key}",
+            value,
+            on_step=split == "train",
+            on_epoch=split != "train",
+            batch_size=batch_size,
+            sync_dist=True,
+            reduce_fx=reduce_fx(key),
+            prog_bar=key in ("reward", "loss"),
+        )

@@ -20,6 +20,8 @@ from rlhf_lab.losses.advantages import ADVANTAGE_ESTIMATORS, INPUTS
 from rlhf_lab.losses.hyperparameters import check_hyperparameters, hyperparameter_defaults, tensor_inputs
 from rlhf_lab.losses.policy_gradient import LOSS_AGGREGATIONS, POLICY_LOSSES, clipped_value_loss
 from rlhf_lab.losses.registry import Registry
+from rlhf_lab.models.build import Companion
+from rlhf_lab.models.hub import HubModel
 
 #: TRL's names of online-RL settings -> this project's keys (verl's and the papers' names).
 ALIASES = {"loss_type": "loss_agg_mode", "cliprange": "epsilon", "num_ppo_epochs": "num_iterations"}
@@ -82,6 +84,31 @@ class RLParts:
     def compares_generations(self) -> bool:
         """The estimator compares a prompt's completions with each other (needs ``num_generations >= 2``)."""
         return "num_generations" in tensor_inputs(self.estimator)
+
+    def critic_companion(self, policy_spec: Any, dtype: str) -> dict[str, Companion]:
+        """``{"value_model": ...}`` when the estimator needs a critic: the policy's weights with a new value
+        head, or ``value_model``'s (a reward model sharing the policy's tokenizer); else nothing."""
+        if not self.needs_critic:
+            return {}
+        path = self.value_model
+        spec = policy_spec if path is None else HubModel(name_or_path=path, dtype=dtype)
+        # The critic reads the policy's token ids, so it must tokenise exactly like the policy.
+        companion = Companion(
+            spec, task="sequence_classification", trainable=True, same_vocabulary=path is not None
+        )
+        return {"value_model": companion}
+
+    def check(self, estimator: str, num_generations: int) -> None:
+        """Fail when the run's settings do not fit its parts (``estimator`` as the user wrote it)."""
+        if self.compares_generations and num_generations < 2:
+            raise ConfigError(
+                f"algo.advantage_estimator={estimator} compares the completions of a prompt with each "
+                f"other: algo.num_generations={num_generations} must be at least 2"
+            )
+        if self.value_model is not None and not self.needs_critic:
+            raise ConfigError(
+                f"algo.value_model is set but algo.advantage_estimator={estimator} trains no critic"
+            )
 
     @classmethod
     def resolve(

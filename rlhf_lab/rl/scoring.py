@@ -10,6 +10,8 @@ from rlhf_lab.data.batches import PromptBatch
 from rlhf_lab.data.formats import PreferenceExample
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.generation import Generation
+from rlhf_lab.models.build import Companion
+from rlhf_lab.models.hub import HubModel
 from rlhf_lab.rewards import (
     call_reward_function,
     check_reward_weights,
@@ -47,6 +49,16 @@ class RewardScorer:
         names = [reward_name(function) for function in self.functions]
         models = self.num_models
         return names + (["reward_model"] if models == 1 else [f"reward_model_{i}" for i in range(models)])
+
+    @staticmethod
+    def companion_specs(paths: list[str], dtype: str) -> dict[str, Companion]:
+        """The reward models to build beside the policy (``reward_model_<i>``), each with its own tokenizer."""
+        return {
+            f"reward_model_{i}": Companion(
+                HubModel(name_or_path=path, dtype=dtype), task="sequence_classification"
+            )
+            for i, path in enumerate(paths)
+        }
 
     def decode(
         self, batch: PromptBatch, generation: Generation, generations: int, tokenizer: Any, eos: set[int]
