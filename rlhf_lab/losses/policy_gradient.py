@@ -121,6 +121,11 @@ class ClippedSurrogate:
     high_clipped: torch.Tensor
 
 
+#: Policy losses by name: ``(logps, old_logps, advantages, mask, **hyperparameters) -> ClippedSurrogate``.
+POLICY_LOSSES = Registry("algo.policy_loss")
+
+
+@POLICY_LOSSES.register("ppo_clip", "vanilla")
 @hyperparameters(
     epsilon=CLIP_RANGE,
     epsilon_high=Range(0.0, None, low_inclusive=False),
@@ -293,39 +298,6 @@ def clipped_value_loss(
 
 
 # ------------------------------------------------------------------------------ registered policy losses
-#: Policy losses by name: ``(logps, old_logps, advantages, mask, **hyperparameters) -> ClippedSurrogate``.
-POLICY_LOSSES = Registry("algo.policy_loss")
-
-
-@POLICY_LOSSES.register("ppo_clip", "vanilla")
-@hyperparameters(
-    epsilon=CLIP_RANGE,
-    epsilon_high=Range(0.0, None, low_inclusive=False),
-    importance_sampling_level=OneOf(IMPORTANCE_SAMPLING_LEVELS),
-)
-def ppo_clip_loss(
-    logps: torch.Tensor,
-    old_logps: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    epsilon: float = 0.2,
-    epsilon_high: float | None = None,
-    importance_sampling_level: str = "token",
-) -> ClippedSurrogate:
-    """PPO's clipped surrogate (Schulman et al., 2017, Eq. 7; DAPO's clip-higher with ``epsilon_high``;
-    GSPO's sequence ratio with ``importance_sampling_level=sequence``): `clipped_surrogate`."""
-    return clipped_surrogate(
-        logps,
-        old_logps,
-        advantages,
-        mask,
-        epsilon=epsilon,
-        epsilon_high=epsilon_high,
-        importance_sampling_level=importance_sampling_level,
-    )
-
-
 @POLICY_LOSSES.register("gspo")
 @hyperparameters(epsilon=CLIP_RANGE, epsilon_high=Range(0.0, None, low_inclusive=False))
 def gspo_loss(
