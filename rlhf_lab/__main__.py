@@ -7,12 +7,19 @@ from any directory. Add your own options without copying ours: `--config-dir DIR
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf_lab.config import CONF_SEARCH_PATH, config_groups_help, register_schemas, user_config_dirs
+from rlhf_lab.config import (
+    CONF_SEARCH_PATH,
+    USER_CONFIG_DIRS_ENV,
+    config_groups_help,
+    register_schemas,
+    user_config_dirs,
+)
 
 register_schemas()
 # A user's config directory (--config-dir, hydra.searchpath) may hold options with schemas of their own.
@@ -23,6 +30,8 @@ if _user_dirs:
     with reported_errors():
         for _user_dir in _user_dirs:
             register_schemas(_user_dir)
+    # Child runs (stages, the leaderboard, sweeps) look in the same directories (`rlhf_lab.launch`).
+    os.environ[USER_CONFIG_DIRS_ENV] = os.pathsep.join(map(str, _user_dirs))
 # `--help` lists the option groups from rlhf_lab/conf itself (Hydra's own list would include the schema/* groups).
 OmegaConf.register_new_resolver("rlhf_lab_config_groups", config_groups_help, replace=True)
 

@@ -217,6 +217,10 @@ def register_schemas(conf_dir: Path = CONF_DIR) -> None:
         )
 
 
+#: The user's config directories of the running command, for its child runs (stages, leaderboard, sweeps).
+USER_CONFIG_DIRS_ENV = "RLHF_LAB_CONFIG_DIRS"
+
+
 def user_config_dirs(argv: Sequence[str]) -> list[Path]:
     """The config directories a command line adds to the package's own: ``--config-dir DIR`` (``-cd DIR``)
     and the ``file://`` entries of ``hydra.searchpath=[...]``; those that exist, resolved.

@@ -33,6 +33,7 @@ from typing import IO, Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf_lab.config import USER_CONFIG_DIRS_ENV
 from rlhf_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,17 @@ RUN_DIR_OVERRIDE = "hydra.run.dir="
 
 
 def child_command(overrides: Sequence[str] = (), module: str = MODULE) -> list[str]:
-    """``[<this python>, "-m", "rlhf_lab", *overrides]``: the command line of a child run."""
-    return [sys.executable, "-m", module, *(str(o) for o in overrides)]
+    """``[<this python>, "-m", "rlhf_lab", *overrides]``: the command line of a child run, which also searches
+    the config directories the user gave the parent (``--config-dir``, ``hydra.searchpath``)."""
+    overrides = [str(o) for o in overrides]
+    dirs = [d for d in os.environ.get(USER_CONFIG_DIRS_ENV, "").split(os.pathsep) if d]
+    if (
+        dirs
+        and module == MODULE
+        and not any(o.lstrip("+").startswith("hydra.searchpath=") for o in overrides)
+    ):
+        overrides.append("hydra.searchpath=[" + ",".join(f"file://{d}" for d in dirs) + "]")
+    return [sys.executable, "-m", module, *overrides]
 
 
 class ChildError(RuntimeError):

@@ -4,6 +4,7 @@ Hydra apps' plumbing; python -m rlhf_lab.leaderboard."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -135,3 +136,21 @@ def test_leaderboard_module_runs_the_leaderboard_experiment() -> None:
     result = python_module("rlhf_lab.leaderboard", "leaderboard.seeds=[5]", "--cfg", "job", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "leaderboard:" in result.stdout and "- 5" in result.stdout
+
+
+def test_child_runs_search_the_users_config_dirs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A parent started with ``--config-dir`` (or ``hydra.searchpath``) passes its directories on, so a
+    user's own option used inside stages or a leaderboard is found by the children too."""
+    from rlhf_lab.config import USER_CONFIG_DIRS_ENV
+    from rlhf_lab.launch import child_command
+
+    monkeypatch.delenv(USER_CONFIG_DIRS_ENV, raising=False)
+    assert child_command(["algo=dpo"])[-1] == "algo=dpo"
+    monkeypatch.setenv(USER_CONFIG_DIRS_ENV, os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))
+    command = child_command(["algo=my_dpo"])
+    assert command[-2:] == [
+        "algo=my_dpo",
+        f"hydra.searchpath=[file://{tmp_path / 'a'},file://{tmp_path / 'b'}]",
+    ]
+    # A child given its own search path keeps it.
+    assert child_command(["hydra.searchpath=[file:///x]"])[-1] == "hydra.searchpath=[file:///x]"

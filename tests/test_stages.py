@@ -145,3 +145,22 @@ def test_run_stages_reuses_finished_stages_resumes_interrupted_ones_and_chains_e
     (sft_dir / "config.yaml").write_text("model:\n  _target_: rlhf_lab.models.TinyVisionLanguageModel\n")
     with pytest.raises(ConfigError, match="vision-language"):
         stages.run_stages(cfg, forwarded)
+
+
+@pytest.mark.slow
+def test_stages_find_the_users_own_options(tmp_path: Path) -> None:
+    """A chain whose last stage is a user's own option (from ``--config-dir``): the child runs search the
+    user's directory too, so the stage runs it (its beta reaches the saved config)."""
+    mine = tmp_path / "mine"
+    (mine / "algo").mkdir(parents=True)
+    (mine / "experiment").mkdir()
+    (mine / "algo" / "my_dpo.yaml").write_text("defaults:\n  - dpo\n  - _self_\nbeta: 0.37\n")
+    (mine / "experiment" / "sft_then_my_dpo.yaml").write_text(
+        "# @package _global_\nstages:\n  - name: sft\n    overrides: [algo=sft]\n"
+        "  - name: my_dpo\n    overrides: [algo=my_dpo]\n"
+    )
+    budget = ["data.source.num_train=32", "data.source.num_eval=16", "trainer.max_steps=2",
+              "trainer.enable_progress_bar=false", "export.enabled=true"]  # fmt: skip
+    result = cli("--config-dir", str(mine), "experiment=sft_then_my_dpo", *budget, run_dir=tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert OmegaConf.load(tmp_path / "run" / "config.yaml").algo.beta == 0.37
