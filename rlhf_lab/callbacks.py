@@ -7,12 +7,15 @@
   the checkpoint's own step, which Lightning logs only after the checkpoint), so a resumed metrics.csv is
   the uninterrupted one row for row; it also keeps the last training metrics for ``summary.json``.
 - `FiniteModelCheckpoint` keeps the best-k checkpoints by the monitored metric, never ranking a NaN.
+- `StartValidation` validates before the first training step (``trainer.val_on_start``) and keeps the values,
+  checkpoints included, as the run's starting point.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +89,7 @@ class LastCheckpoint(Callback):
     def save(self, trainer: L.Trainer) -> None:
         if trainer.global_step == self._last_saved_step and self.path.exists():
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, on purpose: it resumes
         self._last_saved_step = trainer.global_step
         self._last_time = time.monotonic()
 
@@ -104,7 +107,9 @@ class LastCheckpoint(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if _fitting(trainer):
             self._after_validation = False
-            self.save(trainer)
+            # The validation at step 0 (`StartValidation`) leaves nothing to resume: a fresh start redoes it.
+            if trainer.global_step > 0:
+                self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if _fitting(trainer):
@@ -202,3 +207,81 @@ class FiniteModelCheckpoint(ModelCheckpoint):
         if current is not None and not math.isfinite(float(current)):
             return False
         return super().check_monitor_top_k(trainer, current)
+
+
+def validate_within_fit(trainer: L.Trainer) -> None:
+    """Run the fit's own validation loop now, as Lightning does after a training batch that validates.
+
+    Lightning has no public "validate during fit" call (``trainer.validate`` inside ``fit`` would reset the
+    fit's state); this is what its training epoch loop does, through public names only: the stage flag, the
+    fit's validation loop, the stage flag back. Its results reach the loggers (a metrics.csv row at the
+    current step) and ``trainer.callback_metrics`` like any validation's. The random state is put back, so
+    training draws exactly what it would have drawn without it.
+    """
+    device = trainer.strategy.root_device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    trainer.validating = True
+    try:
+        with torch.random.fork_rng(devices=devices):
+            trainer.fit_loop.epoch_loop.val_loop.run()
+    finally:
+        trainer.training = True
+
+
+#: How ``summary.json`` names a held-out metric's value at step 0 (``val/loss`` -> ``val_start/loss``).
+START_PREFIX = "val_start/"
+
+
+class StartValidation(Callback):
+    """A held-out validation before the first training step (``trainer.val_on_start``, as TRL's
+    ``eval_on_start``): logged at step 0, its ``val/`` values kept as the run's starting point.
+
+    The values travel in checkpoints, so a resumed run (which never validates at step 0 again: it is past it)
+    still reports them; ``fast_dev_run`` skips the validation. Always in the callbacks, even disabled, so a
+    checkpoint's values survive a resume with ``trainer.val_on_start=false``.
+
+    Args:
+        enabled: Validate at the start of a fresh (not resumed) fit.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        super().__init__()
+        self.enabled = enabled
+        self.start_metrics: dict[str, float] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        fresh = trainer.ckpt_path is None and trainer.global_step == 0 and not self.start_metrics
+        if not (self.enabled and fresh and _fitting(trainer)):
+            return
+        validate_within_fit(trainer)
+        self.start_metrics = {
+            key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")
+        }
+
+    def summary_values(self) -> dict[str, float]:
+        """The start values as ``summary.json`` keeps them: ``val/loss`` as ``val_start/loss``."""
+        return {START_PREFIX + key.removeprefix("val/"): value for key, value in self.start_metrics.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start_metrics": self.start_metrics}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.start_metrics = dict(state_dict.get("start_metrics") or {})
+
+
+def held_out_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The final report's held-out metrics, one a line: ``start -> end`` where the summary holds the value at
+    step 0 (`StartValidation`), the end value alone otherwise."""
+    held_out = sorted((key, value) for key, value in summary.items() if key.startswith("val/"))
+    starts = {key: summary.get(START_PREFIX + key.removeprefix("val/")) for key, _ in held_out}
+    lines = [
+        "held-out metrics (start -> end):"
+        if any(v is not None for v in starts.values())
+        else "held-out metrics:"
+    ]
+    for key, value in held_out:
+        start = starts[key]
+        lines.append(
+            f"  {key:<28} {value:.4f}" if start is None else f"  {key:<28} {start:.4f} -> {value:.4f}"
+        )
+    return lines

@@ -7,15 +7,25 @@ dataclass fields, so types and defaults are written once, in Python: a typo'd ke
 wrong type fails at composition with the key in the message, and required fields are ``???``.
 Choices and ranges are checked by the constructors (`rlhf_lab.errors.check_choice`, and for losses
 `rlhf_lab.losses.hyperparameters`).
+
+Generating the schemas imports every target (torch, Lightning, transformers: seconds), so the generated fields
+are cached in ``<cache dir>/schemas/`` (`schema_specs`), keyed by the size and mtime of the YAML files and of
+every module file they were generated from: ``--help``, ``--cfg`` and a typo'd key need none of those imports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
+import hashlib
 import inspect
+import json
 import keyword
+import os
+import sys
+import time
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -45,12 +55,11 @@ def _schema_type(annotation: Any) -> Any:
     return Any
 
 
-def _default_of(value: Any) -> Any:
-    if value is inspect.Parameter.empty or value is dataclasses.MISSING:
-        return MISSING
-    if isinstance(value, (list, dict, tuple)):
-        return dataclasses.field(default_factory=functools.partial(_fresh_copy, value))
-    return value
+def _field_of(default: Any) -> Any:
+    """A dataclass field with this default (a mutable one copied for each instance)."""
+    if isinstance(default, (list, dict, tuple)):
+        return dataclasses.field(default_factory=functools.partial(_fresh_copy, default))
+    return dataclasses.field(default=default)
 
 
 def _fresh_copy(value: list[Any] | dict[str, Any] | tuple[Any, ...]) -> list[Any] | dict[str, Any]:
@@ -101,20 +110,17 @@ def _rename_keyword_fields(schema: Any, keyword_fields: list[str]) -> Any:
     return node
 
 
-def schema_for(
-    target: Any,
-    exclude: tuple[str, ...] = (),
-    extra: Iterable[tuple[str, Any, Any]] = (),
-    title: str | None = None,
-) -> Any:
-    """A dataclass with ``_target_`` plus one typed field per constructor argument of ``target``.
+def schema_fields(
+    target: Any, exclude: tuple[str, ...] = (), extra: Iterable[tuple[str, Any, Any]] = ()
+) -> list[tuple[str, Any, Any]]:
+    """``(name, annotation, default)`` of each configurable argument of ``target``, required ones (default
+    ``MISSING``) first: what `build_schema` makes a schema of (and what the schema cache stores).
 
     Args:
         target: The class (or factory function) the config instantiates.
         exclude: Constructor arguments that are passed at instantiation time, not configured.
         extra: ``(name, annotation, default)`` of arguments the constructor takes through ``**kwargs``
             (a pairwise objective's loss hyperparameters).
-        title: The schema's name in messages (``AlgoDpoSchema``); default ``<target name>Schema``.
     """
     fields: list[tuple[str, Any, Any]] = [("_target_", str, f"{target.__module__}.{target.__qualname__}")]
     hints, params = (
@@ -123,24 +129,35 @@ def schema_for(
     for name, annotation, default in extra:
         hints.setdefault(name, annotation)
         params.append((name, default))
-    keyword_fields = []
     seen: set[str] = set()
     for name, default in params:
         # A subclass may re-declare a base argument with its own default (PPO's beta): the subclass's wins.
         if name in exclude or name in seen:
             continue
         seen.add(name)
-        if default == "???":
+        if default == "???" or default is inspect.Parameter.empty or default is dataclasses.MISSING:
             default = MISSING
-        fields.append((name, _schema_type(hints.get(name, Any)), _default_of(default)))
-        if name.endswith("_") and keyword.iskeyword(name[:-1]):
-            keyword_fields.append(name)
-    ordered = [f for f in fields if f[2] is MISSING] + [f for f in fields if f[2] is not MISSING]
-    specs = [
-        (n, t, d if isinstance(d, dataclasses.Field) else dataclasses.field(default=d)) for n, t, d in ordered
-    ]
-    schema = dataclasses.make_dataclass(title or f"{target.__name__}Schema", specs)
+        fields.append((name, _schema_type(hints.get(name, Any)), default))
+    return [f for f in fields if f[2] is MISSING] + [f for f in fields if f[2] is not MISSING]
+
+
+def build_schema(title: str, fields: Sequence[tuple[str, Any, Any]]) -> Any:
+    """The schema dataclass (a typed node when a field is a Python keyword) of `schema_fields`' fields."""
+    specs = [(name, annotation, _field_of(default)) for name, annotation, default in fields]
+    schema = dataclasses.make_dataclass(title, specs)
+    keyword_fields = [name for name, _, _ in fields if name.endswith("_") and keyword.iskeyword(name[:-1])]
     return _rename_keyword_fields(schema, keyword_fields) if keyword_fields else schema
+
+
+def schema_for(
+    target: Any,
+    exclude: tuple[str, ...] = (),
+    extra: Iterable[tuple[str, Any, Any]] = (),
+    title: str | None = None,
+) -> Any:
+    """A dataclass with ``_target_`` plus one typed field per constructor argument of ``target``
+    (`schema_fields`), named ``title`` (``AlgoDpoSchema``; default ``<target name>Schema``)."""
+    return build_schema(title or f"{target.__name__}Schema", schema_fields(target, exclude, extra))
 
 
 #: The config groups, shipped inside the package (``rlhf_lab/conf``) so an installed wheel has them; the CLI
@@ -200,11 +217,21 @@ def schema_entries(conf_dir: Path = CONF_DIR) -> dict[str, SchemaEntry]:
     return entries
 
 
-def register_schemas(conf_dir: Path = CONF_DIR) -> None:
-    """Store the schema of every ``_target_`` the YAML files build on under ``schema/<group>/<name>``."""
+@dataclasses.dataclass
+class SchemaSpec:
+    """One generated schema: where it is stored (``schema/<group>/<name>``), its name in messages, its fields."""
+
+    group: str
+    name: str
+    title: str
+    fields: list[tuple[str, Any, Any]]
+
+
+def generate_schema_specs(conf_dir: Path = CONF_DIR) -> list[SchemaSpec]:
+    """The schema of every ``_target_`` the YAML files build on, generated from the targets (imports them)."""
     from hydra.utils import get_object
 
-    store = ConfigStore.instance()
+    specs = []
     for entry in schema_entries(conf_dir).values():
         target = get_object(entry.target)
         exclude = tuple(getattr(target, "RUNTIME_ARGS", ()))
@@ -212,9 +239,119 @@ def register_schemas(conf_dir: Path = CONF_DIR) -> None:
         extra = extend(entry.node) if callable(extend) else []
         # Named after the option (AlgoDpoSchema), since several options share one target class.
         title = "".join(part.capitalize() for part in f"{entry.group}_{entry.name}".split("_")) + "Schema"
-        store.store(
-            group=f"schema/{entry.group}", name=entry.name, node=schema_for(target, exclude, extra, title)
-        )
+        specs.append(SchemaSpec(entry.group, entry.name, title, schema_fields(target, exclude, extra)))
+    return specs
+
+
+def register_schemas(conf_dir: Path = CONF_DIR, cache_dir: Path | None = None) -> None:
+    """Store the schema of every ``_target_`` the YAML files build on under ``schema/<group>/<name>``
+    (from the schema cache when it is current: `schema_specs`)."""
+    store = ConfigStore.instance()
+    for spec in schema_specs(conf_dir, cache_dir):
+        store.store(group=f"schema/{spec.group}", name=spec.name, node=build_schema(spec.title, spec.fields))
+
+
+# --- the schema cache: generating the schemas imports every target (torch, Lightning, transformers: seconds),
+# which `--help`, `--cfg` and a typo'd key should not wait for.
+
+SCHEMA_CACHE_FORMAT = 1
+# About when this process started reading its sources, less 2 s for file systems with coarse mtimes.
+_STARTED_NS = time.time_ns() - 2_000_000_000
+_TYPES: dict[str, Any] = {
+    "Any": Any,
+    **{t.__name__: t for t in _SIMPLE},
+    **{f"Optional[{t.__name__}]": Optional[t] for t in _SIMPLE},  # noqa: UP045 - what _schema_type returns
+    **{f"list[{t.__name__}]": list[t] for t in _SIMPLE},  # type: ignore[valid-type]
+}
+
+
+def schema_cache_file(conf_dir: Path = CONF_DIR, cache_dir: Path | None = None) -> Path:
+    """Where the schemas of ``conf_dir`` are cached: ``<cache dir>/schemas/``, one file per config directory
+    and Python environment. The cache directory is ``paths.cache_dir``'s (``$RLHF_LAB_CACHE``, else
+    ``~/.cache/rlhf_lab``): the schemas are needed before the config that names it is composed."""
+    if cache_dir is None:
+        home = os.environ.get("HOME", ".")
+        cache_dir = Path(os.environ.get("RLHF_LAB_CACHE") or f"{home}/.cache/rlhf_lab")
+    where = hashlib.sha256(f"{conf_dir.resolve()}\0{sys.prefix}".encode()).hexdigest()[:16]
+    return cache_dir / "schemas" / f"{conf_dir.name}-{where}.json"
+
+
+def loaded_module_files() -> list[str]:
+    """The source (or extension) file of every module this process has imported."""
+    files = {getattr(module, "__file__", None) for module in list(sys.modules.values())}
+    return sorted(f for f in files if isinstance(f, str) and os.path.isabs(f))
+
+
+def _file_stats(conf_dir: Path, module_files: Sequence[str]) -> list[tuple[str, int, int]]:
+    """``(path, size, mtime)`` of every YAML file of ``conf_dir`` and of ``module_files`` (-1: missing)."""
+    stats = []
+    for file in [*map(str, sorted(conf_dir.rglob("*.yaml"))), *module_files]:
+        try:
+            stat = os.stat(file)
+            stats.append((file, stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            stats.append((file, -1, -1))
+    return stats
+
+
+def schema_cache_key(conf_dir: Path, module_files: Sequence[str]) -> str:
+    """What the cached schemas were generated from: the Python and rlhf_lab versions, and the size and mtime
+    of every YAML file of ``conf_dir`` and of every module file loaded when they were generated (rlhf_lab's
+    sources, a user's loss module, the installed Lightning's...). Any change is a cache miss."""
+    from rlhf_lab import __version__
+
+    hasher = hashlib.sha256(f"{SCHEMA_CACHE_FORMAT}\0{sys.version}\0{__version__}".encode())
+    for file, size, mtime in _file_stats(conf_dir, module_files):
+        hasher.update(f"\0{file}\0{size}\0{mtime}".encode())
+    return hasher.hexdigest()
+
+
+def _json_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(map(_json_plain, value))
+    return isinstance(value, dict) and all(isinstance(k, str) and _json_plain(v) for k, v in value.items())
+
+
+def _encoded(specs: list[SchemaSpec]) -> list[dict[str, Any]] | None:
+    """The specs as JSON values, or None when a default is not a plain value (then they are not cached)."""
+    types = {annotation: name for name, annotation in _TYPES.items()}
+    if not all(
+        annotation in types and _json_plain(default) for s in specs for _, annotation, default in s.fields
+    ):
+        return None
+    return [{**vars(s), "fields": [[n, types[a], d] for n, a, d in s.fields]} for s in specs]
+
+
+def schema_specs(conf_dir: Path = CONF_DIR, cache_dir: Path | None = None) -> list[SchemaSpec]:
+    """The schemas of ``conf_dir``: from the cache when nothing they were generated from has changed
+    (`schema_cache_key`), else generated (`generate_schema_specs`) and cached."""
+    cache_file = schema_cache_file(conf_dir, cache_dir)
+    try:
+        cached = json.loads(cache_file.read_text(encoding="utf-8"))
+        if cached["key"] == schema_cache_key(conf_dir, cached["modules"]):
+            return [
+                SchemaSpec(**{**s, "fields": [(n, _TYPES[a], d) for n, a, d in s["fields"]]})
+                for s in cached["schemas"]
+            ]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no cache yet, or an unreadable one: generate
+    specs = generate_schema_specs(conf_dir)
+    encoded = _encoded(specs)
+    modules = loaded_module_files()
+    # A file changed since this process started may differ from what it loaded (a long-lived session whose
+    # sources were edited): then the schemas are not cached, so that no cache is ever older than its key.
+    current = all(mtime < _STARTED_NS for _, _, mtime in _file_stats(conf_dir, modules))
+    if encoded is not None and current:
+        content = {"key": schema_cache_key(conf_dir, modules), "modules": modules, "schemas": encoded}
+        with contextlib.suppress(OSError):  # a read-only cache directory: generate every time
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            # Written whole, then renamed: a concurrent run reads the old file or the new one.
+            partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps(content), encoding="utf-8")
+            os.replace(partial, cache_file)
+    return specs
 
 
 #: The user's config directories of the running command, for its child runs (stages, leaderboard, sweeps).

@@ -62,6 +62,7 @@ class EvalOptions:
         out_dir: Where metrics.json and samples.jsonl go (default ``<run_dir>/eval``).
         overrides: Config overrides (``group=option`` or ``dotted.key=value``).
         split: The data split to evaluate on (``data.eval_split``; None: the run's, ``val``).
+        print_report: Print the metrics and samples (off: only the files; a leaderboard prints a line per run).
     """
 
     run_dir: Path
@@ -72,6 +73,7 @@ class EvalOptions:
     out_dir: Path | None = None
     overrides: list[str] = field(default_factory=list)
     split: str | None = None
+    print_report: bool = True
 
     @property
     def config_overrides(self) -> list[str]:
@@ -279,8 +281,6 @@ def generate_samples(
     Each record has ``prompt``, ``chosen`` (the reference completion), ``rejected`` if any, and either
     ``completion`` and ``new_tokens`` (tokens before EOS) or ``chosen_score`` and ``rejected_score``.
     """
-    from rlhf_lab.generation import SamplingConfig
-
     examples = list(datamodule.datasets["val"].examples[:count]) if "val" in datamodule.datasets else []
     if not examples:
         return []
@@ -290,13 +290,8 @@ def generate_samples(
         batch = datamodule.collator_for("pairs")(items)
         scores = objective.policy.scores(batch.sequences.to(device)).cpu()
     else:
-        prompts = datamodule.collator_for("prompts")(items).sequences.to(device)
-        generation = objective.policy.generate(
-            prompts,
-            SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False),
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+        completions = greedy_completions(objective, datamodule, items, ids, max_new_tokens)
     records = []
     for index, example in enumerate(examples):
         record: dict[str, Any] = {
@@ -313,13 +308,28 @@ def generate_samples(
             if example.rejected_ids is not None:
                 record["rejected_score"] = float(scores[len(examples) + index])
         else:
-            new = generation.completion_ids[index][generation.completion_mask[index]].tolist()
+            new = completions[index]
             if new and new[-1] == tokenizer.eos_token_id:
                 new = new[:-1]
             record["completion"] = tokenizer.decode(new, skip_special_tokens=True)
             record["new_tokens"] = len(new)
         records.append(record)
     return records
+
+
+def greedy_completions(
+    objective: Any, datamodule: Any, items: list[tuple[int, Any]], ids: dict[str, Any], max_new_tokens: int
+) -> list[list[int]]:
+    """Each item's greedy completion (EOS included), ``data.eval_batch_size`` prompts at a time, with a bar."""
+    from rlhf_lab.generation import SamplingConfig
+    from rlhf_lab.progress import progress
+
+    greedy, size = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False), datamodule.eval_batch_size
+    completions: list[list[int]] = []
+    for start in progress(range(0, len(items), size), f"sampling {len(items)} held-out prompts"):
+        prompts = datamodule.collator_for("prompts")(items[start : start + size]).sequences
+        completions += objective.policy.generate(prompts.to(objective.device), greedy, **ids).completions()
+    return completions
 
 
 def evaluate(options: EvalOptions) -> dict[str, Any]:
@@ -348,7 +358,8 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     with (out_dir / "samples.jsonl").open("w") as file:
         for record in samples:
             file.write(json.dumps(record) + "\n")
-    _print_report(run_dir, source, metrics, samples, out_dir)
+    if options.print_report:
+        _print_report(run_dir, source, metrics, samples, out_dir)
     # A leaderboard evaluates many runs in one process: free this one's model now.
     del objective, datamodule
     gc.collect()

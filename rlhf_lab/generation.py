@@ -14,6 +14,7 @@ early.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,12 @@ class Generation:
     def lengths(self) -> torch.Tensor:
         """``[B]`` completion lengths in tokens (EOS included)."""
         return self.completion_mask.sum(1)
+
+    def completions(self) -> list[list[int]]:
+        """Each row's completion tokens (EOS included, no padding)."""
+        return [
+            row[mask].tolist() for row, mask in zip(self.completion_ids, self.completion_mask, strict=True)
+        ]
 
     def sequences(self) -> Sequences:
         """Prompt + completion rows for a teacher-forced pass: completion tokens marked in the mask."""
@@ -147,14 +154,21 @@ def _next_token_logits(
     step_inputs: dict[str, Any],
     cache: Any,
     banned: torch.Tensor | None,
+    cache_name: str = "past_key_values",
 ) -> tuple[torch.Tensor, Any]:
     """One decoder pass (the prompts, or the last sampled token against the cache): ``[B, V]`` fp32 logits of
-    the next token, the multimodal tokens masked, and the updated cache."""
-    outputs = decoder(**step_inputs, past_key_values=cache, use_cache=True)
+    the next token, the multimodal tokens masked, and the updated cache (named ``cache_name``)."""
+    outputs = decoder(**step_inputs, **{cache_name: cache}, use_cache=True)
     logits = head(last_hidden_state(outputs)[:, -1]).float()
     if banned is not None:
         logits[:, banned] = float("-inf")
-    return logits, outputs.past_key_values
+    return logits, getattr(outputs, cache_name)
+
+
+def cache_keyword(decoder: nn.Module) -> str:
+    """The KV cache's name in a decoder's ``forward`` and outputs: ``cache`` from transformers 5.x (which
+    warns on every call that still passes ``past_key_values``), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 def _sample(
@@ -245,12 +259,12 @@ def generate(
     uniforms = _row_uniforms(row_seeds, batch, sampling, device)
     attention_mask = prompts.attention_mask.clone()
     # The first pass reads the prompts (and their images); each later one a single new token.
-    step_inputs, cache = forward_inputs(decoder, prompts), None
+    step_inputs, cache, cache_name = forward_inputs(decoder, prompts), None, cache_keyword(decoder)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logps = [], []
     with _eval_mode(model):
         for step in range(sampling.max_new_tokens):
-            logits, cache = _next_token_logits(decoder, head, step_inputs, cache, banned)
+            logits, cache = _next_token_logits(decoder, head, step_inputs, cache, banned, cache_name)
             token, token_logp = _sample(logits, sampling, step, generator, uniforms)
             token, token_logp, alive, finished = _end_rows(token, token_logp, finished, eos, pad_token_id)
             tokens.append(token)

@@ -26,6 +26,7 @@ from rlhf_lab.data.batches import Batch, Sequences
 from rlhf_lab.errors import ConfigError, check_choice
 from rlhf_lab.logprobs import SequenceLogps
 from rlhf_lab.policy import FrozenModel, Policy, adapters_disabled, sequence_logps
+from rlhf_lab.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ class PrecomputedReference(Reference):
             with self._initial_weights() as score, forward_context():
                 for split, loader in loaders.items():
                     table: torch.Tensor | None = None
-                    for batch in loader:
+                    for batch in progress(loader, f"reference log-probs ({split})"):
                         values = score(batch.sequences.to(device)).float().cpu()
                         if table is None:
                             table = torch.full((len(loader.dataset), batch.rows_per_example), float("nan"))

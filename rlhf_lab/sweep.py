@@ -1,6 +1,9 @@
 """Run a W&B sweep YAML offline: the `sweeps` package proposes parameters, each trial is a normal run.
 
-    python -m rlhf_lab.sweep sweeps/dpo_beta.yaml [--count N] [--dir DIR] [--seed S] [overrides ...]
+    python -m rlhf_lab.sweep sweeps/dpo_beta.yaml [count=N] [dir=DIR] [sweep_seed=S] [overrides ...]
+
+(``sweep=<yaml>`` may replace the first argument; the older ``--count N``, ``--dir DIR``, ``--seed S`` still
+work.)
 
 The YAML is the one ``wandb sweep`` takes, so one file drives both paths. Its ``command`` (``${env}
 ${interpreter} -m rlhf_lab ${args_no_hyphens}``) is expanded here as the W&B agent would expand it, with
@@ -280,21 +283,56 @@ def default_sweep_dir(yaml_path: str | Path) -> Path:
     return Path("sweeps_out") / Path(yaml_path).stem / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+#: The runner's own ``key=value`` options and the flags they stand for; any other ``key=value`` is an override
+#: of every trial (``seed=S`` is the trials' training seed, ``sweep_seed=S`` the proposals').
+OPTION_FLAGS = {"count": "--count", "dir": "--dir", "sweep_seed": "--seed"}
+
+
+def flag_arguments(argv: Sequence[str]) -> list[str]:
+    """The command line with the runner's Hydra-style options as the flags `main` parses: ``count=4`` ->
+    ``--count 4``, ``sweep=<yaml>`` -> the YAML; trial overrides (``trainer.max_steps=20``) as they are."""
+    translated: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in OPTION_FLAGS:
+            translated += [OPTION_FLAGS[key], value]
+        elif sep and key == "sweep":
+            translated.insert(0, value)
+        else:
+            translated.append(arg)
+    return translated
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rlhf_lab.sweep",
-        description="Run a W&B sweep YAML locally, one rlhf_lab run per trial (no W&B server needed).",
+        usage="%(prog)s SWEEP_YAML [count=N] [dir=DIR] [sweep_seed=S] [key=value ...]",
+        description="Run a W&B sweep YAML locally, one rlhf_lab run per trial (no W&B server needed). "
+        "Options are key=value like every rlhf_lab command (count=12 dir=sweeps_out/simpo sweep_seed=0); "
+        "every other key=value is a Hydra override of every trial (seed=S is the trials' training seed). "
+        "The flags --count, --dir, --seed do the same as count=, dir=, sweep_seed=.",
     )
-    parser.add_argument("sweep", help="sweep YAML, e.g. sweeps/dpo_beta.yaml")
+    parser.add_argument("sweep", help="sweep YAML, e.g. sweeps/dpo_beta.yaml (or sweep=<yaml>)")
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides applied to every trial, e.g. trainer.max_steps=20"
     )
     parser.add_argument(
-        "--count", type=int, default=None, help=f"most trials (default: the grid, or {DEFAULT_COUNT})"
+        "--count",
+        type=int,
+        default=None,
+        help=f"count=N: most trials (default: the grid, or {DEFAULT_COUNT})",
     )
-    parser.add_argument("--dir", type=Path, default=None, help="sweep directory (default: sweeps_out/...)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for random and bayes proposals")
-    args = parser.parse_intermixed_args(argv)
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="dir=DIR: the sweep directory (default: sweeps_out/...)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="sweep_seed=S: seeds random and bayes proposals"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_intermixed_args(flag_arguments(sys.argv[1:] if argv is None else argv))
 
     try:
         sweep_config = load_sweep_config(args.sweep)

@@ -17,7 +17,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf_lab.callbacks import FiniteModelCheckpoint, LastCheckpoint, RunProgress
+from rlhf_lab.callbacks import (
+    FiniteModelCheckpoint,
+    LastCheckpoint,
+    RunProgress,
+    StartValidation,
+    held_out_lines,
+)
 from rlhf_lab.checkpoints import (
     AtomicCheckpointIO,
     atomic_write_text,
@@ -27,8 +33,10 @@ from rlhf_lab.checkpoints import (
 )
 from rlhf_lab.checks import MonitorCheck, check_run_config
 from rlhf_lab.data.formats import DataError
+from rlhf_lab.diagnostics import diagnostics_for
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.export import export_model
+from rlhf_lab.export import export_model, push_target, push_to_hub
+from rlhf_lab.header import RunHeader
 from rlhf_lab.loggers import archive_metrics, truncate_metrics
 from rlhf_lab.objectives.base import AlignmentObjective, RuntimeConfig
 from rlhf_lab.quant import check_compatible
@@ -52,11 +60,13 @@ def resolve_monitor(cfg: DictConfig, objective: AlignmentObjective) -> tuple[str
 def build_callbacks(cfg: DictConfig, run_dir: Path, objective: AlignmentObjective | None = None) -> list[Any]:
     """RunProgress first (its batch-end hook must run before a checkpoint is saved), then the objective's
     ``trainer.nan_policy`` (`rlhf_lab.nan_policy.NanPolicy`: checks the gradient before every optimiser step),
-    then ``last.ckpt`` on its own schedule, then the best-k by the monitored metric."""
+    then ``last.ckpt`` on its own schedule, the monitor's check, the validation at step 0 (after that check:
+    a typo fails first), the warnings that explain (`rlhf_lab.diagnostics`), then the best-k by the monitored
+    metric."""
     checkpoints = run_dir / "checkpoints"
     ckpt = cfg.checkpoint
     monitor, mode = resolve_monitor(cfg, objective) if objective is not None else (ckpt.monitor, ckpt.mode)
-    callbacks: list[Any] = [RunProgress()]
+    callbacks: list[Any] = [RunProgress(), RunHeader(cfg)]
     if objective is not None:
         callbacks.append(objective.nan_policy)
     if ckpt.save_last:
@@ -69,6 +79,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, objective: AlignmentObjectiv
         )
     if monitor is not None:
         callbacks.append(MonitorCheck(monitor))
+    callbacks.append(StartValidation(enabled=bool(cfg.trainer.get("val_on_start", True))))
+    callbacks.append(diagnostics_for(cfg, objective))
     if ckpt.save_top_k:
         callbacks.append(
             FiniteModelCheckpoint(
@@ -81,6 +93,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, objective: AlignmentObjectiv
                 save_last=False,
             )
         )
+    if cfg.trainer.get("enable_progress_bar", True):
+        from rlhf_lab.progress import StepProgressBar
+
+        callbacks.append(StepProgressBar())  # counts optimiser steps: a total and ETA that mean the run's end
     return callbacks
 
 
@@ -126,7 +142,7 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
 
 
 #: ``trainer.*`` keys rlhf_lab reads itself; the rest are ``lightning.Trainer`` arguments.
-OWN_TRAINER_KEYS = ("nan_policy", "max_nan_skips")
+OWN_TRAINER_KEYS = ("nan_policy", "max_nan_skips", "val_on_start")
 #: ``trainer.*`` keys an objective that optimises manually (online RL) applies itself.
 MANUAL_OPTIMISATION_KEYS = ("accumulate_grad_batches", "gradient_clip_val")
 
@@ -270,7 +286,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def run(cfg: DictConfig) -> Run:
     """Compose-time config -> trained, validated, exported run."""
-    L.seed_everything(cfg.seed, workers=True)
+    from rlhf_lab.preflight import preflight
+
+    preflight(cfg)  # every model available and memory enough, before any download or model load
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -300,28 +319,46 @@ def run(cfg: DictConfig) -> Run:
     state_dict = gathered_state_dict(objective.policy.model, trainer.strategy) if cfg.export.enabled else None
     if trainer.is_global_zero:
         write_summary(run_dir / "summary.json", summary)
-        if cfg.export.enabled:
-            weights = state_dict.values() if state_dict is not None else objective.policy.model.parameters()
-            finite = all(bool(torch.isfinite(w).all()) for w in weights if torch.is_floating_point(w))
-            if finite and not summary["run/diverged"]:
-                export_model(
-                    objective.policy.model,
-                    datamodule.images.processor if datamodule.images is not None else tokenizer,
-                    run_dir / "export",
-                    cfg.export.merge_adapter,
-                    state_dict,
-                )
-            else:
-                # A model that produces NaN is never published as if it were trained.
-                why = (
-                    "its weights are not finite"
-                    if not finite
-                    else f"non-finite {', '.join(non_finite(summary))}"
-                )
-                log.error("not exporting the model: %s", why)
+        exported = cfg.export.enabled and export(
+            cfg, run_dir, objective, datamodule, tokenizer, state_dict, summary
+        )
         write_curves(run_dir)
         report(run_dir, summary)
+        repo_id = push_target(cfg)
+        if exported and repo_id:
+            # Last: an upload that fails (offline, no token) has the run's files and report behind it.
+            push_to_hub(run_dir / "export", repo_id, private=bool(cfg.export.get("private", False)))
     return Run(summary, objective, datamodule, tokenizer, trainer, run_dir)
+
+
+def export(
+    cfg: DictConfig,
+    run_dir: Path,
+    objective: AlignmentObjective,
+    datamodule: Any,
+    tokenizer: Any,
+    state_dict: dict[str, Any] | None,
+    summary: dict[str, Any],
+) -> bool:
+    """``<run dir>/export`` with its model card, unless the weights or the metrics are not finite."""
+    weights = state_dict.values() if state_dict is not None else objective.policy.model.parameters()
+    finite = all(bool(torch.isfinite(w).all()) for w in weights if torch.is_floating_point(w))
+    if not finite or summary["run/diverged"]:
+        # A model that produces NaN is never published as if it were trained.
+        why = "its weights are not finite" if not finite else f"non-finite {', '.join(non_finite(summary))}"
+        log.error("not exporting the model: %s", why)
+        return False
+    export_model(
+        objective.policy.model,
+        datamodule.images.processor if datamodule.images is not None else tokenizer,
+        run_dir / "export",
+        cfg.export.merge_adapter,
+        state_dict,
+        cfg=cfg,
+        summary=summary,
+        push=False,
+    )
+    return True
 
 
 def prepare_resume(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -343,7 +380,7 @@ def final_summary(
     cfg: DictConfig, trainer: L.Trainer, objective: AlignmentObjective, datamodule: Any, callbacks: list[Any]
 ) -> dict[str, Any]:
     """``summary.json``'s values: the last training metrics, a final validation, the step, whether the run
-    diverged, the data's statistics and what the data layer read."""
+    diverged, the validation at step 0 (``val_start/...``), the data's statistics and what the data layer read."""
     # The last training metrics: this process's, or (resumed after training had finished) the checkpoint's.
     progress_callback = next(callback for callback in callbacks if isinstance(callback, RunProgress))
     summary = {**progress_callback.train_metrics, **metric_values(trainer.callback_metrics, "train/")}
@@ -355,6 +392,8 @@ def final_summary(
     summary["trainer/global_step"] = float(trainer.global_step)
     # A metric that went NaN/inf is kept (null in summary.json), and the run says it diverged.
     summary["run/diverged"] = 1.0 if non_finite(summary) else 0.0
+    start = next(callback for callback in callbacks if isinstance(callback, StartValidation))
+    summary.update(start.summary_values())  # after the divergence check: only the run's own end counts
     summary.update(
         {f"data/{split}/{k}": float(v) for split, stats in datamodule.stats.items() for k, v in stats.items()}
     )
@@ -395,9 +434,9 @@ def gathered_state_dict(model: torch.nn.Module, strategy: Any) -> dict[str, Any]
 
 
 def report(run_dir: Path, summary: dict[str, float]) -> None:
-    held_out = {k: v for k, v in summary.items() if k.startswith("val/")}
-    lines = [f"run directory: {run_dir.resolve()}", "held-out metrics:"]
-    lines += [f"  {key:<28} {value:.4f}" for key, value in sorted(held_out.items())]
+    """The run's last console lines: its directory, every held-out metric (``start -> end`` when the run
+    validated at step 0), and whether it diverged."""
+    lines = [f"run directory: {run_dir.resolve()}", *held_out_lines(summary)]
     diverged = non_finite(summary)
     if diverged:
         lines.append(f"the run diverged: non-finite {', '.join(diverged)} (null in summary.json)")

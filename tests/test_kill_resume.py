@@ -64,7 +64,8 @@ def test_a_run_killed_at_six_moments_ends_as_if_never_stopped(tmp_path: Path) ->
     straight_weights = (straight / "export" / "model.safetensors").read_bytes()
     assert (killed / "export" / "model.safetensors").read_bytes() == straight_weights
     assert rows(killed / "metrics.csv") == rows(straight / "metrics.csv")
-    assert len(rows(straight / "metrics.csv")) == 16 + 4 + 1  # steps, validations every 4, the final one
+    # the validation at step 0 (trainer.val_on_start), steps, validations every 4, the final one
+    assert len(rows(straight / "metrics.csv")) == 1 + 16 + 4 + 1
     summary, straight_summary = (json.loads((d / "summary.json").read_text()) for d in (killed, straight))
     assert {k: v for k, v in summary.items() if k not in TIMING} == {
         k: v for k, v in straight_summary.items() if k not in TIMING

@@ -261,6 +261,74 @@ def test_cli_prints_the_table_and_writes_summary_csv(
     assert sweep.main([str(tmp_path / "missing.yaml")]) == 2
 
 
+def test_hydra_style_options_become_the_runners_flags() -> None:
+    """count=, dir=, sweep_seed= and sweep= are the runner's; every other key=value (seed= too) a trial's."""
+    argv = [
+        "count=3",
+        "trainer.max_steps=5",
+        "sweep=s.yaml",
+        "dir=out",
+        "sweep_seed=7",
+        "seed=1",
+        "--count",
+        "4",
+    ]
+    assert sweep.flag_arguments(argv) == [
+        "s.yaml",
+        "--count",
+        "3",
+        "trainer.max_steps=5",
+        "--dir",
+        "out",
+        "--seed",
+        "7",
+        "seed=1",
+        "--count",
+        "4",
+    ]
+    assert sweep.flag_arguments(["s.yaml", "+algo.x=1", "hydra.run.dir=d"]) == [
+        "s.yaml",
+        "+algo.x=1",
+        "hydra.run.dir=d",
+    ]
+
+
+def test_cli_takes_key_value_options_like_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeTrainer(score=lambda o: float(o["algo.beta"]))
+    monkeypatch.setattr(sweep, "run_process", fake)
+    yaml_path = REPO / "sweeps" / "dpo_beta.yaml"
+    args = [
+        f"sweep={yaml_path}",
+        "count=2",
+        f"dir={tmp_path}",
+        "sweep_seed=0",
+        "trainer.max_steps=5",
+        "seed=3",
+    ]
+    assert sweep.main(args) == 0
+    assert f"best: trial 1 ({tmp_path / 'trial_1'})" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "summary.csv")["algo.beta"].tolist() == [0.01, 0.05]
+    # The trials get the overrides (seed=3 is their training seed), not the runner's options.
+    assert all(c[-3:-1] == ["trainer.max_steps=5", "seed=3"] for c in fake.commands)
+    assert not any(
+        part.startswith(("count=", "dir=", "sweep_seed=", "sweep=")) for c in fake.commands for part in c
+    )
+    with pytest.raises(SystemExit) as stop:  # argparse's usage error
+        sweep.main([str(yaml_path), "count=many"])
+    assert stop.value.code == 2
+
+
+def test_sweep_help_documents_the_key_value_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    assert "SWEEP_YAML [count=N] [dir=DIR] [sweep_seed=S] [key=value ...]" in out
+    assert "seed=S is the trials' training seed" in out
+
+
 @pytest.mark.slow
 def test_offline_sweep_trains_each_trial_and_records_a_failed_one(tmp_path: Path) -> None:
     """`python -m rlhf_lab.sweep`: beta=-1 fails at config validation, the sweep goes on and trains 0.5."""

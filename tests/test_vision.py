@@ -500,3 +500,76 @@ def test_vision_parts_are_frozen_by_default_and_can_be_unfrozen(vlm: TinyVisionL
         for n, p in unfrozen.named_parameters()
         if any(n.startswith(t) for t in tower_only) and not any(n.startswith(q) for q in parts["projector"])
     )
+
+
+# ---------------------------------------------------------------------------------- the export's processor
+#: Run first in a process that must behave as if torchvision were not installed (whether or not it is).
+NO_TORCHVISION = """
+import importlib.util, sys
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a, **k: None if name.split(".")[0] == "torchvision" else _find_spec(name, *a, **k)
+sys.modules["torchvision"] = None  # importing it fails
+"""
+RELOAD = """
+import sys, torch
+from PIL import Image
+from transformers import AutoProcessor
+from rlhf_lab.models.vision import load_processor
+out, *directories = sys.argv[1:]
+image = Image.new("RGB", (32, 32), (255, 0, 0))
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
+def encoded(processor):
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return dict(processor(text=[text], images=[image], return_tensors="pt"))
+results = {}
+for directory in directories:
+    try:
+        auto = encoded(AutoProcessor.from_pretrained(directory))
+    except ImportError as error:
+        auto = str(error)
+    results[directory] = {"auto": auto, "load_processor": encoded(load_processor(directory))}
+torch.save(results, out)
+"""
+
+
+def test_the_saved_processor_reloads_without_torchvision(tmp_path: Path) -> None:
+    """LLaVA's and LLaVA-NeXT's with ``AutoProcessor``; Qwen2-VL's needs torchvision there (its video processor
+    does, in transformers' class check too), and `load_processor` reloads it: the same pixels and tokens."""
+    import subprocess
+    import sys
+
+    from rlhf_lab.models.vision import save_processor
+
+    image = Image.new("RGB", (32, 32), (255, 0, 0))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
+    expected = {}
+    for architecture in ARCHITECTURES:
+        spec = TinyVisionLanguageModel(architecture=architecture, cache_dir=os.environ["RLHF_LAB_CACHE"])
+        spec.prepare(lambda: CORPUS)
+        processor = spec.load_processor()
+        processor.tokenizer = spec.load_tokenizer()
+        save_processor(processor, tmp_path / architecture)
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        expected[str(tmp_path / architecture)] = dict(
+            processor(text=[text], images=[image], return_tensors="pt")
+        )
+    out = tmp_path / "reloaded.pt"
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCHVISION + RELOAD, str(out), *expected],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reloaded = torch.load(out, weights_only=False)
+    for directory, original in expected.items():
+        loaders = reloaded[directory]
+        if isinstance(loaders["auto"], str):  # the error AutoProcessor raised
+            assert directory.endswith("qwen2_vl")
+            assert "Qwen2VLVideoProcessor requires the Torchvision library" in loaders.pop("auto")
+        assert "pixel_values" in original
+        for encoded in loaders.values():
+            assert encoded.keys() == original.keys()
+            for key, value in original.items():
+                assert torch.equal(encoded[key], value), (directory, key)

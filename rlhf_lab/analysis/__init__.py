@@ -23,6 +23,8 @@ from rlhf_lab.analysis.figures import (
     plot_objectives,
     plot_parameter,
     plot_run_curves,
+    run_curves_figure,
+    run_starts,
 )
 from rlhf_lab.analysis.runs import (
     RUN_MARKERS,
@@ -57,5 +59,7 @@ __all__ = [
     "plot_objectives",
     "plot_parameter",
     "plot_run_curves",
+    "run_curves_figure",
+    "run_starts",
     "summarize",
 ]

@@ -8,6 +8,7 @@ a headless test alike.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,10 @@ import pandas as pd
 
 from rlhf_lab.analysis.runs import load_history, objective_name
 from rlhf_lab.analysis.stats import summarize
+
+#: How ``summary.json`` names a held-out metric's value at step 0 (``rlhf_lab.callbacks.START_PREFIX``; not
+#: imported: analysis loads no Lightning).
+START_PREFIX = "val_start/"
 
 #: `plot_run_curves` panels: title and the metrics (without ``train/``/``val/``) drawn in it.
 RUN_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -187,50 +192,69 @@ def plot_leaderboard(board: pd.DataFrame, out: str | Path | None = None, split: 
     return figure
 
 
-def plot_run_curves(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
-    """One run's curves (loss, accuracies, margins, chosen vs rejected log-probs; for online RL reward,
-    completion length and KL; train and val) as a PNG.
+def run_starts(run_dir: str | Path) -> dict[str, float]:
+    """A run's held-out values at step 0 (``trainer.val_on_start``) by metric (``val/loss``), from its
+    ``summary.json`` (``val_start/loss``); empty when it has none."""
+    summary_file = Path(run_dir) / "summary.json"
+    if not summary_file.is_file():
+        return {}
+    summary = json.loads(summary_file.read_text())
+    return {
+        f"val/{key.removeprefix(START_PREFIX)}": float(value)
+        for key, value in summary.items()
+        if key.startswith(START_PREFIX) and value is not None
+    }
 
-    Panels whose metrics the objective does not log (SFT has no rewards) are left out.
 
-    Args:
-        run_dir: The run directory (reads its ``metrics.csv``).
-        out: Where to write (default ``<run_dir>/curves.png``).
-
-    Returns:
-        The written file, or None when the run logged none of the metrics.
-    """
+def run_curves_figure(run_dir: str | Path) -> Any:
+    """The figure `plot_run_curves` writes (None when the run logged none of its metrics); a held-out
+    metric's value at step 0 is marked with a star."""
     run_dir = Path(run_dir)
     history = load_history(run_dir)
     logged = set(history["metric"])
     panels = [
-        (
-            title,
-            [
-                f"{split}/{name}"
-                for name in names
-                for split in ("train", "val")
-                if f"{split}/{name}" in logged
-            ],
-        )
+        (title, [f"{split}/{n}" for n in names for split in ("train", "val") if f"{split}/{n}" in logged])
         for title, names in RUN_PANELS
     ]
     panels = [(title, metrics) for title, metrics in panels if metrics]
     if not panels:
         return None
+    starts = run_starts(run_dir)
     figure, axes = _figure(len(panels))
     for axis, (title, metrics) in zip(axes, panels, strict=True):
+        label = "start (step 0)"  # one legend entry per panel
         for metric in metrics:
             rows = history[history["metric"] == metric]
             style = "-" if metric.startswith("train/") else "--"
-            axis.plot(
-                rows["step"], rows["value"], style, marker="o" if len(rows) < 20 else None, label=metric
-            )
+            marker = "o" if len(rows) < 20 else None
+            (line,) = axis.plot(rows["step"], rows["value"], style, marker=marker, label=metric)
+            if metric in starts:
+                axis.plot([0], [starts[metric]], "*", color=line.get_color(), markersize=12, label=label)
+                label = "_nolegend_"
         axis.set_title(title)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
     figure.suptitle(f"{objective_name(run_dir) or 'run'}: {run_dir.name}")
-    out = Path(out) if out is not None else run_dir / "curves.png"
+    return figure
+
+
+def plot_run_curves(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
+    """One run's curves (loss, accuracies, margins, chosen vs rejected log-probs; for online RL reward,
+    completion length and KL; train and val) as a PNG, the held-out values at step 0 starred.
+
+    Panels whose metrics the objective does not log (SFT has no rewards) are left out.
+
+    Args:
+        run_dir: The run directory (reads its ``metrics.csv``, and ``summary.json`` for the start values).
+        out: Where to write (default ``<run_dir>/curves.png``).
+
+    Returns:
+        The written file, or None when the run logged none of the metrics.
+    """
+    figure = run_curves_figure(run_dir)
+    if figure is None:
+        return None
+    out = Path(out) if out is not None else Path(run_dir) / "curves.png"
     _save(figure, out)
     return out

@@ -105,11 +105,11 @@ def run_leaderboard(cfg: DictConfig) -> pd.DataFrame:
     OmegaConf.save(board, out_dir / "leaderboard.yaml", resolve=True)
     forwarded = command_line_overrides(NOT_FORWARDED)
     parallel, rerun = int(board.get("max_parallel", 1)), bool(board.get("rerun", False))
-    tuning = plan(cfg, out_dir, forwarded)
-    codes = train_all(tuning, parallel, rerun)
     select, mode = str(board.get("select", "val/rewards/accuracies")), str(board.get("mode", "max"))
+    tuning = plan(cfg, out_dir, forwarded)
+    codes = train_all(tuning, parallel, rerun, select)
     jobs = plan(cfg, out_dir, forwarded, choose_settings(tuning, codes, select, mode))
-    codes.update(train_all([job for job in jobs if job.name not in codes], parallel, rerun))
+    codes.update(train_all([job for job in jobs if job.name not in codes], parallel, rerun, select))
     evaluate_all(jobs, codes, int(board.samples), int(board.max_new_tokens))
     finished = [job for job in jobs if succeeded(job, codes)]
     split = report_split(finished[0]) if finished else "val"

@@ -4,11 +4,15 @@ split."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -25,13 +29,40 @@ def log_file(job: Job) -> Path:
     return job.run_dir.parent / f"{job.run_dir.name}.log"
 
 
-def train_all(jobs: list[Job], max_parallel: int = 1, rerun: bool = False) -> dict[str, int]:
+class Tally:
+    """``k/n`` for children that finish in any order (several train at a time, each in a thread)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.lock = total, 0, threading.Lock()
+
+    def next(self) -> str:
+        with self.lock:
+            self.done += 1
+            return f"{self.done}/{self.total}"
+
+
+def describe(job: Job) -> str:
+    """``dpo seed 0``; ``in_context dpo algo.beta=0.1 seed 0`` with a task and a grid point."""
+    parts = [job.task, job.objective, job.setting_label if job.setting else "", f"seed {job.seed}"]
+    return " ".join(part for part in parts if part)
+
+
+def score_text(summary: dict[str, Any] | None, metric: str) -> str:
+    """``, val/rewards/accuracies 0.9100`` from a run's summary (empty when it lacks the metric)."""
+    value = (summary or {}).get(metric)
+    return f", {metric} {value:.4f}" if isinstance(value, (int, float)) else ""
+
+
+def train_all(
+    jobs: list[Job], max_parallel: int = 1, rerun: bool = False, metric: str = "val/rewards/accuracies"
+) -> dict[str, int]:
     """Run the jobs' training processes, ``max_parallel`` at a time; returns each job's exit code.
 
     A job whose run directory already holds ``summary.json`` is skipped (exit code 0) unless ``rerun``; one
     with checkpoints but no summary (interrupted) resumes from them. Each process's output goes to
-    ``<run dir>.log``; a finished run's wall time to ``<run dir>/wall_time.json``. Several processes at a time
-    share the cores (``OMP_NUM_THREADS``, unless set).
+    ``<run dir>.log``; a finished run's wall time to ``<run dir>/wall_time.json``; the console gets a line per
+    finished run with its ``metric``. Several processes at a time share the cores (``OMP_NUM_THREADS``,
+    unless set).
     """
     codes: dict[str, int] = {}
     pending = []
@@ -43,25 +74,36 @@ def train_all(jobs: list[Job], max_parallel: int = 1, rerun: bool = False) -> di
             pending.append(job)
     parallel = max(1, max_parallel)
     threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
+    tally = Tally(len(pending))
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="leaderboard") as pool:
-        for job, code in zip(pending, pool.map(lambda j: train_one(j, rerun, threads), pending), strict=True):
+        finished = pool.map(lambda j: train_one(j, rerun, threads, metric, tally), pending)
+        for job, code in zip(pending, finished, strict=True):
             codes[job.name] = code
     return codes
 
 
-def train_one(job: Job, rerun: bool = False, threads: int | None = None) -> int:
-    """Train one job (resuming it from its checkpoints unless ``rerun``); returns its exit code."""
+def train_one(
+    job: Job,
+    rerun: bool = False,
+    threads: int | None = None,
+    metric: str = "val/rewards/accuracies",
+    tally: Tally | None = None,
+) -> int:
+    """Train one job (resuming it from its checkpoints unless ``rerun``); returns its exit code. Prints a
+    line when it starts and one when it ends (its wall time and ``metric``; ``tally``: how many have)."""
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
     resume = ["resume=true"] if not rerun and (job.run_dir / "checkpoints").is_dir() else []
     print(f"leaderboard: training {job.name}" + (" (resuming)" if resume else ""), flush=True)
     result = run_child(
         resume, command=job.command, run_dir=job.run_dir, threads=threads, log_file=log_file(job), append=True
     )
+    count = f"[{tally.next()}] " if tally is not None else ""
     if result.ok:
         (job.run_dir / TIMING_FILE).write_text(json.dumps({"wall_time_s": result.seconds}))
-        print(f"leaderboard: {job.name} done in {result.seconds:.0f}s", flush=True)
+        done = f"{describe(job)} done in {result.seconds:.0f} s{score_text(result.summary, metric)}"
+        print(f"leaderboard: {count}{done}", flush=True)
     else:
-        log.error("leaderboard: %s", result.error(job.name))
+        log.error("leaderboard: %s%s", count, result.error(job.name))
     return result.returncode
 
 
@@ -80,7 +122,8 @@ def report_split(job: Job) -> str:
 
 def evaluate_all(jobs: list[Job], codes: dict[str, int], samples: int, max_new_tokens: int) -> None:
     """Each finished job once on its report split (``<run>/eval``): the test metrics (where there is a test
-    split; the validation ones are the run's own) and greedy generations for ``samples`` of its prompts."""
+    split; the validation ones are the run's own) and greedy generations for ``samples`` of its prompts,
+    written to ``<run>/eval/samples.jsonl``; the console gets one line per job saying where."""
     from rlhf_lab.evaluate import EvalOptions, evaluate
 
     for job in jobs:
@@ -89,15 +132,36 @@ def evaluate_all(jobs: list[Job], codes: dict[str, int], samples: int, max_new_t
         split = report_split(job)
         if _evaluated(job.run_dir, split) or (split == "val" and samples <= 0):
             continue
-        evaluate(
-            EvalOptions(
-                run_dir=job.run_dir,
-                samples=samples,
-                max_new_tokens=max_new_tokens,
-                validate=split != "val",
-                split=split if split != "val" else None,
-            )
+        options = EvalOptions(
+            run_dir=job.run_dir,
+            samples=samples,
+            max_new_tokens=max_new_tokens,
+            validate=split != "val",
+            split=split if split != "val" else None,
+            print_report=False,
         )
+        with data_logs_hidden():
+            metrics = evaluate(options)
+        # The samples go to a file, not the console (a board's runs would print hundreds of lines).
+        where = job.run_dir / "eval" / "samples.jsonl"
+        scored = score_text(metrics, f"{split}/rewards/accuracies") if split != "val" else ""
+        print(
+            f"leaderboard: evaluated {describe(job)} on {split}{scored}; greedy samples in {where}",
+            flush=True,
+        )
+
+
+@contextlib.contextmanager
+def data_logs_hidden() -> Iterator[None]:
+    """No data-layer info lines (rows read, layout): an evaluation rebuilds a run's data, and the run's own
+    log already says what it read."""
+    data_log = logging.getLogger("rlhf_lab.data")
+    level = data_log.level
+    data_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        data_log.setLevel(level)
 
 
 def _evaluated(run_dir: Path, split: str) -> bool:

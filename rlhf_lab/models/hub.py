@@ -19,6 +19,28 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 PADDING_SIDES = ("right", "left")
 
 
+class FirstRetryOnly(logging.Filter):
+    """Lets one hub ``Retrying in ...`` warning through per process: one says the network is flaky; twenty
+    (each printed twice) bury the console."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Retry" not in record.getMessage():
+            return True
+        shown, self.shown = self.shown, True
+        return not shown
+
+
+def quiet_hub_retries() -> None:
+    """Install `FirstRetryOnly` on huggingface_hub's HTTP logger (once)."""
+    hub_http = logging.getLogger("huggingface_hub.utils._http")
+    if not any(isinstance(f, FirstRetryOnly) for f in hub_http.filters):
+        hub_http.addFilter(FirstRetryOnly())
+
+
 def torch_dtype(name: str) -> Any:
     import torch
 
@@ -66,6 +88,7 @@ class HubModel:
     def load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
+        quiet_hub_retries()
         tokenizer = AutoTokenizer.from_pretrained(
             self.tokenizer or self.name_or_path,
             revision=None if self.tokenizer else self.revision,
@@ -112,6 +135,7 @@ class HubModel:
             **extra: Further ``from_pretrained`` arguments (quantisation).
         """
         check_choice("task", task, ("causal_lm", "sequence_classification"))
+        quiet_hub_retries()
         auto = self.auto_class(task)
         if task == "sequence_classification":
             extra = {"num_labels": 1, **extra}

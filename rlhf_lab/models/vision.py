@@ -5,9 +5,13 @@ A vision-language model (Qwen2-VL, Qwen2.5-VL, LLaVA, LLaVA-NeXT) is loaded with
 default (``model.freeze_vision_tower``, ``model.freeze_projector``): full fine-tuning then trains the
 language model only, and LoRA targets only modules that are not frozen (`rlhf_lab.models.adapters`).
 
-Processors whose video processor needs torchvision (Qwen2-VL's) cannot be loaded on a machine without it,
-although no video is ever used here; `load_processor` then assembles the same processor class from its
-image processor and tokenizer alone, and `save_processor` writes what reloads it.
+Processors whose video processor needs torchvision (Qwen2-VL's, Qwen2.5-VL's) cannot be loaded on a machine
+without it, although no video is ever used here; `load_processor` then assembles the same processor class
+from its image processor and tokenizer alone, and `save_processor` writes what reloads it. An export's
+processor loads with ``AutoProcessor.from_pretrained`` without torchvision for LLaVA and LLaVA-NeXT (their
+image processors are saved by type name, and transformers picks its PIL implementation); for the Qwen2-VL
+family transformers' own processor class check needs torchvision (``pip install torchvision``), and
+`load_processor` loads it without.
 """
 
 from __future__ import annotations
@@ -145,6 +149,9 @@ def save_processor(processor: Any, directory: Path) -> None:
     # The parts, then the processor's own config: works whether or not its video processor could load.
     processor.image_processor.save_pretrained(directory)
     processor.tokenizer.save_pretrained(directory)
+    if getattr(processor, "video_processor", None) is not None:
+        # Loaded (torchvision present): its own settings, which AutoProcessor otherwise takes from the image's.
+        processor.video_processor.save_pretrained(directory)
     config: dict[str, int | str] = {"processor_class": type(processor).__name__}
     for key in ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens", "image_token"):
         value = getattr(processor, key, None)

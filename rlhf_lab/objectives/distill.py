@@ -36,6 +36,7 @@ from rlhf_lab.losses.sft import nll_loss
 from rlhf_lab.models.build import Companion
 from rlhf_lab.objectives.base import AlignmentObjective
 from rlhf_lab.policy import adapters_disabled, hidden_states
+from rlhf_lab.progress import progress
 from rlhf_lab.reference import cache_key, file_lock, require_adapters
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class Distillation(AlignmentObjective):
         completions: list[list[int]] = []
         size = datamodule.eval_batch_size
         limit = datamodule.settings.max_length
-        for start in range(0, len(examples), size):
+        for start in progress(range(0, len(examples), size), "teacher completions"):
             part = examples[start : start + size]
             prompts = pad_rows([(e.prompt_ids, []) for e in part], self.tokenizer.pad_token_id, left=True).to(
                 self.device
