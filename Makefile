@@ -54,6 +54,8 @@ bench: install-dev
 	$(PY) benchmarks/kd_memory.py
 	$(PY) benchmarks/dpo_vs_trl.py
 	$(PY) benchmarks/decoder_levers.py
+	$(PY) benchmarks/startup.py --repo .
+	$(PY) benchmarks/memory_estimate.py --models tiny mid
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache .mypy_cache

@@ -17,11 +17,10 @@ VERBOSE_ENV = "RLHF_LAB_VERBOSE"
 QUIET_LOGS = (
     # LastCheckpoint's save_checkpoint leaves weights_only unset (it saves the full state on purpose).
     ("lightning.pytorch.trainer.connectors.checkpoint_connector", r"`weights_only` was not set"),
-    ("lightning.pytorch.utilities.rank_zero", r"Tip: .*litlogger"),
-    # What rlhf_lab's own run header says (device, steps), or what the final report makes plain.
+    # Lightning's litlogger tip, and what rlhf_lab's run header (device, steps) or final report says better.
     (
         "lightning.pytorch.utilities.rank_zero",
-        r"^(GPU|TPU) available: |^Loading `train_dataloader` to estimate|^`Trainer.fit` stopped: ",
+        r"Tip: .*litlogger|^(GPU|TPU) available: |^Loading `train_dataloader` to estimate|^`Trainer.fit` stopped: ",
     ),
     # transformers' save_pretrained imports DeepSpeed whenever it is installed, whatever the strategy.
     ("DeepSpeed", r"Setting accelerator to CPU"),

@@ -13,6 +13,7 @@ import pytest
 
 from tests.test_analysis import assert_png
 from tests.test_e2e import REPO
+from tests.test_multirun_summary import assert_the_multirun_summary
 
 NOTEBOOK = REPO / "notebooks" / "analyze_runs.ipynb"
 TINY = (
@@ -87,6 +88,7 @@ def test_notebook_executes_against_a_beta_sweep(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p.name for p in sweep.iterdir() if p.is_dir()} >= {"0", "1"}
+    assert_the_multirun_summary(sweep, result.stdout)  # the same sweep: no second one
 
     out = tmp_path / "figures"
     nb = execute({"runs_dir": str(sweep), "out_dir": str(out)}, cwd=tmp_path)
