@@ -18,6 +18,7 @@ Models (Llama architecture, built from config, byte-level BPE vocabulary of 512)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -77,6 +78,21 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_peak_rss() -> None:
+    """Start the process's peak RSS (``VmHWM``) over from its current RSS (Linux 4.0+; else a no-op)."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def peak_rss_bytes() -> int:
+    """The peak RSS since `reset_peak_rss` (``VmHWM``), else over the process's life (``ru_maxrss``)."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(args: argparse.Namespace) -> None:
     """One process: build the model (``--prepare``) or run the steps and print estimate and measurement."""
     import lightning  # noqa: F401  (imported before the baseline, like every run's own imports)
@@ -98,9 +114,10 @@ def child(args: argparse.Namespace) -> None:
     plan = plan_of(cfg, locate_models(cfg))
     assert plan is not None
     predicted = estimate(plan)
+    reset_peak_rss()  # a transient peak before the run (a cold schema cache's imports) is not the run's
     baseline = rss_bytes()
     run(cfg)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     result = {
         "model": args.model,
         "params": plan.policy.params,

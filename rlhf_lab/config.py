@@ -276,9 +276,20 @@ def schema_cache_file(conf_dir: Path = CONF_DIR, cache_dir: Path | None = None) 
     return cache_dir / "schemas" / f"{conf_dir.name}-{where}.json"
 
 
-def loaded_module_files() -> list[str]:
-    """The source (or extension) file of every module this process has imported."""
-    files = {getattr(module, "__file__", None) for module in list(sys.modules.values())}
+def schema_module_files(conf_dir: Path, imported_while_generating: set[str]) -> list[str]:
+    """The files the schemas of ``conf_dir`` come from: rlhf_lab's loaded modules, the module of every class
+    of each target (its MRO: a user's loss module, the installed Lightning's), and whatever generating them
+    imported. Not every module of the process: a long-lived one (a test session) also holds modules written
+    after it started that have nothing to do with the schemas, which would keep the cache from being written.
+    """
+    from hydra.utils import get_object
+
+    names = set(imported_while_generating)
+    names |= {name for name in list(sys.modules) if name == "rlhf_lab" or name.startswith("rlhf_lab.")}
+    for entry in schema_entries(conf_dir).values():
+        target = get_object(entry.target)
+        names |= {getattr(cls, "__module__", None) or "" for cls in getattr(target, "__mro__", (target,))}
+    files = {getattr(sys.modules.get(name), "__file__", None) for name in names}
     return sorted(f for f in files if isinstance(f, str) and os.path.isabs(f))
 
 
@@ -337,9 +348,10 @@ def schema_specs(conf_dir: Path = CONF_DIR, cache_dir: Path | None = None) -> li
             ]
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no cache yet, or an unreadable one: generate
+    before = set(sys.modules)
     specs = generate_schema_specs(conf_dir)
     encoded = _encoded(specs)
-    modules = loaded_module_files()
+    modules = schema_module_files(conf_dir, set(sys.modules) - before)
     # A file changed since this process started may differ from what it loaded (a long-lived session whose
     # sources were edited): then the schemas are not cached, so that no cache is ever older than its key.
     current = all(mtime < _STARTED_NS for _, _, mtime in _file_stats(conf_dir, modules))
