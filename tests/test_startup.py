@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -179,9 +178,10 @@ MY_OPTION = "defaults:\n  - /schema/thing/{name}@_here_\n  - _self_\n_target_: m
 
 
 def _write(path: Path, text: str, seconds_ago: float) -> None:
-    """Write ``text`` with an mtime in the past: a file as it was before this (long-lived) process started."""
+    """Write ``text`` with an mtime ``seconds_ago`` before this process started (`config._STARTED_NS`): a file
+    as it was before this (long-lived: a test worker runs for many minutes) process started."""
     path.write_text(text)
-    past = time.time() - seconds_ago
+    past = config._STARTED_NS / 1e9 - seconds_ago
     os.utime(path, (past, past))
 
 
