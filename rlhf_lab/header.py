@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.model_summary import get_human_readable_count as count
 from omegaconf import DictConfig
 
 log = logging.getLogger("rlhf_lab")
@@ -21,14 +22,6 @@ def selected_options(cfg: DictConfig) -> dict[str, str]:
     return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
 
 
-def count(number: int) -> str:
-    """``139 K``, ``7.2 B``: parameter counts as people say them."""
-    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if number >= size:
-            return f"{number / size:.3g} {unit}"
-    return str(number)
-
-
 def header_line(cfg: DictConfig, trainer: L.Trainer, module: Any) -> str:
     """``rlhf_lab: algo=dpo on model=tiny (139 K trainable of 278 K parameters) | data=synthetic | ...``."""
     chosen = selected_options(cfg)
@@ -37,9 +30,12 @@ def header_line(cfg: DictConfig, trainer: L.Trainer, module: Any) -> str:
     parameters = list(module.parameters())
     trainable = sum(p.numel() for p in parameters if p.requires_grad)
     total = sum(p.numel() for p in parameters)
-    adapter = chosen.get("adapter", "full")
-    quant = chosen.get("quant", "none")
-    extras = "".join(f" adapter={adapter}" * (adapter != "full") + f" quant={quant}" * (quant != "none"))
+    # Adapter and quantisation only when they are not the defaults (full fine-tuning, no quantisation).
+    extras = "".join(
+        f" {group}={chosen[group]}"
+        for group, default in (("adapter", "full"), ("quant", "none"))
+        if chosen.get(group, default) != default
+    )
     steps = trainer.estimated_stepping_batches
     return (
         f"rlhf_lab: algo={algo} on model={model}{extras} ({count(trainable)} trainable of {count(total)} "
