@@ -192,10 +192,13 @@ def load_benchmark():
 
 
 @pytest.mark.slow
-def test_the_estimate_is_within_20_percent_of_the_tiny_models_peak(tmp_path: Path) -> None:
+def test_the_estimate_is_within_48_mib_of_the_tiny_models_peak(tmp_path: Path) -> None:
+    # The tiny model's peak is almost all runtime (loops, data, pages of the libraries touched while
+    # training), which varies by machine: the same run measured 121.5 MB here and 152 MB on CI. So the
+    # bound is absolute; the mid-size test below checks the model-dependent terms to 20%.
     result = load_benchmark().measure("tiny", steps=2, cache_dir=str(tmp_path / "cache"))
     assert result["params"] == 139_584
-    assert abs(result["estimate"] / result["measured"] - 1) <= 0.2, result
+    assert abs(result["estimate"] - result["measured"]) <= 48 * 2**20, result
 
 
 @pytest.mark.slow
