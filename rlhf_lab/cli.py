@@ -118,11 +118,11 @@ def reported_errors(*extra: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        from rlhf_lab.errors import ConfigError
+        from rlhf_lab.errors import ConfigError, RunStopped
 
         # The data layer (and Lightning with it) is imported only for an error that may be its own: a config
         # error found before any training import (an unavailable model) is reported in about a second.
-        if not isinstance(error, (ConfigError, *extra)):
+        if not isinstance(error, (ConfigError, RunStopped, *extra)):
             from rlhf_lab.data.formats import DataError
 
             if not isinstance(error, DataError):

@@ -13,6 +13,12 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key, the value and what is allowed."""
 
 
+class RunStopped(RuntimeError):
+    """A run stopped for a reason its one-line message names (a user's reward function failed, a companion
+    model did not load, a child run failed...): the CLI prints ``error: <message>`` and exits with status 2.
+    Subclass it for each cause; whatever must be kept (``last.ckpt``) is saved before raising."""
+
+
 def check_choice(key: str, value: object, choices: Iterable[object]) -> None:
     """Raise `ConfigError` unless `value` is one of `choices`.
 
