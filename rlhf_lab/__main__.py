@@ -23,7 +23,12 @@ from rlhf_lab.config import (
     register_schemas,
     user_config_dirs,
 )
-from rlhf_lab.errors import config_error_message, full_traceback_requested, missing_value_in
+from rlhf_lab.errors import (
+    config_error_message,
+    full_traceback_requested,
+    missing_value_in,
+    run_dir_error_message,
+)
 
 
 def _hydra_choices() -> dict[str, str | None]:
@@ -61,6 +66,12 @@ def _report_config_errors() -> None:
                     raise
                 print(f"error: {config_error_message(error, _hydra_choices)}", file=sys.stderr, flush=True)
                 raise SystemExit(2) from None
+            except OSError as error:
+                if full_traceback_requested() or _raised_by_the_run(error):
+                    raise
+                # Hydra could not create the run directory or write its .hydra/ files and log there.
+                print(f"error: {run_dir_error_message(error)}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
 
         return hydra_report(reported)
 
@@ -71,6 +82,17 @@ def _report_config_errors() -> None:
     for name in ("app_help", "show_info"):
         setattr(Hydra, name, functools.partialmethod(_reported_method, getattr(Hydra, name), run_and_report))
     Hydra.get_help = functools.partialmethod(_help_text, Hydra.get_help)  # type: ignore[method-assign,assignment]
+
+
+def _raised_by_the_run(error: BaseException) -> bool:
+    """Whether ``error`` came from the run itself (this module's `main`), not from Hydra setting up its job."""
+    traceback = error.__traceback__
+    while traceback is not None:
+        code = traceback.tb_frame.f_code
+        if code.co_filename == __file__ and code.co_name in ("main", "run_experiment"):
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 def _reported_method(self: Any, method: Any, run_and_report: Any, *args: Any, **kwargs: Any) -> Any:

@@ -113,12 +113,16 @@ def lightning_prints_once() -> None:
 def reported_errors(*extra: type[BaseException]) -> Iterator[None]:
     """Turn a bad-input or bad-config error into ``error: <message>`` on stderr and exit status 2.
 
-    The message names the file/row/field or the config key; a traceback would bury it.
+    The message names the file/row/field or the config key; a traceback would bury it. ``HYDRA_FULL_ERROR=1``
+    keeps the traceback, as for Hydra's own config errors (`rlhf_lab.__main__`).
     """
     try:
         yield
     except Exception as error:
-        from rlhf_lab.errors import ConfigError, RunStopped
+        from rlhf_lab.errors import ConfigError, RunStopped, full_traceback_requested
+
+        if full_traceback_requested():
+            raise
 
         # The data layer (and Lightning with it) is imported only for an error that may be its own: a config
         # error found before any training import (an unavailable model) is reported in about a second.
@@ -127,8 +131,17 @@ def reported_errors(*extra: type[BaseException]) -> Iterator[None]:
 
             if not isinstance(error, DataError):
                 raise
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        # A run stopped for a named reason stops every process alike, with the same message: say it once.
+        if not isinstance(error, (RunStopped, *extra)) or process_rank() == 0:
+            print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def process_rank() -> int:
+    """This process's global rank in a multi-process run (0 outside one)."""
+    zero_only = sys.modules.get("lightning_utilities.core.rank_zero")
+    rank = getattr(getattr(zero_only, "rank_zero_only", None), "rank", None)
+    return int(rank) if rank is not None else int(os.environ.get("RANK", "0"))
 
 
 def without(overrides: list[str], prefixes: tuple[str, ...]) -> list[str]:

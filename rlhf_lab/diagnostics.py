@@ -8,6 +8,9 @@ said travel in checkpoints.
 - `NoRewardVariance`: online RL whose every group of completions got one reward for K rollouts in a row.
 - `StuckLoss`: a training loss that has not left its initial value for N steps.
 - `RewardModelAtChance`: a reward model no better than chance after an epoch (or at the end of a shorter run).
+
+After training, `learned` judges the run as a whole (``run/learned`` in ``summary.json``, a warning, the model
+card, ``export.require_learning``): did its held-out objective improve from step 0?
 """
 
 from __future__ import annotations
@@ -25,6 +28,78 @@ from rlhf_lab.lightning_compat import should_accumulate
 log = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
+#: Optimiser steps a run needs before `learned` judges it (as `StuckLoss` and `RewardModelAtChance` wait).
+LEARNING_MIN_STEPS = 20
+#: The relative improvement of the held-out objective that counts as learning (0.1%).
+LEARNING_RTOL = 1e-3
+#: How ``summary.json`` names a held-out metric's value at step 0 (``rlhf_lab.callbacks.START_PREFIX``).
+_START_PREFIX = "val_start/"
+
+
+def learned(
+    summary: Mapping[str, Any],
+    metric: str,
+    mode: str,
+    min_steps: int = LEARNING_MIN_STEPS,
+    rtol: float = LEARNING_RTOL,
+) -> bool | None:
+    """Whether the run learned, judged conservatively from its held-out values at step 0 and at the end.
+
+    True: the objective's held-out loss ``metric`` ended more than ``rtol`` (0.1%) below its step-0 value.
+    False: it did not, and either the objective is judged by that loss alone (SFT, distillation: no held-out
+    pairs), or the model no longer tells chosen from rejected (`collapsed`: a model whose output ignores its
+    input, as ``optim.lr=1e4`` leaves DPO, its held-out loss ln 2 at every validation). None (not judged):
+    a preference run whose held-out loss did not improve but whose scores still separate the pairs (a short
+    run on a few pairs: noise or early overfitting, not a broken model), no validation at step 0 or at the
+    end, a non-finite value (the run diverged: said elsewhere), fewer than ``min_steps`` optimiser steps (a
+    few warm-up steps move nothing), or a metric to maximise (online RL's sampled ``val/reward``, too noisy
+    over a short run; `NoRewardVariance` covers its flat case).
+    """
+    if mode != "min" or not metric.startswith("val/"):
+        return None
+    start, end = summary.get(_START_PREFIX + metric.removeprefix("val/")), summary.get(metric)
+    steps = summary.get("trainer/global_step") or 0
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (start, end)) or steps < min_steps:
+        return None
+    assert isinstance(start, (int, float)) and isinstance(end, (int, float))
+    if end < start - rtol * abs(start):
+        return True
+    if PAIRWISE_ACCURACY not in summary:
+        return False
+    return False if collapsed(summary) else None
+
+
+#: A preference objective's held-out pairwise accuracy: its presence marks an objective judged on pairs.
+PAIRWISE_ACCURACY = "val/rewards/accuracies"
+#: Held-out log-probs of chosen and rejected closer than this (nats, summed per completion) are the same.
+COLLAPSE_LOGPS_ATOL = 1e-3
+#: A reward model's held-out mean margin smaller than this is no margin.
+COLLAPSE_MARGIN_ATOL = 1e-4
+
+
+def collapsed(summary: Mapping[str, Any]) -> bool:
+    """Whether the model's held-out scores no longer separate chosen from rejected: the policy's mean
+    log-probs of the two within `COLLAPSE_LOGPS_ATOL` (a model whose output ignores its input gives every
+    completion of a length the same), or, for a reward model (no log-probs), its mean margin within
+    `COLLAPSE_MARGIN_ATOL` of 0."""
+    chosen, rejected = summary.get("val/logps/chosen"), summary.get("val/logps/rejected")
+    if isinstance(chosen, (int, float)) and isinstance(rejected, (int, float)):
+        return math.isfinite(chosen - rejected) and abs(chosen - rejected) < COLLAPSE_LOGPS_ATOL
+    margin = summary.get("val/rewards/margins")
+    return isinstance(margin, (int, float)) and math.isfinite(margin) and abs(margin) < COLLAPSE_MARGIN_ATOL
+
+
+def not_learned_message(summary: Mapping[str, Any], metric: str) -> str:
+    """The one line that says a run did not learn (`learned` is False), with its numbers."""
+    start, end = summary[_START_PREFIX + metric.removeprefix("val/")], summary[metric]
+    alike = PAIRWISE_ACCURACY in summary and collapsed(summary)
+    ln2 = " (chosen and rejected score alike: a collapsed model)" if alike else ""
+    steps = int(summary.get("trainer/global_step") or 0)
+    return (
+        f"the run did not learn: held-out {metric} {start:.4f} at step 0 -> {end:.4f}{ln2} after {steps} steps "
+        f"(not {LEARNING_RTOL:.1%} better; run/learned: false in summary.json). A learning rate far too high "
+        "can collapse a model without a NaN (optim.lr), or one too small moves nothing"
+    )
 
 
 class Check:

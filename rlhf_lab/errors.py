@@ -63,10 +63,9 @@ def full_traceback_requested() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
-def closest_first(word: str, options: Sequence[str]) -> list[str]:
-    """``options`` with those close to ``word`` first (closest first), then the others in their order."""
-    close = difflib.get_close_matches(word, options, n=len(options), cutoff=0.5)
-    return close + [option for option in options if option not in close]
+def close_matches(word: str, options: Sequence[str]) -> list[str]:
+    """Up to three of ``options`` close to ``word``, closest first (a typo's likely intent)."""
+    return difflib.get_close_matches(word, options, n=3, cutoff=0.6)
 
 
 def config_error_message(error: BaseException, choices: Callable[[], Mapping[str, Any]] = dict) -> str:
@@ -85,8 +84,11 @@ def config_error_message(error: BaseException, choices: Callable[[], Mapping[str
         return f"cannot parse the override {error.override!r}: {reason} (the syntax: {_OVERRIDE_GRAMMAR})"
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        options = ", ".join(closest_first(option, sorted(error.options)))
-        return f"{group}={option} is not an option of {group}; choose one of: {options}"
+        close = close_matches(option, sorted(error.options))
+        meant = f"did you mean {' or '.join(f'{group}={c}' for c in close)}? " if close else ""
+        # Sorted, so the list reads the same whatever was mistyped; the likely intent is named before it.
+        options = ", ".join(sorted(error.options))
+        return f"{group}={option} is not an option of {group}; {meant}choose one of: {options}"
     if isinstance(error, MissingMandatoryValue) and error.full_key:
         return f"{error.full_key} has no value (??? in its config): set it, e.g. {error.full_key}=<value>"
     cause, message = error.__cause__, str(error)
@@ -166,6 +168,16 @@ def _one_line(error: BaseException) -> str:
         if line and not line.startswith(("To append to your config", "Set the environment variable")):
             kept.append(line.rstrip(".:"))
     return ": ".join(kept) or type(error).__name__
+
+
+def run_dir_error_message(error: OSError) -> str:
+    """One line for a run directory Hydra could not create or write (read-only, full, not a directory)."""
+    reason = error.strerror or type(error).__name__
+    where = f": {error.filename}" if error.filename else ""
+    return (
+        f"the run directory is not writable ({reason}{where}): point hydra.run.dir (hydra.sweep.dir with "
+        "--multirun) at a writable directory"
+    )
 
 
 def missing_value_in(error: BaseException) -> Any:

@@ -133,10 +133,12 @@ LEGACY_PAIRWISE_TARGETS = {
 
 def load_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """The run's resolved config with ``overrides`` applied (``data=jsonl`` swaps the group)."""
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
+    config_file = Path(run_dir) / "config.yaml"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: run_dir must be a run directory of rlhf_lab")
+        missing = "no such directory" if not config_file.parent.is_dir() else "no config.yaml"
+        raise FileNotFoundError(
+            f"run_dir={run_dir}: {missing} (give a finished run's directory: its config.yaml, export/)"
+        )
     cfg = OmegaConf.load(config_file)
     if not isinstance(cfg, DictConfig):
         raise ValueError(f"{config_file} is not a run config (a mapping)")
@@ -435,9 +437,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     app, run = split_arguments(sys.argv[1:] if argv is None else argv)
 
     def task(cfg: DictConfig) -> dict[str, Any]:
-        quiet_libraries()
         with reported_errors(ValueError, FileNotFoundError):
-            return evaluate(options_from_config(cfg, run))
+            options = options_from_config(cfg, run)
+            load_config(options.run_dir)  # a wrong run_dir named before the libraries' imports (seconds)
+            quiet_libraries()
+            return evaluate(options)
 
     return run_app(APP, task, app) or {}
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -146,3 +148,50 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
     log.info("uploaded %s to %s", folder, url)
     print(f"uploaded the export to {url}", flush=True)
     return str(url)
+
+
+def non_finite(summary: Mapping[str, Any]) -> list[str]:
+    """The keys of ``summary`` whose values are NaN or infinite."""
+    return sorted(k for k, v in summary.items() if isinstance(v, float) and not math.isfinite(v))
+
+
+def write_summary(path: Path, summary: Mapping[str, Any]) -> None:
+    """``summary.json``, with NaN/inf metrics kept as ``null`` (JSON has no NaN)."""
+    from rlhf_lab.checkpoints import atomic_write_text
+
+    diverged = non_finite(summary)
+    values = {k: None if k in diverged else v for k, v in summary.items()}
+    atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True))
+
+
+def export_run(
+    cfg: Any,
+    run_dir: Path,
+    objective: Any,
+    datamodule: Any,
+    tokenizer: Any,
+    state_dict: dict[str, Any] | None,
+    summary: Mapping[str, Any],
+) -> bool:
+    """A finished run's ``<run dir>/export`` with its model card, unless the weights or the metrics are not
+    finite (`rlhf_lab.train.run` calls it on rank zero); returns whether it exported."""
+    import torch
+
+    weights = state_dict.values() if state_dict is not None else objective.policy.model.parameters()
+    finite = all(bool(torch.isfinite(w).all()) for w in weights if torch.is_floating_point(w))
+    if not finite or summary["run/diverged"]:
+        # A model that produces NaN is never published as if it were trained.
+        why = "its weights are not finite" if not finite else f"non-finite {', '.join(non_finite(summary))}"
+        log.error("not exporting the model: %s", why)
+        return False
+    export_model(
+        objective.policy.model,
+        datamodule.images.processor if datamodule.images is not None else tokenizer,
+        run_dir / "export",
+        cfg.export.merge_adapter,
+        state_dict,
+        cfg=cfg,
+        summary=summary,
+        push=False,
+    )
+    return True

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rlhf_lab.errors import check_choice
+from rlhf_lab.errors import ConfigError, check_choice
 from rlhf_lab.lightning_compat import (
     ExperimentWriterHooks,
     cached_experiment,
@@ -26,14 +26,56 @@ from rlhf_lab.lightning_compat import (
 
 log = logging.getLogger(__name__)
 
-# A config key whose name contains one of these (case-insensitive) never leaves the machine.
-SECRET_MARKERS = ("key", "token", "secret", "password")
+#: Config key names that are credentials, compared whole (lower case, ``-`` read as ``_``).
+SECRET_NAMES = frozenset(
+    {
+        "token",
+        "password",
+        "passwd",
+        "secret",
+        "secrets",
+        "credentials",
+        "api_key",
+        "apikey",
+        "hf_token",
+        "wandb_api_key",
+        "access_token",
+        "accesstoken",
+        "auth_token",
+        "authtoken",
+        "refresh_token",
+        "private_key",
+        "secret_key",
+        "client_secret",
+        "aws_access_key_id",
+    }
+)
+#: Endings that make a name a credential (``github_token``, ``openai_api_key``, ``db_password``).
+SECRET_SUFFIXES = (
+    "_token",
+    "_api_key",
+    "_access_key",
+    "_secret_key",
+    "_private_key",
+    "_secret",
+    "_password",
+    "_passwd",
+    "_credentials",
+)
+#: Names ending in ``_token`` that are a tokenizer's special tokens (text such as ``</s>``), not credentials.
+SPECIAL_TOKEN_NAMES = frozenset(
+    f"{name}_token" for name in ("bos", "eos", "unk", "sep", "pad", "cls", "mask", "image", "video", "audio")
+)
 
 
 def is_secret(name: str) -> bool:
-    """True if a config key's name looks like a credential (``api_key``, ``hf_token``, ``PASSWORD``)."""
-    lowered = name.lower()
-    return any(marker in lowered for marker in SECRET_MARKERS)
+    """True if a config key's name is a credential's: one of `SECRET_NAMES` (``api_key``, ``hf_token``,
+    ``PASSWORD``), or ending in one of `SECRET_SUFFIXES` (``github_token``) unless it is a special token's
+    (``pad_token``). Whole names, never substrings: ``max_new_tokens``, ``tokenizer``, ``keyword`` are kept."""
+    lowered = name.strip().lower().replace("-", "_")
+    if lowered in SECRET_NAMES:
+        return True
+    return lowered.endswith(SECRET_SUFFIXES) and lowered not in SPECIAL_TOKEN_NAMES
 
 
 def flatten_config(cfg: Mapping[str, Any] | DictConfig, sep: str = ".") -> dict[str, Any]:
@@ -92,18 +134,36 @@ class FlatConfigWandbLogger(WandbLogger):
             return super().experiment
 
 
-def server_reachable(base_url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the W&B server of ``base_url`` opens within ``timeout`` seconds."""
-    import socket
-    from urllib.parse import urlparse
+#: Seconds `server_answers` waits for a W&B server's HTTP answer (DNS, connect and response together).
+PROBE_TIMEOUT = 3.0
 
-    parsed = urlparse(base_url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+
+def server_answers(base_url: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the W&B server of ``base_url`` answers an HTTP request (any status) within ``timeout`` seconds.
+
+    A TCP connection is not enough: a server (or a proxy) that accepts connections and never answers would
+    hold ``wandb.init`` for its own timeout (90 s). The request runs in a daemon thread so that nothing (a
+    DNS lookup included) outlasts ``timeout``.
+    """
+    import threading
+    import urllib.error
+    import urllib.request
+
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(base_url, timeout=timeout):
+                answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)  # a status (401, 404) is an answer
+        except (OSError, ValueError):
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, name="wandb-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered and answered[0])
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -119,8 +179,13 @@ def resolve_wandb_mode(mode: str) -> str:
     import wandb
 
     base_url = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
-    if not server_reachable(base_url):
-        log.warning("W&B server %s is not reachable: logging offline (wandb sync uploads it later)", base_url)
+    if not server_answers(base_url):
+        log.warning(
+            "W&B server %s is not reachable (no answer within %g s): logging offline (wandb sync uploads it "
+            "later)",
+            base_url,
+            PROBE_TIMEOUT,
+        )
         return "offline"
     return "online"
 
@@ -146,6 +211,7 @@ def wandb_logger(
     tags: list[str] | None = None,
     name: str | None = None,
     mode: str = "auto",
+    init_timeout: float = 30.0,
 ) -> Any:
     """A W&B logger writing inside the run directory (never ``./wandb`` in the caller's cwd).
 
@@ -162,8 +228,12 @@ def wandb_logger(
         mode: ``auto`` (``WANDB_MODE`` when set; else online when logged in and the server answers; else
             offline), ``online``, ``offline`` or ``disabled``. An online run that cannot start (a rejected key,
             no server) logs offline instead, with one warning.
+        init_timeout: Seconds an online run may take to start (``wandb.init``) before it logs offline
+            instead, with one warning (a server that answers but stalls; W&B's own default is 90 s).
     """
     check_choice("logger.wandb.mode", mode, ("auto", "online", "offline", "disabled"))
+    if not init_timeout > 0:
+        raise ConfigError(f"logger.wandb.init_timeout={init_timeout!r} must be a positive number of seconds")
     import wandb
 
     if wandb.run is not None:
@@ -181,6 +251,7 @@ def wandb_logger(
         name=name,
         mode=mode,
         offline=mode == "offline",
+        settings=wandb.Settings(init_timeout=float(init_timeout)),
     )
 
 

@@ -243,6 +243,18 @@ def how_to_load(location: str, local: str, adapter_export: bool, vision: bool) -
     return lines
 
 
+def _not_learned(summary: Mapping[str, Any]) -> list[str]:
+    """A warning paragraph when the run did not learn (``run/learned: false``); nothing otherwise."""
+    if summary.get("run/learned") is not False:
+        return []
+    return [
+        "> **Warning: this run did not learn.** Its held-out objective did not improve from step 0 (see the "
+        "held-out metrics below; `run/learned: false` in `summary.json`): this model is no better than the "
+        "one it started from, and may have collapsed (a learning rate far too high does that without a NaN).",
+        "",
+    ]
+
+
 def model_card(
     cfg: Mapping[str, Any],
     summary: Mapping[str, Any],
@@ -266,6 +278,7 @@ def model_card(
         front_matter(cfg, adapter_export, vision),
         f"# {objective_name(cfg['algo'])} model trained with rlhf_lab",
         "",
+        *_not_learned(summary),
         *_setup(cfg, summary, adapter_export),
         "",
         "## Objective hyperparameters",

@@ -63,6 +63,8 @@ def read_job(directory: Path) -> Job:
     }
     if summary.get("run/diverged"):
         result.status = "diverged"
+    elif summary.get("run/learned") is False:  # rlhf_lab.diagnostics.learned
+        result.status = "did not learn"
     return result
 
 

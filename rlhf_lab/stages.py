@@ -14,6 +14,12 @@ command line's, the previous stage's key): a sweep over the last stage's hyperpa
 stage once, and an interrupted stage resumes from its last checkpoint. ``<run dir>/stages.json`` lists
 every stage's directory.
 
+A kill of this command at any point (its stages die with it) loses nothing finished: a stage is finished
+only when its ``summary.json`` says so (written last, after its export), so running the command again
+reuses finished stages and resumes the interrupted one; one chain at a time per run directory (a lock
+naming its process). A stage that fails stops the chain with one line naming it, its exit status and its
+log (`rlhf_lab.leaderboard.resumable`).
+
 Command-line overrides reach every stage, except ``algo.*``, which reach the last stage only (the SFT
 stage's settings are in its own ``overrides``), and ``model=``/``model.*``, which reach the first stage
 only (later stages load the previous export with its dtype and attention implementation).
@@ -21,6 +27,7 @@ only (later stages load the previous export with its dtype and attention impleme
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,6 +40,14 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf_lab.cli import command_line_overrides, without
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.launch import child_command, run_child
+from rlhf_lab.leaderboard.resumable import (
+    ChildFailed,
+    child_env,
+    directory_lock,
+    run_finished,
+    status_text,
+    write_text_atomically,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +70,8 @@ class Stage:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / "summary.json").is_file() and (
-            self.run_dir / "export" / "config.json"
-        ).is_file()
+        """Finished (a whole ``summary.json`` that says so, written after the export) with an export."""
+        return run_finished(self.run_dir) and (self.run_dir / "export" / "config.json").is_file()
 
 
 def forwardable(overrides: list[str]) -> list[str]:
@@ -121,6 +135,13 @@ def run_stages(cfg: DictConfig, forwarded: list[str] | None = None) -> dict[str,
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     specs = _specs(cfg)
+    with directory_lock(run_dir, "stages"):
+        return _run_all(cfg, specs, forwarded, run_dir)
+
+
+def _run_all(
+    cfg: DictConfig, specs: list[tuple[str, list[str]]], forwarded: list[str], run_dir: Path
+) -> dict[str, Any]:
     previous: Stage | None = None
     done: list[Stage] = []
     for index, (name, overrides) in enumerate(specs):
@@ -133,15 +154,20 @@ def run_stages(cfg: DictConfig, forwarded: list[str] | None = None) -> dict[str,
             key = _key(name, inputs, previous.run_dir.name if previous else None)
             stage_dir = Path(cfg.paths.cache_dir) / "stages" / f"{name}-{key}"
         stage = Stage(name, stage_dir, [*inputs, f"hydra.run.dir={stage_dir}"])
-        (run_dir / "stages.json").write_text(
-            json.dumps([{"name": s.name, "run_dir": str(s.run_dir)} for s in [*done, stage]], indent=2)
+        write_text_atomically(
+            run_dir / "stages.json",
+            json.dumps([{"name": s.name, "run_dir": str(s.run_dir)} for s in [*done, stage]], indent=2),
         )
-        if not last and stage.finished:
-            print(f"stages: {name} already trained in {stage_dir}, reused", flush=True)
-        else:
-            # An interrupted earlier stage resumes; the last one resumes as the command line says (resume=true).
-            interrupted = not last and (stage_dir / "checkpoints").is_dir()
-            _run(stage, resume=interrupted and not any(o.startswith("resume=") for o in inputs))
+        # An earlier stage's directory is shared by every chain that reaches it with the same inputs (the jobs
+        # of a parallel --multirun): one trains it, the others wait for it and reuse it.
+        with directory_lock(stage_dir, "stage", wait=True) if not last else contextlib.nullcontext():
+            if not last and stage.finished:
+                print(f"stages: {name} already trained in {stage_dir}, reused", flush=True)
+            else:
+                # An interrupted stage (checkpoints, not finished: its parent killed too) resumes; a finished
+                # last stage trains again, as any run started again in its directory, unless resume= is given.
+                interrupted = (stage_dir / "checkpoints").is_dir() and not run_finished(stage_dir)
+                _run(stage, resume=interrupted and not any(o.startswith("resume=") for o in inputs))
         done.append(stage)
         previous = stage
     return json.loads((run_dir / "summary.json").read_text())
@@ -151,12 +177,19 @@ def _run(stage: Stage, resume: bool) -> None:
     """Train the stage; its output goes to this process's (it is the run's own log).
 
     Raises:
-        rlhf_lab.launch.ChildError: It failed; the message ends with the tail of its stderr.
+        ChildFailed: It failed: one line naming it, its exit status and its log (its output is above).
     """
     stage.run_dir.mkdir(parents=True, exist_ok=True)
     print(f"stages: training {stage.name} in {stage.run_dir}" + (" (resuming)" if resume else ""), flush=True)
-    result = run_child([*stage.overrides, *(["resume=true"] if resume else [])], run_dir=stage.run_dir)
-    result.check(
-        f"stages: {stage.name}", hint="run the same command again to resume it from its last checkpoint"
-    )
+    overrides = [*stage.overrides, *(["resume=true"] if resume else [])]
+    result = run_child(overrides, run_dir=stage.run_dir, env=child_env())
+    if not result.ok:
+        # The child's log: Hydra's `<job name>.log` in its run directory (its console output is above).
+        logs = sorted(stage.run_dir.glob("*.log"))
+        shown = " ".join(o for o in stage.overrides if not o.startswith("hydra.run.dir="))
+        logged = f"; its log: {logs[0]} (its output is above)" if logs else "; its output is above"
+        raise ChildFailed(
+            f"stages: {stage.name} ({shown}) failed ({status_text(result.returncode, result.timed_out)}) in "
+            f"{stage.run_dir}{logged}; run the same command again to resume it from its last checkpoint"
+        )
     print(f"stages: {stage.name} done in {result.seconds:.0f}s", flush=True)

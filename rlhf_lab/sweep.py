@@ -10,7 +10,12 @@ ${interpreter} -m rlhf_lab ${args_no_hyphens}``) is expanded here as the W&B age
 ``${interpreter}`` this Python, then the Hydra overrides given after the YAML (applied to every trial, last
 wins) and ``hydra.run.dir=<sweep dir>/trial_<i>``; `rlhf_lab.launch.run_child` runs it. Trials log with
 ``logger=csv`` unless an override names the logger. Each finished trial's metric (``summary.json``) goes back
-to the search, so ``bayes`` learns from it; a failed trial is recorded as failed and the sweep goes on. ``early_terminate`` (hyperband) needs the W&B
+to the search, so ``bayes`` learns from it; a failed trial is recorded as failed, named in one line (its
+parameters, exit status and log), and the sweep goes on (every trial failed: ``error:``, exit status 2).
+Run again in the same directory (``dir=``; with ``sweep_seed=`` for random and bayes, so the proposals
+repeat), a sweep killed at any point keeps its finished trials (``trial.json`` records each trial's command;
+a trial is finished when its ``summary.json`` says so) and resumes the interrupted one from its checkpoints;
+one sweep at a time per directory (a lock naming its process). ``early_terminate`` (hyperband) needs the W&B
 server and is not applied offline. The sweep directory gets ``sweep.yaml`` (what ran), one directory per
 trial (with ``trial.log``, its output) and ``summary.csv``, rewritten after every trial.
 """
@@ -40,6 +45,8 @@ from rlhf_lab.launch import MODULE, run_child
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "-m", MODULE, "${args_no_hyphens}"]
 # Random and Bayes searches never run out of proposals; W&B's agent would run until stopped.
 DEFAULT_COUNT = 10
+#: A trial's parameters and command line (and, once it finished, its wall time), in its directory.
+TRIAL_FILE = "trial.json"
 _ENVVAR = re.compile(r"^\$\{envvar:([A-Za-z0-9_]+)\}$")
 
 
@@ -85,7 +92,13 @@ def load_sweep_config(path: str | Path) -> dict[str, Any]:
     Raises:
         SweepConfigError: The schema violations, one a line.
     """
-    config = yaml.safe_load(Path(path).read_text())
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SweepConfigError(f"{path} is not valid YAML: {problem}{where}") from None
     if not isinstance(config, dict):
         raise SweepConfigError(f"{path}: a sweep config is a YAML mapping")
     violations = _sweeps().schema_violations_from_proposed_config(config)
@@ -164,18 +177,23 @@ def trial_command(
 
 
 def read_metric(run_dir: Path, name: str | None) -> float | None:
-    """``summary.json[name]`` of a finished run, or None (no metric configured, no file, no finite value)."""
-    summary_file = run_dir / "summary.json"
-    if name is None or not summary_file.exists():
+    """``summary.json[name]`` of a finished run, or None (no metric configured, no file or a half-written
+    one, no finite value)."""
+    from rlhf_lab.leaderboard.resumable import read_json_object
+
+    summary = read_json_object(run_dir / "summary.json")
+    if name is None or summary is None:
         return None
-    value = json.loads(summary_file.read_text()).get(name)
+    value = summary.get(name)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def run_process(command: list[str], log_file: Path) -> int:
     """Run a trial's command (`rlhf_lab.launch.run_child`) with its output in ``log_file``; returns the exit
     status."""
-    return run_child(command=command, log_file=log_file).returncode
+    from rlhf_lab.leaderboard.resumable import child_env
+
+    return run_child(command=command, log_file=log_file, env=child_env()).returncode
 
 
 def searched_names(sweep_config: dict[str, Any]) -> list[str]:
@@ -206,16 +224,34 @@ def run_sweep(
     method = sweep_config["method"]
     if count is None:
         count = sys.maxsize if method == "grid" else DEFAULT_COUNT
-    metric = sweep_config.get("metric", {}).get("name")
     searched = searched_names(sweep_config)
     for override in overrides:
         if _override_key(override) in searched:
             echo(f"note: {override} replaces the swept parameter {_override_key(override)} in every trial")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    # The config as run (still a valid sweep YAML), with the offline arguments as a comment.
-    header = f"# offline sweep, overrides for every trial: {' '.join(overrides) or '(none)'}\n"
-    (sweep_dir / "sweep.yaml").write_text(header + yaml.safe_dump(sweep_config, sort_keys=False))
+    from rlhf_lab.leaderboard.resumable import directory_lock
 
+    # One sweep at a time in a directory; run again in it, a sweep keeps its finished trials.
+    with directory_lock(sweep_dir, "sweep"):
+        # The config as run (still a valid sweep YAML), with the offline arguments as a comment.
+        header = f"# offline sweep, overrides for every trial: {' '.join(overrides) or '(none)'}\n"
+        (sweep_dir / "sweep.yaml").write_text(header + yaml.safe_dump(sweep_config, sort_keys=False))
+        return _run_trials(sweeps, sweep_config, sweep_dir, overrides, count, runner, echo)
+
+
+def _run_trials(
+    sweeps: Any,
+    sweep_config: dict[str, Any],
+    sweep_dir: Path,
+    overrides: Sequence[str],
+    count: int,
+    runner: Callable[[list[str], Path], int],
+    echo: Callable[[str], None],
+) -> list[Trial]:
+    from rlhf_lab.leaderboard.resumable import read_json_object, run_finished, status_text
+    from rlhf_lab.leaderboard.resumable import write_text_atomically as atomic_write_text
+
+    metric = sweep_config.get("metric", {}).get("name")
+    searched = searched_names(sweep_config)
     runs: list[Any] = []
     trials: list[Trial] = []
     while len(trials) < count:
@@ -227,10 +263,26 @@ def run_sweep(
         run_dir = sweep_dir / f"trial_{index}"
         command = trial_command(sweep_config, params, overrides, run_dir)
         shown = " ".join(f"{name}={format_value(params[name])}" for name in searched)
-        echo(f"trial {index}: {shown}")
-        start = time.perf_counter()
-        returncode = runner(command, run_dir / "trial.log")
-        seconds = time.perf_counter() - start
+        # A trial of the same command that finished (its summary.json says so) is kept; one cut short (the
+        # sweep killed) resumes from its checkpoints; anything else in its directory is not counted.
+        record = read_json_object(run_dir / TRIAL_FILE) or {}
+        same = record.get("command") == command
+        if same and run_finished(run_dir):
+            echo(f"trial {index}: {shown} (finished earlier, kept)")
+            returncode, seconds = 0, float(record.get("seconds") or 0.0)
+        else:
+            resume = same and (run_dir / "checkpoints").is_dir()
+            if not resume:
+                (run_dir / "summary.json").unlink(missing_ok=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / TRIAL_FILE, json.dumps({"params": params, "command": command}))
+            echo(f"trial {index}: {shown}" + (" (resuming)" if resume else ""))
+            start = time.perf_counter()
+            returncode = runner([*command, *(["resume=true"] if resume else [])], run_dir / "trial.log")
+            seconds = time.perf_counter() - start
+            if returncode == 0:
+                record = {"params": params, "command": command, "seconds": seconds}
+                atomic_write_text(run_dir / TRIAL_FILE, json.dumps(record))
         value = read_metric(run_dir, metric) if returncode == 0 else None
         state = "finished" if returncode == 0 else "failed"
         trials.append(Trial(index, params, run_dir, state, value, returncode, seconds))
@@ -239,7 +291,7 @@ def run_sweep(
         runs.append(proposal)
         result = f"{metric}={value:.4f}" if value is not None else "no metric"
         if returncode != 0:
-            result = f"failed (exit {returncode}, see {run_dir / 'trial.log'})"
+            result = f"failed ({status_text(returncode)}): {shown}; its output is in {run_dir / 'trial.log'}"
         echo(f"trial {index}: {result} ({seconds:.1f} s)")
         write_summary(trials, sweep_config, sweep_dir / "summary.csv")
     return trials
@@ -266,7 +318,10 @@ def summary_table(trials: Sequence[Trial], sweep_config: dict[str, Any]) -> Any:
 
 
 def write_summary(trials: Sequence[Trial], sweep_config: dict[str, Any], path: Path) -> None:
-    summary_table(trials, sweep_config).to_csv(path, index=False)
+    """``summary.csv``, written beside it and swapped in: a kill leaves the old table or the new one."""
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    summary_table(trials, sweep_config).to_csv(staging, index=False)
+    os.replace(staging, path)
 
 
 def best_trial(trials: Sequence[Trial], sweep_config: dict[str, Any]) -> Trial | None:
@@ -351,9 +406,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def echo(line: str) -> None:
         print(line, flush=True)
 
+    from rlhf_lab.errors import RunStopped
+
     try:
         trials = run_sweep(sweep_config, sweep_dir, args.overrides, args.count, echo=echo)
-    except SweepConfigError as error:
+    except (SweepConfigError, RunStopped) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     table = summary_table(trials, sweep_config)
@@ -362,8 +419,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if best is not None:
         print(f"\nbest: trial {best.index} ({best.run_dir})")
     print(f"summary: {(sweep_dir / 'summary.csv').resolve()}")
-    failed = sum(trial.state == "failed" for trial in trials)
-    return 1 if trials and failed == len(trials) else 0
+    failed = [trial for trial in trials if trial.state == "failed"]
+    if trials and len(failed) == len(trials):
+        first = failed[0]
+        print(
+            f"error: every trial failed; the first, trial {first.index}, with "
+            f"{' '.join(f'{k}={format_value(first.params[k])}' for k in searched_names(sweep_config))}: exit "
+            f"{first.returncode}; "
+            f"its output is in {first.run_dir / 'trial.log'}",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,16 +25,15 @@ from rlhf_lab.callbacks import (
 )
 from rlhf_lab.checkpoints import (
     AtomicCheckpointIO,
-    atomic_write_text,
     newest_readable,
-    read_checkpoint,
+    read_checkpoint_state,
     remove_partial_files,
 )
 from rlhf_lab.checks import MonitorCheck, check_run_config
 from rlhf_lab.data.formats import DataError
-from rlhf_lab.diagnostics import diagnostics_for
-from rlhf_lab.errors import ConfigError
-from rlhf_lab.export import export_model, push_target, push_to_hub
+from rlhf_lab.diagnostics import diagnostics_for, learned, not_learned_message
+from rlhf_lab.errors import ConfigError, RunStopped
+from rlhf_lab.export import export_run, non_finite, push_target, push_to_hub, write_summary
 from rlhf_lab.header import RunHeader
 from rlhf_lab.loggers import archive_metrics, truncate_metrics
 from rlhf_lab.objectives.base import AlignmentObjective, RuntimeConfig
@@ -44,6 +42,25 @@ from rlhf_lab.strategies import fsdp_options
 from rlhf_lab.strategies import resolve as resolve_strategy
 
 log = logging.getLogger(__name__)
+
+#: ``summary.json``'s last key, set when everything the run writes is written (the leaderboard, stages and
+#: sweeps count a child run as finished only then: `rlhf_lab.leaderboard.resumable`).
+COMPLETE_KEY = "run/complete"
+#: Names the process that started this run as a child (`rlhf_lab.leaderboard.resumable.child_env`).
+PARENT_PID_ENV = "RLHF_LAB_PARENT_PID"
+
+
+class NotLearned(RunStopped):
+    """The run did not learn (`rlhf_lab.diagnostics.learned`) and ``export.require_learning`` is true."""
+
+
+def die_with_parent() -> None:
+    """A child run of a leaderboard, stage chain or sweep dies with its parent
+    (`rlhf_lab.leaderboard.resumable.die_with_parent`); nothing to do for any other run."""
+    if os.environ.get(PARENT_PID_ENV):
+        from rlhf_lab.leaderboard.resumable import die_with_parent as die
+
+        die()
 
 
 def resolve_monitor(cfg: DictConfig, objective: AlignmentObjective) -> tuple[str | None, str]:
@@ -108,7 +125,7 @@ def resolve_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[str, dict[str, A
         path = Path(cfg.ckpt_path)
         if not path.exists():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
-        return str(path), read_checkpoint(path)
+        return str(path), read_checkpoint_state(path)  # a file, or a sharded strategy's directory
     if cfg.resume:
         found = newest_readable(run_dir)
         if found is not None:
@@ -127,18 +144,6 @@ def metric_values(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
         for key, value in metrics.items()
         if key.startswith(prefix)
     }
-
-
-def non_finite(summary: dict[str, Any]) -> list[str]:
-    """The keys of ``summary`` whose values are NaN or infinite."""
-    return sorted(k for k, v in summary.items() if isinstance(v, float) and not math.isfinite(v))
-
-
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """``summary.json``, with NaN/inf metrics kept as ``null`` (JSON has no NaN)."""
-    diverged = non_finite(summary)
-    values = {k: None if k in diverged else v for k, v in summary.items()}
-    atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True))
 
 
 #: ``trainer.*`` keys rlhf_lab reads itself; the rest are ``lightning.Trainer`` arguments.
@@ -288,7 +293,13 @@ def run(cfg: DictConfig) -> Run:
     """Compose-time config -> trained, validated, exported run."""
     from rlhf_lab.preflight import preflight
 
+    die_with_parent()
     preflight(cfg)  # every model available and memory enough, before any download or model load
+    require_learning = cfg.export.get("require_learning", False)
+    if not isinstance(require_learning, bool):  # the export node has no schema to type it
+        raise ConfigError(
+            f"export.require_learning={require_learning!r} is not supported; choose true or false"
+        )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -319,11 +330,20 @@ def run(cfg: DictConfig) -> Run:
     state_dict = gathered_state_dict(objective.policy.model, trainer.strategy) if cfg.export.enabled else None
     if trainer.is_global_zero:
         write_summary(run_dir / "summary.json", summary)
-        exported = cfg.export.enabled and export(
-            cfg, run_dir, objective, datamodule, tokenizer, state_dict, summary
+        refused = summary.get("run/learned") is False and require_learning
+        exported = (
+            cfg.export.enabled
+            and not refused
+            and export_run(cfg, run_dir, objective, datamodule, tokenizer, state_dict, summary)
         )
         write_curves(run_dir)
-        report(run_dir, summary)
+        summary[COMPLETE_KEY] = True  # last: everything the run writes is written
+        write_summary(run_dir / "summary.json", summary)
+        report(run_dir, summary, objective.monitor[0])
+        if refused:
+            raise NotLearned(
+                f"{not_learned_message(summary, objective.monitor[0])}; not exported (export.require_learning=true)"
+            )
         repo_id = push_target(cfg)
         if exported and repo_id:
             # Last: an upload that fails (offline, no token) has the run's files and report behind it.
@@ -331,41 +351,14 @@ def run(cfg: DictConfig) -> Run:
     return Run(summary, objective, datamodule, tokenizer, trainer, run_dir)
 
 
-def export(
-    cfg: DictConfig,
-    run_dir: Path,
-    objective: AlignmentObjective,
-    datamodule: Any,
-    tokenizer: Any,
-    state_dict: dict[str, Any] | None,
-    summary: dict[str, Any],
-) -> bool:
-    """``<run dir>/export`` with its model card, unless the weights or the metrics are not finite."""
-    weights = state_dict.values() if state_dict is not None else objective.policy.model.parameters()
-    finite = all(bool(torch.isfinite(w).all()) for w in weights if torch.is_floating_point(w))
-    if not finite or summary["run/diverged"]:
-        # A model that produces NaN is never published as if it were trained.
-        why = "its weights are not finite" if not finite else f"non-finite {', '.join(non_finite(summary))}"
-        log.error("not exporting the model: %s", why)
-        return False
-    export_model(
-        objective.policy.model,
-        datamodule.images.processor if datamodule.images is not None else tokenizer,
-        run_dir / "export",
-        cfg.export.merge_adapter,
-        state_dict,
-        cfg=cfg,
-        summary=summary,
-        push=False,
-    )
-    return True
-
-
 def prepare_resume(cfg: DictConfig, run_dir: Path) -> str | None:
     """The checkpoint to resume from (None: start over), with ``metrics.csv`` made to match it: as the
-    checkpoint saw it when resuming (what follows is trained and logged again), moved aside otherwise."""
+    checkpoint saw it when resuming (what follows is trained and logged again), moved aside otherwise. A
+    ``summary.json`` there goes: it describes a run that is training again, and a parent (leaderboard,
+    stages, sweep) killed now must not count this run as finished."""
     remove_partial_files(run_dir / "checkpoints")
     resumed = resolve_checkpoint(cfg, run_dir)
+    (run_dir / "summary.json").unlink(missing_ok=True)
     if resumed is None:
         # Starting over: another run's rows move aside instead of being appended to.
         archive_metrics(run_dir / "metrics.csv")
@@ -394,6 +387,9 @@ def final_summary(
     summary["run/diverged"] = 1.0 if non_finite(summary) else 0.0
     start = next(callback for callback in callbacks if isinstance(callback, StartValidation))
     summary.update(start.summary_values())  # after the divergence check: only the run's own end counts
+    judged = learned(summary, *objective.monitor)
+    if judged is not None:
+        summary["run/learned"] = judged
     summary.update(
         {f"data/{split}/{k}": float(v) for split, stats in datamodule.stats.items() for k, v in stats.items()}
     )
@@ -433,11 +429,13 @@ def gathered_state_dict(model: torch.nn.Module, strategy: Any) -> dict[str, Any]
     return None
 
 
-def report(run_dir: Path, summary: dict[str, float]) -> None:
+def report(run_dir: Path, summary: dict[str, Any], objective_metric: str | None = None) -> None:
     """The run's last console lines: its directory, every held-out metric (``start -> end`` when the run
-    validated at step 0), and whether it diverged."""
+    validated at step 0), whether it diverged, and (a warning) whether it did not learn (``run/learned``)."""
     lines = [f"run directory: {run_dir.resolve()}", *held_out_lines(summary)]
     diverged = non_finite(summary)
     if diverged:
         lines.append(f"the run diverged: non-finite {', '.join(diverged)} (null in summary.json)")
     print("\n".join(lines), flush=True)
+    if summary.get("run/learned") is False and objective_metric is not None:
+        log.warning(not_learned_message(summary, objective_metric))

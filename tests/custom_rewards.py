@@ -1,7 +1,11 @@
-"""Reward functions (TRL's signature) and an advantage estimator a user would bring, named by import path in tests."""
+"""Reward functions (TRL's signature) and an advantage estimator a user would bring, named by import path in tests;
+and reward functions that fail in each way a user's can (tests/test_reward_failures.py)."""
 
 from __future__ import annotations
 
+import math
+import os
+import time
 from typing import Any
 
 import torch
@@ -34,3 +38,124 @@ def mean_baseline(scores: torch.Tensor, num_generations: int) -> Advantages:
     """A user's advantage estimator, named by import path: the reward minus its group's mean."""
     grouped = scores.view(-1, num_generations)
     return Advantages((grouped - grouped.mean(1, keepdim=True)).reshape(-1))
+
+
+# --- reward functions that fail -----------------------------------------------------------------------------
+
+
+def _text(prompt: Any) -> str:
+    return prompt if isinstance(prompt, str) else " ".join(message["content"] for message in prompt)
+
+
+def raises(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """Raises on every call."""
+    raise ValueError("the grader is down")
+
+
+def too_few(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """One value fewer than completions."""
+    return [0.0] * (len(completions) - 1)
+
+
+def not_a_list(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> int:
+    """An int instead of a list."""
+    return 1
+
+
+def strings(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[str]:
+    """Strings instead of numbers."""
+    return ["1.0"] * len(completions)
+
+
+def all_none(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[None]:
+    """Applies to no completion, ever."""
+    return [None] * len(completions)
+
+
+def nan_rewards(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """NaN for every completion."""
+    return [math.nan] * len(completions)
+
+
+def inf_on_last(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """0.0, and inf for the last completion."""
+    return [0.0] * (len(completions) - 1) + [math.inf]
+
+
+def slow(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """Takes 2 s."""
+    time.sleep(2.0)
+    return [0.0] * len(completions)
+
+
+def raises_on_cat(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """`even_tokens`, but raises when any of its prompts mentions a cat."""
+    if any("cat" in _text(prompt) for prompt in prompts):
+        raise KeyError("cat")
+    return even_tokens(prompts, completions, completion_ids)
+
+
+def nan_on_first_prompt(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """`even_tokens`, but NaN for the completions of the call's first prompt: one prompt per rollout fails."""
+    scores = even_tokens(prompts, completions, completion_ids)
+    return [
+        math.nan if prompt == prompts[0] else score for prompt, score in zip(prompts, scores, strict=True)
+    ]
+
+
+class RaisesFromCall:
+    """`even_tokens` until call ``call`` (1-based), from which on it raises: a run that fails mid-training.
+
+    Args:
+        call: The first call that raises.
+    """
+
+    def __init__(self, call: int = 3) -> None:
+        self.call = call
+        self.calls = 0
+        self.__name__ = "raises_from_call"
+
+    def __call__(
+        self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+    ) -> list[float]:
+        self.calls += 1
+        if self.calls >= self.call:
+            raise RuntimeError("the grader went down")
+        return even_tokens(prompts, completions, completion_ids)
+
+
+def raises_on_process_1(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """`even_tokens` on process 0, raises on process 1 (``LOCAL_RANK``): ranks must agree to stop."""
+    if os.environ.get("LOCAL_RANK") == "1":
+        raise ValueError("only process 1 fails")
+    return even_tokens(prompts, completions, completion_ids)
+
+
+def nan_on_process_1(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """`even_tokens` on process 0, NaN for every completion on process 1: its every prompt is dropped."""
+    scores = even_tokens(prompts, completions, completion_ids)
+    return [math.nan] * len(scores) if os.environ.get("LOCAL_RANK") == "1" else scores

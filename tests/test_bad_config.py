@@ -40,6 +40,14 @@ CASES = [
     (["algo.beta=1e38"], r"algo.beta=1e\+38 is out of range"),
     (["algo=simpo", "algo.gamma=inf"], r"algo.gamma=inf must be a finite number"),
     (["checkpoint.every_n_minutes=-5"], r"checkpoint.every_n_minutes=-5 must be a positive number"),
+    (["trainer.max_steps=-5"], r"trainer.max_steps=-5 must be >= -1"),
+    # The root config's own keys (no schema): checked by the preflight before Lightning reads them.
+    (["seed=abc"], r"^seed='abc' must be an integer \(e.g. seed=42\)$"),
+    (["resume=maybe"], r"^resume='maybe' must be true or false$"),
+    (
+        ["ckpt_path=/nonexistent/last.ckpt"],
+        r"^ckpt_path=/nonexistent/last.ckpt does not exist: give a checkpoint",
+    ),
 ]
 
 
@@ -80,3 +88,25 @@ def test_the_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "error: trainer.accumulate_grad_batches=0 must be >= 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_data_file_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    from rlhf_lab.data.formats import DataError
+
+    with pytest.raises(DataError, match=r"^/nonexistent/train.jsonl: file not found$"):
+        run(
+            compose_config(
+                ["data=jsonl", "data.source.train_path=/nonexistent/train.jsonl", "trainer.accelerator=cpu"],
+                run_dir=tmp_path,
+                tiny=False,
+            )
+        )
+
+
+def test_evaluate_names_a_run_directory_that_does_not_exist(tmp_path: Path) -> None:
+    result = python_module("rlhf_lab.evaluate", f"run_dir={tmp_path / 'nowhere'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: run_dir={tmp_path / 'nowhere'}: no such directory (give a finished run's directory: its "
+        "config.yaml, export/)"
+    )

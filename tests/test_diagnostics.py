@@ -160,3 +160,102 @@ def test_a_grpo_run_without_reward_variance_says_why_once(
     # Online RL starts from a held-out reward (trainer.val_on_start): 0, as at the end.
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["val_start/reward"] == 0.0 and summary["val/reward"] == 0.0
+
+
+def test_learned_judges_the_held_out_objective_from_step_0() -> None:
+    from rlhf_lab.diagnostics import learned, not_learned_message
+
+    ln2 = math.log(2)
+    # optim.lr=1e4 on DPO: the loss stays at ln 2, the policy gives chosen and rejected the same log-probs.
+    collapsed = {
+        "val_start/loss": ln2,
+        "val/loss": 0.6928,
+        "val/rewards/accuracies": 0.5156,
+        "val/logps/chosen": -37.3829,
+        "val/logps/rejected": -37.3829,
+        "trainer/global_step": 20.0,
+    }
+    assert learned(collapsed, "val/loss", "min") is False  # 0.05% better: not learning
+    assert learned({**collapsed, "val/loss": 0.69}, "val/loss", "min") is True  # 0.45% better
+    assert learned({**collapsed, "val/loss": 0.8}, "val/loss", "min") is False  # worse, and collapsed
+    # Worse but the pairs still separated (KTO, SimPO, IPO after 20 steps on 32 held-out pairs): not judged.
+    apart = {**collapsed, "val/loss": 0.70, "val/logps/rejected": -37.2}
+    assert learned(apart, "val/loss", "min") is None
+    # A reward model (no log-probs): its mean margin.
+    reward = {
+        "val_start/loss": ln2,
+        "val/loss": 0.694,
+        "val/rewards/accuracies": 0.5,
+        "trainer/global_step": 20,
+    }
+    assert learned({**reward, "val/rewards/margins": 0.0}, "val/loss", "min") is False
+    assert learned({**reward, "val/rewards/margins": -0.0018}, "val/loss", "min") is None
+    # Judged by the loss alone (SFT): not better is not learned.
+    assert (
+        learned({"val_start/loss": 6.23, "val/loss": 6.23, "trainer/global_step": 20}, "val/loss", "min")
+        is False
+    )
+    assert learned({**collapsed, "trainer/global_step": 19.0}, "val/loss", "min") is None  # too short
+    assert learned({**collapsed, "val/loss": math.nan}, "val/loss", "min") is None  # diverged: said elsewhere
+    assert learned({"val/loss": 0.5, "trainer/global_step": 50.0}, "val/loss", "min") is None  # no step 0
+    assert learned({**collapsed, "val_start/reward": 0.0, "val/reward": 0.0}, "val/reward", "max") is None
+    assert not_learned_message(collapsed, "val/loss").startswith(
+        "the run did not learn: held-out val/loss 0.6931 at step 0 -> 0.6928 (chosen and rejected score alike: "
+        "a collapsed model) after 20 steps (not 0.1% better; run/learned: false in summary.json)"
+    )
+
+
+#: 20 optimiser steps (what `learned` needs) on the tiny data, validated at step 0 and at the end.
+LEARNING_RUN = (
+    "data.source.num_train=160",
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=20",
+    "checkpoint.save_top_k=0",
+)
+
+
+@pytest.mark.slow
+def test_a_collapsed_run_is_flagged_and_with_require_learning_not_exported(
+    make_config: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """optim.lr=1e4 collapses DPO without a NaN (held-out loss ln 2 at every validation): run/learned is
+    false, one warning says so, and export.require_learning=true refuses the export with a named error."""
+    from rlhf_lab.train import NotLearned
+
+    cfg = make_config(*LEARNING_RUN, "optim.lr=1e4", "export.require_learning=true")
+    with caplog.at_level(logging.WARNING), pytest.raises(NotLearned) as stopped:
+        run(cfg)
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run/learned"] is False and summary["run/complete"] is True
+    assert summary["run/diverged"] == 0.0
+    assert summary["val/loss"] >= summary["val_start/loss"] * (1 - 1e-3)
+    assert str(stopped.value).startswith("the run did not learn: held-out val/loss 0.6931 at step 0 -> 0.69")
+    assert str(stopped.value).endswith("; not exported (export.require_learning=true)")
+    assert not (run_dir / "export").exists()
+    warnings = [r.getMessage() for r in caplog.records if "did not learn" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("the run did not learn: held-out val/loss 0.6931")
+
+
+@pytest.mark.slow
+def test_a_normal_run_learned_and_is_exported_without_a_warning(
+    make_config: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_config(*LEARNING_RUN, "export.require_learning=true")
+    with caplog.at_level(logging.WARNING):
+        summary = run(cfg).summary
+    assert summary["run/learned"] is True
+    assert summary["val/loss"] < summary["val_start/loss"] * (1 - 1e-3)
+    assert (tmp_path / "run" / "export" / "config.json").is_file()
+    assert "did not learn" not in (tmp_path / "run" / "export" / "README.md").read_text()
+    assert "did not learn" not in caplog.text
+
+
+def test_require_learning_takes_true_or_false(make_config: Any, tmp_path: Path) -> None:
+    from rlhf_lab.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"^export.require_learning='maybe' is not supported; choose true or false$"
+    ):
+        run(make_config("export.require_learning=maybe"))
+    assert not (tmp_path / "run" / "config.yaml").exists()  # before anything is written

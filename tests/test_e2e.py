@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from rlhf_lab.errors import ConfigError
 from rlhf_lab.export import export_model
 from rlhf_lab.train import run
 from tests.conftest import compose_config
@@ -180,5 +181,5 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path: Path, caplog: pytest.L
 
 
 def test_missing_ckpt_path_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="ckpt_path=.*nope.ckpt does not exist"):
+    with pytest.raises(ConfigError, match="ckpt_path=/nope.ckpt does not exist: give a checkpoint file"):
         run(compose_config(["ckpt_path=/nope.ckpt"], run_dir=tmp_path))

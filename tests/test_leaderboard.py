@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +17,7 @@ import pytest
 
 from rlhf_lab import analysis
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.leaderboard import Job, forwardable, markdown, plan, table
+from rlhf_lab.leaderboard import Job, collect, forwardable, markdown, plan, table
 from tests.conftest import compose_config
 from tests.test_analysis import assert_png
 from tests.test_e2e import cli
@@ -274,7 +279,8 @@ def test_choose_settings_takes_the_best_mean_validation_accuracy(tmp_path: Path)
             job = Job("dpo", seed, tmp_path / f"b{beta}_s{seed}", [], "t", {"algo.beta": beta})
             job.run_dir.mkdir()
             if not math.isnan(value):
-                (job.run_dir / "summary.json").write_text(json.dumps({"val/rewards/accuracies": value}))
+                summary = {"val/rewards/accuracies": value, "run/complete": True}
+                (job.run_dir / "summary.json").write_text(json.dumps(summary))
                 (job.run_dir / "config.yaml").write_text("algo:\n  _target_: x\n")
             codes[job.name] = 0 if not math.isnan(value) else 1
             jobs.append(job)
@@ -373,7 +379,8 @@ def test_train_all_resumes_interrupted_runs_and_records_wall_time(tmp_path: Path
         script = (
             "import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); d.mkdir(exist_ok=True); "
             "(d / 'argv.json').write_text(json.dumps(sys.argv[2:])); "
-            f"(d / 'summary.json').write_text('{{}}') if {code} == 0 else None; sys.exit({code})"
+            f"(d / 'summary.json').write_text('{{\"run/complete\": true}}') if {code} == 0 else None; "
+            f"sys.exit({code})"
         )
         return Job("dpo", 0, run_dir, [sys.executable, "-c", script, str(run_dir)], name)
 
@@ -385,7 +392,7 @@ def test_train_all_resumes_interrupted_runs_and_records_wall_time(tmp_path: Path
     )
     (interrupted.run_dir / "checkpoints").mkdir(parents=True)
     finished.run_dir.mkdir()
-    (finished.run_dir / "summary.json").write_text("{}")
+    (finished.run_dir / "summary.json").write_text('{"run/complete": true}')
     codes = train_all([fresh, interrupted, finished, broken], max_parallel=2)
     assert codes == {fresh.name: 0, interrupted.name: 0, finished.name: 0, broken.name: 3}
     assert json.loads((fresh.run_dir / "argv.json").read_text()) == []
@@ -393,3 +400,223 @@ def test_train_all_resumes_interrupted_runs_and_records_wall_time(tmp_path: Path
     assert not (finished.run_dir / "argv.json").exists()  # kept, not retrained
     assert json.loads((fresh.run_dir / TIMING_FILE).read_text())["wall_time_s"] > 0
     assert not (broken.run_dir / TIMING_FILE).exists()
+
+
+# --- a kill of the parent at any point; one leaderboard per directory ---------------------------------------
+
+#: A stand-in training run: records how it was started, writes a finished summary.json; in the job named by
+#: HANG_IN it checkpoints, half-writes summary.json and hangs (the parent is killed there).
+CHILD = """
+import json, os, pathlib, sys, time
+d, objective, seed = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+d.mkdir(parents=True, exist_ok=True)
+with (d / "starts.txt").open("a") as f:
+    f.write(" ".join(sys.argv[4:]) + "\\n")
+if d.name == os.environ.get("HANG_IN") and not (d / "checkpoints").exists():
+    (d / "checkpoints").mkdir()
+    (d / "summary.json").write_text('{"val/rewards/accuracies": 0.99, "run/comp')
+    (d / "hanging").write_text(str(os.getpid()))
+    time.sleep(600)
+accuracy = {"dpo": 0.7, "simpo": 0.6}[objective] + 0.1 * seed
+summary = {"val/rewards/accuracies": accuracy, "val/rewards/margins": seed + 1.0, "run/diverged": 0.0}
+(d / "summary.json").write_text(json.dumps({**summary, "run/complete": True}))
+"""
+
+#: A stand-in leaderboard: trains the stand-in jobs (`train_all`), then writes the table.
+PARENT = """
+import pathlib, sys
+from rlhf_lab.leaderboard import Job, collect, table, train_all
+out = pathlib.Path(sys.argv[1])
+jobs = [
+    Job(o, s, out / "runs" / f"{o}_s{s}", [sys.executable, "-c", sys.argv[2], str(out / "runs" / f"{o}_s{s}"), o, str(s)])
+    for o in ("dpo", "simpo") for s in (0, 1)
+]
+codes = train_all(jobs)
+table(collect(jobs, codes), jobs, codes, 0.95).to_csv(out / "board.csv", index=False)
+"""
+
+
+def _leaderboard(out: Path, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(out), CHILD],
+        env={**os.environ, **env},
+        start_new_session=True,  # its own process group: killed with its running child, as by a preemption
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_leaderboard_killed_during_a_run_redoes_only_unfinished_runs_and_ends_with_the_same_table(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of the parent (and its running child) while dpo_s1 trains, its summary.json half-written: the
+    re-run keeps dpo_s0, resumes dpo_s1, trains the simpo runs, and the table equals an uninterrupted one."""
+    whole = _leaderboard(tmp_path / "whole")
+    assert whole.wait(timeout=300) == 0
+    cut = tmp_path / "cut"
+    killed = _leaderboard(cut, HANG_IN="dpo_s1")
+    deadline = time.monotonic() + 120
+    while not (cut / "runs" / "dpo_s1" / "hanging").exists():
+        assert time.monotonic() < deadline and killed.poll() is None
+        time.sleep(0.1)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert not (cut / "board.csv").exists()
+    again = _leaderboard(cut)
+    assert again.wait(timeout=300) == 0
+    starts = {
+        d.name: (d / "starts.txt").read_text().splitlines() for d in (cut / "runs").iterdir() if d.is_dir()
+    }
+    assert starts == {"dpo_s0": [""], "dpo_s1": ["", "resume=true"], "simpo_s0": [""], "simpo_s1": [""]}
+    timing = [column for column in CSV_COLUMNS if column.startswith(("wall_time", "tokens_per_sec"))]
+    board = pd.read_csv(cut / "board.csv").drop(columns=timing)
+    pd.testing.assert_frame_equal(board, pd.read_csv(tmp_path / "whole" / "board.csv").drop(columns=timing))
+    assert board["accuracy_mean"].tolist() == pytest.approx([0.75, 0.65])
+
+
+@pytest.mark.multiprocess
+def test_a_child_run_dies_with_its_parent(tmp_path: Path) -> None:
+    """A child started with `child_env` (as the leaderboard, stages and sweeps start theirs) that called
+    `die_with_parent` is gone once its parent is SIGKILLed alone: no orphan trains on."""
+    child = (
+        "import os, pathlib, sys, time; from rlhf_lab.leaderboard.resumable import die_with_parent; "
+        "die_with_parent(); pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(600)"
+    )
+    parent = (
+        "import subprocess, sys; from rlhf_lab.leaderboard.resumable import child_env; import os; "
+        f"subprocess.Popen([sys.executable, '-c', {child!r}, sys.argv[1]], env={{**os.environ, **child_env()}})"
+        "; import time; time.sleep(600)"
+    )
+    ready = tmp_path / "child.pid"
+    started = subprocess.Popen([sys.executable, "-c", parent, str(ready)])
+    deadline = time.monotonic() + 60
+    while not ready.exists() or not ready.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pid = int(ready.read_text())
+    started.kill()
+    started.wait()
+    while _running(pid):
+        assert time.monotonic() < deadline, f"child {pid} outlived its parent"
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a killed orphan waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_a_second_leaderboard_on_the_same_directory_is_refused_and_a_stale_lock_taken_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rlhf_lab.errors import RunStopped
+    from rlhf_lab.leaderboard import DirectoryInUse, directory_lock, run_leaderboard
+
+    with directory_lock(tmp_path, "leaderboard") as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(DirectoryInUse) as refused, directory_lock(tmp_path, "leaderboard"):
+            pass
+    assert isinstance(refused.value, RunStopped)
+    assert str(refused.value) == (
+        f"leaderboard: {tmp_path} is in use by process {os.getpid()} (its lock: {lock}); wait for it to finish, "
+        "or give this leaderboard another directory (hydra.run.dir=...)"
+    )
+    assert not lock.exists()  # released
+    # The whole leaderboard is refused before it writes anything, while another process holds the lock.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+        cfg = compose_config(["experiment=leaderboard"], run_dir=tmp_path, tiny=False)
+        with pytest.raises(DirectoryInUse, match=f"in use by process {other.pid}"):
+            run_leaderboard(cfg)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".leaderboard.lock"]
+    finally:
+        other.kill()
+        other.wait()
+    # Its owner gone (killed), the lock is taken over with a warning.
+    with caplog.at_level("WARNING"), directory_lock(tmp_path, "leaderboard"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert f"taking over the lock {lock} of process {other.pid}, which is gone" in caplog.text
+    assert not lock.exists()
+
+
+def test_a_half_written_summary_is_never_counted(tmp_path: Path) -> None:
+    from rlhf_lab.leaderboard import run_finished, succeeded
+
+    job = Job("dpo", 0, tmp_path / "dpo_s0", [])
+    job.run_dir.mkdir()
+    for text in ('{"val/rewards/accuracies": 0.9, "run/comp', '{"val/rewards/accuracies": 0.9}', "[]"):
+        (job.run_dir / "summary.json").write_text(text)
+        assert not run_finished(job.run_dir) and not succeeded(job, {job.name: 0})
+        assert collect([job], {job.name: 0}).empty
+    (job.run_dir / "summary.json").write_text('{"val/rewards/accuracies": 0.9, "run/complete": true}')
+    assert run_finished(job.run_dir) and succeeded(job, {job.name: 0})
+
+
+def test_a_failed_run_is_named_in_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from rlhf_lab.leaderboard import failures, train_all
+
+    job = Job("dpo", 3, tmp_path / "runs" / "dpo_s3", [sys.executable, "-c", "import sys; sys.exit(7)"])
+    with caplog.at_level("ERROR"):
+        codes = train_all([job])
+    log_file = tmp_path / "runs" / "dpo_s3.log"
+    line = f"dpo seed 3 (dpo_s3) failed (exit 7); its output is in {log_file}"
+    assert failures([job], codes) == [line]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"leaderboard: [1/1] {line}"
+    ]
+
+
+def test_a_leaderboard_with_a_failed_run_writes_its_table_then_names_the_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training faked: dpo_s0 fails (exit 1), dpo_s1 never finishes cleanly either (killed by SIGKILL)."""
+    import rlhf_lab.leaderboard as leaderboard
+    from rlhf_lab.leaderboard import ChildFailed, run_leaderboard
+
+    codes = {"dpo_s0": 1, "dpo_s1": -9}
+    monkeypatch.setattr(
+        leaderboard, "train_all", lambda jobs, *args: {job.name: codes[job.name] for job in jobs}
+    )
+    monkeypatch.setattr(leaderboard, "evaluate_all", lambda *args: None)
+    cfg = compose_config(
+        ["experiment=leaderboard", "leaderboard.objectives=[dpo]", "leaderboard.seeds=[0,1]"],
+        run_dir=tmp_path,
+        tiny=False,
+    )
+    with pytest.raises(ChildFailed) as failed:
+        run_leaderboard(cfg)
+    assert str(failed.value) == (
+        f"leaderboard: 2 run(s) failed, counted as failed in {tmp_path / 'leaderboard.md'}: dpo seed 0 (dpo_s0) "
+        f"failed (exit 1); its output is in {tmp_path / 'runs' / 'dpo_s0.log'} (and 1 more, above); run the same "
+        "command again to retry them"
+    )
+    assert pd.read_csv(tmp_path / "leaderboard.csv")["failed"].tolist() == [2]
+    assert not (tmp_path / ".leaderboard.lock").exists()
+
+
+@pytest.mark.multiprocess
+def test_a_waiting_lock_waits_for_its_owner_then_takes_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What two stage chains sharing an SFT stage do (a parallel --multirun): the second waits, one line."""
+    import threading
+
+    from rlhf_lab.leaderboard import directory_lock
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    threading.Thread(target=owner.wait, daemon=True).start()  # reaped when it exits, as its parent would
+    (tmp_path / ".stage.lock").write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname()}))
+    started = time.monotonic()
+    with directory_lock(tmp_path, "stage", wait=True, poll=0.1) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert owner.poll() is not None and time.monotonic() - started > 0.5
+    assert (
+        capsys.readouterr().out
+        == f"stage: {tmp_path} is in use by process {owner.pid}: waiting for it to finish\n"
+    )

@@ -131,6 +131,27 @@ def test_an_adapter_card_names_the_hub_base_and_loads_with_peft(tmp_path: Path) 
     )
 
 
+def test_a_card_of_a_run_that_did_not_learn_says_so_first(tmp_path: Path) -> None:
+    """run/learned: false (optim.lr=1e4's collapse): a warning right under the title; true or unjudged: none."""
+    cfg = compose_config(["algo=dpo"], run_dir=tmp_path)
+    summary = {
+        "val/loss": 0.6928,
+        "val_start/loss": 0.6931,
+        "trainer/global_step": 20.0,
+        "run/learned": False,
+    }
+    lines = model_card(cfg, summary, tmp_path, local="/runs/x/export").splitlines()
+    title = lines.index("# dpo model trained with rlhf_lab")
+    assert lines[title + 2].startswith(
+        "> **Warning: this run did not learn.** Its held-out objective did not improve from step 0"
+    )
+    assert "`run/learned: false` in `summary.json`" in lines[title + 2]
+    assert "| val/loss | 0.6931 -> 0.6928 |" in lines
+    for learned in ({"run/learned": True}, {}):
+        card = model_card(cfg, {**summary, **learned} if learned else {"val/loss": 0.5}, tmp_path, local="x")
+        assert "did not learn" not in card
+
+
 def test_a_vision_language_card_loads_the_processor(tmp_path: Path) -> None:
     cfg = compose_config(["model=qwen2_vl_2b"], run_dir=tmp_path)
     (tmp_path / "preprocessor_config.json").write_text("{}")

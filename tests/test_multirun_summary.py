@@ -84,3 +84,11 @@ def assert_the_multirun_summary(sweep: Path, stdout: str) -> None:
     printed = stdout[stdout.index("multirun summary") :]
     assert printed.splitlines()[3].startswith("| job | algo.beta | status | val/logits/chosen |")
     assert printed.count("| ok |") == 2
+
+
+def test_a_job_that_did_not_learn_says_so_in_its_status(tmp_path: Path) -> None:
+    from rlhf_lab.multirun import read_job
+
+    flagged = fake_job(tmp_path, "0", 0, ["optim.lr=1e4"], {"val/loss": 0.697, "run/learned": False})
+    learned = fake_job(tmp_path, "1", 1, ["optim.lr=1e-3"], {"val/loss": 0.68, "run/learned": True})
+    assert [read_job(job).status for job in (flagged, learned)] == ["did not learn", "ok"]

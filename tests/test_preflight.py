@@ -74,6 +74,30 @@ def test_a_missing_local_directory_is_named(make_config) -> None:
         preflight(cfg)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ("algo=seqkd", "teacher=hub", "teacher.name_or_path=/nope/x"),
+            "teacher.name_or_path='/nope/x': no such directory (and not a hub id)",
+        ),
+        (
+            ("algo=grpo", "data=synthetic_rl", "algo.reward_models=[/nope]"),
+            "algo.reward_models[0]='/nope': no such directory (and not a hub id)",
+        ),
+        (
+            ("algo=ppo", "data=synthetic_rl", "algo.value_model=/nope/v"),
+            "algo.value_model='/nope/v': no such directory (and not a hub id)",
+        ),
+    ],
+    ids=["teacher", "reward_model", "value_model"],
+)
+def test_a_missing_companion_model_directory_is_named(make_config, overrides, message) -> None:
+    with pytest.raises(ConfigError) as raised:
+        preflight(make_config(*overrides))
+    assert str(raised.value) == message
+
+
 def test_a_model_too_large_for_the_device_stops_with_the_estimate(make_config, mistral_dir: Path) -> None:
     cfg = make_config(
         "model=mistral7b",
@@ -109,6 +133,7 @@ def test_a_run_close_to_the_device_memory_is_warned_about(make_config, mistral_d
         "data.batch_size=2",
         "data.max_length=512",
         "preflight.device_memory_gib=95",
+        "preflight.disk_check=false",  # its checkpoints would not fit this disk (test_environment_checks.py)
     )
     with caplog.at_level(logging.WARNING, logger="rlhf_lab.preflight"):
         preflight(cfg)
@@ -122,7 +147,9 @@ def test_without_a_gpu_the_machine_ram_is_the_budget(make_config, mistral_dir: P
     import rlhf_lab.preflight as preflight_module
 
     monkeypatch.setattr(preflight_module, "available_ram", lambda: 24 * 1024**3)
-    cfg = make_config("algo=simpo", "model=mistral7b", f"model.name_or_path={mistral_dir}")
+    cfg = make_config(
+        "algo=simpo", "model=mistral7b", f"model.name_or_path={mistral_dir}", "preflight.disk_check=false"
+    )
     with pytest.raises(ConfigError, match="no GPU \\(CUDA\\) is available, so it would train on the CPU, and "
                        "this machine has 24.00 GiB of RAM available"):  # fmt: skip
         preflight(cfg)

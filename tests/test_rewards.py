@@ -247,7 +247,7 @@ def test_call_reward_function_not_a_list() -> None:
     def tensor_reward(prompts, completions, completion_ids, **columns):
         return torch.ones(2)
 
-    with pytest.raises(ValueError, match="tensor_reward returned Tensor values"):
+    with pytest.raises(ValueError, match="tensor_reward returned Tensor, not a list of 2 rewards"):
         call_reward_function(tensor_reward, ["p", "p"], ["a", "b"], [[1], [2]], {})
 
 
@@ -258,5 +258,7 @@ def test_call_reward_function_non_number(bad: object) -> None:
     def odd(prompts, completions, completion_ids, **columns):
         return [0.5, bad]
 
-    with pytest.raises(ValueError, match=r"odd returned .*rewards are floats"):
+    with pytest.raises(
+        ValueError, match=r"odd returned .* for a completion; a reward is a number \(or None\)"
+    ):
         call_reward_function(odd, ["p", "p"], ["a", "b"], [[1], [2]], {})

@@ -4,6 +4,7 @@ SFT -> DPO chain whose DPO stage starts from, and is referenced to, the SFT expo
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -102,7 +103,7 @@ def test_run_stages_reuses_finished_stages_resumes_interrupted_ones_and_chains_e
         (stage.run_dir / "config.yaml").write_text(
             "model:\n  _target_: rlhf_lab.models.TinyModel\n  dtype: float32\n"
         )
-        (stage.run_dir / "summary.json").write_text(json.dumps({"val/loss": 0.5}))
+        (stage.run_dir / "summary.json").write_text(json.dumps({"val/loss": 0.5, "run/complete": True}))
 
     monkeypatch.setattr(stages, "_run", fake_run)
     cfg = OmegaConf.create(
@@ -115,7 +116,7 @@ def test_run_stages_reuses_finished_stages_resumes_interrupted_ones_and_chains_e
         }
     )
     forwarded = ["algo.beta=0.2", "trainer.max_steps=4"]
-    assert stages.run_stages(cfg, forwarded) == {"val/loss": 0.5}
+    assert stages.run_stages(cfg, forwarded) == {"val/loss": 0.5, "run/complete": True}
     (sft_name, sft_command, sft_resume), (dpo_name, dpo_command, _) = started
     sft_dir = Path(json.loads((tmp_path / "run" / "stages.json").read_text())[0]["run_dir"])
     assert sft_dir.parent == tmp_path / "cache" / "stages"
@@ -141,6 +142,20 @@ def test_run_stages_reuses_finished_stages_resumes_interrupted_ones_and_chains_e
     (sft_dir / "checkpoints").mkdir()
     stages.run_stages(cfg, forwarded)
     assert [(name, resume) for name, _, resume in started] == [("sft", True), ("dpo", False)]
+    # Killed with the SFT summary half-written, or written before its export and not yet marked complete:
+    # not finished, resumed.
+    for unfinished in ('{"val/loss": 0.5, "run/comp', json.dumps({"val/loss": 0.5})):
+        started.clear()
+        (sft_dir / "summary.json").write_text(unfinished)
+        stages.run_stages(cfg, forwarded)
+        assert [(name, resume) for name, _, resume in started] == [("sft", True), ("dpo", False)]
+    # A killed last stage resumes too; the lock was released each time.
+    started.clear()
+    (tmp_path / "run" / "summary.json").unlink()
+    (tmp_path / "run" / "checkpoints").mkdir()
+    stages.run_stages(cfg, forwarded)
+    assert [(name, resume) for name, _, resume in started] == [("dpo", True)]
+    assert not (tmp_path / "run" / ".stages.lock").exists()
     # Stages chain text models only.
     (sft_dir / "config.yaml").write_text("model:\n  _target_: rlhf_lab.models.TinyVisionLanguageModel\n")
     with pytest.raises(ConfigError, match="vision-language"):
@@ -164,3 +179,43 @@ def test_stages_find_the_users_own_options(tmp_path: Path) -> None:
     result = cli("--config-dir", str(mine), "experiment=sft_then_my_dpo", *budget, run_dir=tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     assert OmegaConf.load(tmp_path / "run" / "config.yaml").algo.beta == 0.37
+
+
+def test_a_failed_stage_is_named_in_one_line_with_its_status_and_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage's process exits 1: a ChildFailed (a RunStopped: `error:`, exit 2) naming the stage, its
+    overrides, its exit status, its log and what to do; its child was told who its parent is."""
+    import rlhf_lab.stages as stages
+    from rlhf_lab.errors import RunStopped
+    from rlhf_lab.launch import ChildResult
+    from rlhf_lab.leaderboard.resumable import PARENT_PID_ENV
+
+    seen: list[dict[str, str]] = []
+
+    def failing_child(overrides: list[str], run_dir: Path, env: dict[str, str]) -> ChildResult:
+        seen.append(env)
+        (run_dir / "__main__.log").write_text("Traceback ...\n")
+        return ChildResult(returncode=1, run_dir=run_dir, summary=None, stderr_tail="Traceback ...")
+
+    monkeypatch.setattr(stages, "run_child", failing_child)
+    cfg = OmegaConf.create(
+        {
+            "paths": {"run_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache")},
+            "stages": [
+                {"name": "sft", "overrides": ["algo=sft"]},
+                {"name": "dpo", "overrides": ["algo=dpo"]},
+            ],
+        }
+    )
+    with pytest.raises(stages.ChildFailed) as failed:
+        stages.run_stages(cfg, ["trainer.max_steps=4"])
+    (sft_dir,) = (tmp_path / "cache" / "stages").iterdir()
+    assert isinstance(failed.value, RunStopped)
+    assert str(failed.value) == (
+        f"stages: sft (trainer.max_steps=4 algo=sft) failed (exit 1) in {sft_dir}; its log: "
+        f"{sft_dir / '__main__.log'} (its output is above); run the same command again to resume it from its "
+        "last checkpoint"
+    )
+    assert seen == [{PARENT_PID_ENV: str(os.getpid())}]
+    assert not (tmp_path / "run" / ".stages.lock").exists()

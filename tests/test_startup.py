@@ -50,6 +50,11 @@ def config_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subproc
         "bad_value": ["algo.beta=abc"],
         "cfg_typo": ["--cfg", "job", "algo.betta=0.2"],
         "help_typo": ["--help", "algo.betta=0.2"],
+        "far_option": ["algo=foo"],
+        "other_algos_key": ["algo.lambda=1"],  # ORPO's, not DPO's
+        "wrong_type": ["algo=simpo", "algo.gamma=abc"],
+        "seed": ["seed=abc"],
+        "ckpt_path": ["ckpt_path=/nonexistent/last.ckpt"],
     }
     results = _cli(*([*args, run_dir] for args in commands.values()))
     return dict(zip(commands, results, strict=True))
@@ -80,11 +85,21 @@ def test_a_typo_in_the_group_or_the_right_key_in_the_wrong_group(config_errors) 
     )
 
 
-def test_an_unknown_option_lists_the_options_closest_first(config_errors) -> None:
-    line = _one_error_line(config_errors["option"])
-    assert line.startswith("error: algo=dpoo is not an option of algo; choose one of: dpo, ")
-    listed = line.split("choose one of: ", 1)[1].split(", ")
-    assert sorted(listed) == sorted(path.stem for path in (CONF_DIR / "algo").glob("*.yaml"))
+def test_an_unknown_option_names_the_close_ones_then_all_sorted(config_errors) -> None:
+    options = ", ".join(sorted(path.stem for path in (CONF_DIR / "algo").glob("*.yaml")))
+    assert options.startswith("cpo, cpo_simpo, dpo, gkd, grpo, ")
+    assert _one_error_line(config_errors["option"]) == (
+        f"error: algo=dpoo is not an option of algo; did you mean algo=dpo? choose one of: {options}"
+    )
+    assert _one_error_line(config_errors["far_option"]) == (
+        f"error: algo=foo is not an option of algo; choose one of: {options}"
+    )
+
+
+def test_a_key_of_another_option_lists_this_options_keys(config_errors) -> None:
+    line = _one_error_line(config_errors["other_algos_key"])
+    assert line.startswith("error: algo.lambda is not a key of algo=dpo; it has: loss, ")
+    assert "beta, loss_type" in line and "lambda" not in line.split("it has: ")[1]
 
 
 def test_a_malformed_override_and_a_wrong_type_are_one_line(config_errors) -> None:
@@ -94,14 +109,32 @@ def test_a_malformed_override_and_a_wrong_type_are_one_line(config_errors) -> No
     assert _one_error_line(config_errors["bad_value"]) == (
         "error: cannot apply algo.beta=abc: Value 'abc' of type 'str' could not be converted to Float"
     )
+    assert _one_error_line(config_errors["wrong_type"]) == (  # simpo has a gamma: its type is the problem
+        "error: cannot apply algo.gamma=abc: Value 'abc' of type 'str' could not be converted to Float"
+    )
+
+
+def test_the_runs_own_keys_are_named_before_training(config_errors) -> None:
+    """The root config has no schema: ``seed`` and ``ckpt_path`` are checked by the preflight, before
+    Lightning's ``int()`` or a ``FileNotFoundError`` traceback."""
+    assert _one_error_line(config_errors["seed"]) == "error: seed='abc' must be an integer (e.g. seed=42)"
+    assert _one_error_line(config_errors["ckpt_path"]) == (
+        "error: ckpt_path=/nonexistent/last.ckpt does not exist: give a checkpoint file (or a DeepSpeed "
+        "checkpoint directory), or resume=true to resume from the run directory's newest checkpoint"
+    )
 
 
 def test_hydra_full_error_still_gives_the_traceback(tmp_path: Path) -> None:
-    (result,) = _cli(["algo.betta=0.2", f"hydra.run.dir={tmp_path}"], env={"HYDRA_FULL_ERROR": "1"})
-    assert result.returncode == 1
-    assert "Traceback" in result.stderr
-    assert "ConfigAttributeError: Key 'betta' not in 'AlgoDpoSchema'" in result.stderr
-    assert "error: " not in result.stderr
+    typo, seed = _cli(
+        ["algo.betta=0.2", f"hydra.run.dir={tmp_path / 'a'}"],
+        ["seed=abc", f"hydra.run.dir={tmp_path / 'b'}"],
+        env={"HYDRA_FULL_ERROR": "1"},
+    )
+    assert typo.returncode == seed.returncode == 1
+    assert "Traceback" in typo.stderr and "Traceback" in seed.stderr
+    assert "ConfigAttributeError: Key 'betta' not in 'AlgoDpoSchema'" in typo.stderr
+    assert "rlhf_lab.errors.ConfigError: seed='abc' must be an integer" in seed.stderr
+    assert "error: " not in typo.stderr + seed.stderr
 
 
 # Training stands in: the run raises what a bug in training would (no Lightning import, no model).

@@ -173,7 +173,7 @@ class FakeTrainer:
         log_file.write_text("fake run\n")
         if self.fail_when(overrides):
             return 1
-        summary = {"val/rewards/accuracies": self.score(overrides), "val/loss": 0.5}
+        summary = {"val/rewards/accuracies": self.score(overrides), "val/loss": 0.5, "run/complete": True}
         (run_dir / "summary.json").write_text(json.dumps(summary))
         return 0
 
@@ -213,10 +213,85 @@ def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> Non
         ("failed", None, 1),
         ("finished", 0.75, 0),
     ]
-    assert any("trial 1: failed (exit 1" in line for line in lines)
+    assert (
+        f"trial 1: failed (exit 1): algo.beta=0.05; its output is in {tmp_path / 'trial_1' / 'trial.log'}"
+        in [line.rsplit(" (", 1)[0] for line in lines]
+    )
     table = pd.read_csv(tmp_path / "summary.csv")
     assert table["state"].tolist() == ["finished", "failed", "finished"]
     assert table["val/rewards/accuracies"].isna().tolist() == [False, True, False]
+
+
+class KilledAt(FakeTrainer):
+    """A `FakeTrainer` whose sweep is killed while trial ``index`` trains (after its first checkpoint)."""
+
+    def __init__(self, index: int, score: Any) -> None:
+        super().__init__(score)
+        self.index = index
+
+    def __call__(self, command: list[str], log_file: Path) -> int:
+        if f"trial_{self.index}" in log_file.parent.name:
+            (log_file.parent / "checkpoints").mkdir(parents=True)
+            (log_file.parent / "summary.json").write_text('{"val/rewards/accuracies": 0.9, "run/comp')
+            raise KeyboardInterrupt  # the parent goes mid-trial; a half-written summary.json stays
+        return super().__call__(command, log_file)
+
+
+def test_a_killed_sweep_run_again_keeps_finished_trials_and_resumes_the_interrupted_one(
+    tmp_path: Path,
+) -> None:
+    config = sweep.load_sweep_config(REPO / "sweeps" / "dpo_beta.yaml")
+
+    def score(overrides: dict[str, str]) -> float:
+        return 1.0 - float(overrides["algo.beta"])
+
+    whole = sweep.run_sweep(
+        config, tmp_path / "whole", count=4, runner=FakeTrainer(score), echo=lambda _: None
+    )
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(config, tmp_path / "cut", count=4, runner=KilledAt(2, score), echo=lambda _: None)
+    again = FakeTrainer(score)
+    lines: list[str] = []
+    trials = sweep.run_sweep(config, tmp_path / "cut", count=4, runner=again, echo=lines.append)
+    # Trials 0 and 1 kept, 2 resumed (its half-written summary.json never counted), 3 trained.
+    assert [command[-1] for command in again.commands] == [
+        "resume=true",
+        f"hydra.run.dir={tmp_path / 'cut' / 'trial_3'}",
+    ]
+    assert lines[0] == "trial 0: algo.beta=0.01 (finished earlier, kept)"
+    assert [(t.state, t.metric) for t in trials] == [(t.state, t.metric) for t in whole]
+    columns = ["trial", "state", "algo.beta", "val/rewards/accuracies"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "cut" / "summary.csv")[columns],
+        pd.read_csv(tmp_path / "whole" / "summary.csv")[columns],
+    )
+    assert not (tmp_path / "cut" / ".sweep.lock").exists()
+
+
+def test_a_sweep_yaml_that_does_not_parse_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("method: grid\nparameters:\n  algo.beta: {values: [0.1, 0.2]\n")
+    with pytest.raises(
+        sweep.SweepConfigError, match=r"broken.yaml is not valid YAML: .* \(line 4, column 1\)"
+    ):
+        sweep.load_sweep_config(broken)
+    assert sweep.main([str(broken), "--dir", str(tmp_path / "out")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {broken} is not valid YAML: ")
+
+
+def test_when_every_trial_fails_the_sweep_says_so_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sweep, "run_process", FakeTrainer(score=lambda o: 0.5, fail_when=lambda o: True))
+    code = sweep.main([str(REPO / "sweeps" / "dpo_beta.yaml"), "count=2", f"dir={tmp_path}"])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: every trial failed; the first, trial 0, with algo.beta=0.01: exit 1; its "
+        f"output is in {tmp_path / 'trial_0' / 'trial.log'}"
+    ]
 
 
 def test_bayes_gets_every_finished_trial_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -351,7 +426,10 @@ def test_offline_sweep_trains_each_trial_and_records_a_failed_one(tmp_path: Path
     assert table["algo.beta"].tolist() == [-1.0, 0.5]
     assert table["state"].tolist() == ["failed", "finished"]
     assert "algo.beta=-1.0 is out of range" in (out_dir / "trial_0" / "trial.log").read_text()
-    assert "trial 0: failed (exit 2" in result.stdout
+    assert (
+        f"trial 0: failed (exit 2): algo.beta=-1.0; its output is in {out_dir / 'trial_0' / 'trial.log'}"
+        in (result.stdout)
+    )
     run_config = OmegaConf.load(out_dir / "trial_1" / "config.yaml")
     assert run_config.algo.beta == 0.5 and run_config.trainer.max_steps == 4
     assert "csv" in run_config.logger and "wandb" not in run_config.logger  # the offline default
@@ -366,7 +444,7 @@ def test_offline_sweep_trains_each_trial_and_records_a_failed_one(tmp_path: Path
 def test_flatten_config_flattens_and_drops_credentials() -> None:
     config = OmegaConf.create(
         {
-            "algo": {"beta": 0.1, "loss_type": ["sigmoid", "hinge"]},
+            "algo": {"beta": 0.1, "loss_type": ["sigmoid", "hinge"], "max_new_tokens": 8},
             "model": {"name": "tiny", "HF_TOKEN": "hf_abc", "extra": {}},
             "logger": {"wandb": {"project": "p", "api_key": "k", "Secrets": {"a": 1}}},
             "db_password": "pw",
@@ -376,6 +454,7 @@ def test_flatten_config_flattens_and_drops_credentials() -> None:
     assert flatten_config(config) == {
         "algo.beta": 0.1,
         "algo.loss_type": ["sigmoid", "hinge"],
+        "algo.max_new_tokens": 8,
         "model.name": "tiny",
         "model.extra": {},
         "logger.wandb.project": "p",

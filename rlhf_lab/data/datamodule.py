@@ -25,7 +25,7 @@ from rlhf_lab.data.formats import (
 )
 from rlhf_lab.data.images import ImageLookup, ImageProcessing, blank_like
 from rlhf_lab.data.report import SPLITS, data_report, log_report
-from rlhf_lab.data.tokenize import TokenizeSettings, tokenize_examples
+from rlhf_lab.data.tokenize import TokenizeSettings, field_limit, tokenize_examples
 from rlhf_lab.errors import ConfigError, check_choice, check_range
 from rlhf_lab.lightning_compat import batches_processed_this_epoch
 
@@ -33,6 +33,25 @@ log = logging.getLogger(__name__)
 
 # The source split the held-out loop reads: ``test`` only where the source has one (``data=suite``).
 EVAL_SPLITS = ("val", "test")
+
+
+#: Longest run of non-space characters the tiny model's tokenizer is trained on at once: a BPE trainer's time
+#: grows with the square of one pre-token's length, and a longer "word" teaches it nothing more.
+CORPUS_WORD_CHARS = 1000
+
+
+def trainable_text(text: str, limit: int | None) -> str:
+    """``text`` as a tokenizer is trained on it: cut to ``limit`` characters (`field_limit`), each longer run of
+    non-space characters split every `CORPUS_WORD_CHARS`; texts without such runs are left as they are."""
+    if limit is not None:
+        text = text[:limit]
+    if len(text) <= CORPUS_WORD_CHARS:
+        return text
+    words = text.split()
+    if all(len(word) <= CORPUS_WORD_CHARS for word in words):
+        return text
+    step = CORPUS_WORD_CHARS
+    return " ".join(word[i : i + step] for word in words for i in range(0, len(word), step))
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -279,12 +298,15 @@ class PreferenceDataModule(L.LightningDataModule):
                 )
 
     def corpus(self) -> Iterator[str]:
-        """Message contents of the training examples (trains the tiny model's tokenizer)."""
+        """Message contents of the training examples (trains the tiny model's tokenizer), each bounded as it is
+        before tokenising (`trainable_text`)."""
         # The tiny model is built from this corpus, so a data/objective mismatch fails before it is.
         self.check_batch_kind()
+        limit = field_limit(self.settings)
         for example in self.load_examples()["train"]:
             for value in (example.prompt, example.chosen, example.rejected):
-                yield from _texts(value)
+                for text in _texts(value):
+                    yield trainable_text(text, limit)
 
     def set_tokenizer(self, tokenizer: Any, processor: Any = None) -> None:
         """The tokenizer, and a vision-language model's processor (None for a text model)."""

@@ -191,7 +191,10 @@ def datasets_digest(settings: Any, batch_kind: str, datasets: dict[str, Tokenize
     """Hash of the tokenised data, tokenisation settings, batch kind, images and labels, and KTO's
     mismatched partners: everything a precomputed reference table depends on from the data."""
     digest = hashlib.sha256()
-    digest.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    # The field bound (`chars_per_token`) acts only through the token ids hashed below; leaving it out keeps
+    # the tables computed before it existed.
+    fields = {key: value for key, value in dataclasses.asdict(settings).items() if key != "chars_per_token"}
+    digest.update(json.dumps(fields, sort_keys=True).encode())
     digest.update(batch_kind.encode())
     for split in sorted(datasets):
         digest.update(split.encode())

@@ -1,9 +1,10 @@
 """Images in preference rows: where they come from, how they are read, and what identifies them.
 
 A row's images arrive as file paths (relative to the data file's directory, then ``data.image_dir``), as
-``http(s)://`` URLs (fetched once and cached) or ``data:`` URIs, as bytes, as ``{bytes, path}`` dicts (how
-Hugging Face ``datasets`` stores an ``Image`` feature in Parquet, e.g. RLHF-V), or as PIL images (a hub
-dataset with an ``Image`` feature). Each becomes an `ImageSource`, read and checked once when the
+``http(s)://`` URLs (fetched once and cached) or ``data:`` URIs, as base64 text (ms-swift's), as bytes, as
+``{bytes, path}`` dicts (how Hugging Face ``datasets`` stores an ``Image`` feature in Parquet, e.g. RLHF-V), or
+as PIL images (a hub dataset with an ``Image`` feature); anything else is an error naming what was expected.
+Each becomes an `ImageSource`, read and checked once when the
 rows are converted (a missing or unreadable image fails there, naming file, row and field, before any
 model loads), and identified by the SHA-256 of its encoded bytes, which keys the reference cache.
 
@@ -142,26 +143,104 @@ def _data_uri(value: str) -> bytes:
         raise ImageError(f"a data URI holds invalid base64 ({error})") from None
 
 
-def _resolve(path: str, lookup: ImageLookup) -> Path:
-    """A relative path looked up in each of ``lookup.dirs`` (the first that has it), else as given."""
+def _shown(value: str) -> str:
+    """A string value as errors show it: the start of a long one (a base64 image is megabytes of text)."""
+    return repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value):,} characters)"
+
+
+def _resolve(path: str, lookup: ImageLookup) -> Path | None:
+    """A relative path looked up in each of ``lookup.dirs`` (the first that has it), else as given; None when no
+    such file exists (a name too long for the file system, or with a NUL, is no file either)."""
     candidate = Path(path)
-    if candidate.is_absolute() or not lookup.dirs:
-        if not candidate.is_file():
-            raise ImageError(f"image file not found: {candidate}")
-        return candidate
-    tried = [directory / candidate for directory in lookup.dirs]
+    tried = (
+        [candidate] if candidate.is_absolute() or not lookup.dirs else [d / candidate for d in lookup.dirs]
+    )
     for resolved in tried:
-        if resolved.is_file():
-            return resolved
-    raise ImageError(f"image file not found: {path} (looked in: {', '.join(str(d) for d in lookup.dirs)})")
+        try:
+            if resolved.is_file():
+                return resolved
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+#: A string longer than this that names no file is read as base64 image data (ms-swift's rule: a path is
+#: shorter); a shorter one is an image when it decodes to one, else a missing file.
+BASE64_MIN_LENGTH = 200
+
+
+def _base64(text: str, what: str) -> bytes:
+    try:
+        # Line breaks are how base64 tools wrap their output; anything else outside the alphabet is refused.
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ImageError(f"{what} is not valid base64 ({error})") from None
+
+
+def _from_text(text: str, lookup: ImageLookup) -> tuple[str | None, bytes, str]:
+    """The file (None: none), bytes and description (for errors) of an image given as text: a URL, a ``data:``
+    URI, a path, or base64 image data."""
+    text = text.strip()
+    if not text:
+        raise ImageError("empty image path")
+    if text.startswith(("http://", "https://")):
+        return None, _fetch(text, lookup.cache_dir), f"the image at {text}"
+    if text.startswith("data:"):
+        return None, _data_uri(text), "the image bytes"
+    resolved = _resolve(text, lookup)
+    if resolved is not None:
+        try:
+            return str(resolved), resolved.read_bytes(), f"image file {resolved}"
+        except OSError as error:
+            raise ImageError(f"cannot read the image file {resolved}: {error}") from None
+    described = f"the image text {_shown(text)} (no such file, so read as base64)"
+    if len(text) > BASE64_MIN_LENGTH:
+        return None, _base64(text, described), described
+    try:  # a short base64 image (ms-swift reads these as paths, and they fail there)
+        data = _base64(text, described)
+        _open(data, described)
+        return None, data, described
+    except ImageError:
+        pass
+    where = f" (looked in: {', '.join(str(d) for d in lookup.dirs)})" if lookup.dirs else ""
+    shown = text if text.isprintable() and len(text) <= 80 else _shown(text)
+    raise ImageError(f"image file not found: {shown}{where}")
+
+
+def _from_object(value: dict, lookup: ImageLookup) -> tuple[str | None, bytes, str]:
+    """A ``{"bytes": ..., "path": ...}`` object (bytes win when both are set; base64 text counts as bytes)."""
+    unknown = set(value) - {"bytes", "path"}
+    if unknown:
+        raise ImageError(
+            f"an image object has keys {sorted(map(str, value))}; expected 'bytes' and/or 'path'"
+        )
+    data, path = value.get("bytes"), value.get("path")
+    if data is not None and not isinstance(data, bytes | bytearray | str):
+        raise ImageError(
+            f"an image object's 'bytes' must be bytes (or base64 text), got {type(data).__name__}"
+        )
+    if path is not None and not isinstance(path, str):
+        raise ImageError(f"an image object's 'path' must be a string, got {type(path).__name__}")
+    if isinstance(data, str):
+        if not data.strip():
+            data = None
+        else:
+            return None, _base64(data.strip(), "an image object's 'bytes' text"), "the image bytes"
+    if data is not None:
+        return None, bytes(data), "the image bytes"
+    if not path:
+        raise ImageError("an image object has neither 'bytes' nor 'path'")
+    return _from_text(path, lookup)
 
 
 def image_source(value: Any, lookup: ImageLookup | None = None) -> ImageSource:
     """Read and check one image value of a row.
 
     Args:
-        value: A path string, an ``http(s)://`` URL, a ``data:`` URI, bytes, a ``{"bytes": ..., "path": ...}``
-            dict (bytes win when both are set), or a PIL image.
+        value: A path string, an ``http(s)://`` URL, a ``data:`` URI, base64 image data as text (a string
+            longer than `BASE64_MIN_LENGTH` that names no file, as ms-swift reads it), bytes, a
+            ``{"bytes": ..., "path": ...}`` dict (bytes win when both are set; ``bytes`` may be base64 text, as
+            JSON cannot hold bytes), or a PIL image.
         lookup: Where relative paths are looked up and fetched URLs cached (None: the working directory, no
             cache).
 
@@ -171,50 +250,29 @@ def image_source(value: Any, lookup: ImageLookup | None = None) -> ImageSource:
     """
     lookup = lookup or ImageLookup()
     path: str | None = None
-    data: bytes | None = None
+    what = "the image bytes"
     if isinstance(value, dict):
-        unknown = set(value) - {"bytes", "path"}
-        if unknown:
-            raise ImageError(f"an image object has keys {sorted(value)}; expected 'bytes' and/or 'path'")
-        data, path = value.get("bytes"), value.get("path")
-        if data is None and not path:
-            raise ImageError("an image object has neither 'bytes' nor 'path'")
-        if data is not None:
-            path = None
+        path, data, what = _from_object(value, lookup)
     elif isinstance(value, bytes | bytearray):
         data = bytes(value)
     elif isinstance(value, str):
-        path = value
-    elif hasattr(value, "save") and hasattr(
-        value, "size"
-    ):  # a PIL image (hub datasets decode Image features)
+        path, data, what = _from_text(value, lookup)
+    elif hasattr(value, "save") and hasattr(value, "size") and not isinstance(value, type):
+        # A PIL image (hub datasets decode Image features).
         buffer = io.BytesIO()
-        value.save(buffer, format="PNG")
+        try:
+            value.save(buffer, format="PNG")
+        except Exception as error:  # not a PIL image after all: name it rather than fail inside it
+            raise ImageError(f"cannot encode the {type(value).__name__} as an image ({error})") from None
         data = buffer.getvalue()
     else:
         raise ImageError(
-            f"expected an image as a path, URL, bytes or a {{bytes, path}} object, got {type(value).__name__}"
+            "expected an image as a path, URL, bytes, base64 text, a data URI or a {bytes, path} object, got "
+            f"{'null' if value is None else type(value).__name__}"
         )
-    if data is None:
-        assert path is not None
-        if not path.strip():
-            raise ImageError("empty image path")
-        if path.startswith(("http://", "https://")):
-            data = _fetch(path, lookup.cache_dir)
-            size = _open(data, f"the image at {path}")
-            return ImageSource(None, data, hashlib.sha256(data).hexdigest(), size)
-        if path.startswith("data:"):
-            data = _data_uri(path)
-        else:
-            resolved = _resolve(path, lookup)
-            try:
-                encoded = resolved.read_bytes()
-            except OSError as error:
-                raise ImageError(f"cannot read the image file {resolved}: {error}") from None
-            size = _open(encoded, f"image file {resolved}")
-            return ImageSource(str(resolved), None, hashlib.sha256(encoded).hexdigest(), size)
-    size = _open(data, "the image bytes")
-    return ImageSource(None, data, hashlib.sha256(data).hexdigest(), size)
+    size = _open(data, what)
+    # A file is read again when the image is needed (its bytes are not kept in memory).
+    return ImageSource(path, None if path is not None else data, hashlib.sha256(data).hexdigest(), size)
 
 
 def blank_like(image: ImageSource) -> ImageSource:

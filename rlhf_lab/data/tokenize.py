@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
 
+#: Characters one token stands for, at most, in the vocabularies we know (Llama 3's longest token is a run of 128
+#: spaces): a text field longer than ``max_length`` times this holds more tokens than can fit, so it is cut to
+#: that many characters before it is tokenised (a megabyte-long "word" then costs what a long row costs).
+CHARS_PER_TOKEN = 128
+
 #: Prompt ids and a completion's ids of an example (`split_conversational` or `split_plain`), given the
 #: image-token texts shown in its prompt.
 Split = Callable[[PreferenceExample, Any, Any, list[str]], tuple[list[int], list[int]]]
@@ -76,11 +81,14 @@ class TokenizeSettings:
         max_prompt_length: Longest prompt; None for no limit.
         truncation_mode: For an over-long prompt: ``keep_end`` keeps its last tokens (nearest the
             completion), ``keep_start`` its first.
+        chars_per_token: Each text field is cut to ``max_length * chars_per_token`` characters before it is
+            tokenised (`field_limit`); None: not cut (a benchmark's "before").
     """
 
     max_length: int | None = 512
     max_prompt_length: int | None = 256
     truncation_mode: str = "keep_end"
+    chars_per_token: int | None = CHARS_PER_TOKEN
 
     def __post_init__(self) -> None:
         check_choice("data.truncation_mode", self.truncation_mode, TRUNCATION_MODES)
@@ -88,6 +96,56 @@ class TokenizeSettings:
             check_range("data.max_length", self.max_length, 1)
         if self.max_prompt_length is not None:
             check_range("data.max_prompt_length", self.max_prompt_length, 0)
+        if self.chars_per_token is not None:
+            check_range("chars_per_token", self.chars_per_token, 1)
+
+
+def field_limit(settings: TokenizeSettings) -> int | None:
+    """The most characters of one text field that are tokenised (None: no limit)."""
+    if settings.max_length is None or settings.chars_per_token is None:
+        return None
+    return settings.max_length * settings.chars_per_token
+
+
+def _cut(value: Any, limit: int, keep_end: bool) -> Any:
+    """A text (or each message's content) cut to ``limit`` characters, keeping its end or its start; the value
+    itself when nothing is cut."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return value
+        return value[len(value) - limit :] if keep_end else value[:limit]
+    if isinstance(value, list) and any(len(message["content"]) > limit for message in value):
+        return [{**message, "content": _cut(message["content"], limit, keep_end)} for message in value]
+    return value
+
+
+def bound_example(
+    example: PreferenceExample, settings: TokenizeSettings
+) -> tuple[PreferenceExample, bool, bool]:
+    """``example`` with every text field cut to `field_limit` characters, on the side truncation keeps: the
+    prompt's start or end (``truncation_mode``), a completion's start.
+
+    A field that long holds more tokens than fit, so its row is truncated (or dropped) whether it is cut or
+    not; cutting first keeps tokenising it linear in the limit, not in the field (a byte-level BPE on one
+    huge pre-token is not). Rows within the limit are returned as they are.
+
+    Returns:
+        The example, whether any field was cut, and whether the row is to be dropped: its prompt was cut and
+        has no limit of its own (``max_prompt_length`` null: it leaves no room for a completion), or the cut
+        removed an image placeholder (an image is never shown in part).
+    """
+    limit = field_limit(settings)
+    if limit is None:
+        return example, False, False
+    prompt = _cut(example.prompt, limit, settings.truncation_mode == "keep_end")
+    chosen = _cut(example.chosen, limit, False)
+    rejected = _cut(example.rejected, limit, False)
+    if prompt is example.prompt and chosen is example.chosen and rejected is example.rejected:
+        return example, False, False
+    drop = prompt is not example.prompt and (
+        settings.max_prompt_length is None or count_placeholders(prompt) != count_placeholders(example.prompt)
+    )
+    return dataclasses.replace(example, prompt=prompt, chosen=chosen, rejected=rejected), True, drop
 
 
 def _show_images(
@@ -266,7 +324,8 @@ def tokenize_example(
     Returns:
         The ids, or None when not even one completion token fits after the prompt within ``max_length``
         (for prompt-only examples: when the prompt leaves no room to generate), or when fitting the prompt
-        would cut through an image's tokens.
+        would cut through an image's tokens. A text field longer than `field_limit` characters is cut to it
+        first (`bound_example`), and its row counts as truncated (or is dropped, as an over-long prompt is).
 
     Raises:
         ConfigError: Conversational data but the tokenizer has no chat template, a slow tokenizer, or images
@@ -275,12 +334,16 @@ def tokenize_example(
             placeholders do not match the images.
     """
     split = _splitter(example, tokenizer)
+    example, cut, drop = bound_example(example, settings)
     image_token_ids, shown = _show_row_images(example, images)
+    if drop:
+        return None
     prompts, completions = _example_ids(example, tokenizer, split, shown)
     fit = _fit(prompts, completions, settings, image_token_ids)
     if fit is None:
         return None
     fitted, completion_ids, truncated = fit
+    truncated |= cut
     return TokenizedExample(
         prompt_ids=fitted[0],
         chosen_ids=completion_ids[0],
@@ -309,9 +372,11 @@ def tokenize_examples(
         where ``t`` counts kept examples with any truncation.
     """
     tokenized = []
-    total = truncated = dropped = 0
+    total = truncated = dropped = cut = 0
+    limit = field_limit(settings)
     for example in examples:
         total += 1
+        cut += limit is not None and bound_example(example, settings)[1]
         result = tokenize_example(example, tokenizer, settings, images)
         if result is None:
             dropped += 1
@@ -327,5 +392,13 @@ def tokenize_examples(
             settings.max_length,
             settings.max_prompt_length,
             dropped,
+        )
+    if cut:
+        logger.warning(
+            "%d examples have a text field longer than %d characters (data.max_length x %d), more than fits: "
+            "each was cut to that length before tokenising (and the example truncated or dropped as above)",
+            cut,
+            limit,
+            settings.chars_per_token,
         )
     return tokenized, {"examples": total, "truncated": truncated, "dropped_too_long": dropped}

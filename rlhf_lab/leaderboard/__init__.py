@@ -47,10 +47,12 @@ from rlhf_lab.leaderboard.plan import (
     tune_seeds,
 )
 from rlhf_lab.leaderboard.report import markdown, overview, write_report
+from rlhf_lab.leaderboard.resumable import ChildFailed, DirectoryInUse, directory_lock, run_finished
 from rlhf_lab.leaderboard.run import (
     TIMING_FILE,
     diverged,
     evaluate_all,
+    failures,
     report_split,
     succeeded,
     train_all,
@@ -71,11 +73,15 @@ __all__ = [
     "COLUMNS",
     "NOT_FORWARDED",
     "TIMING_FILE",
+    "ChildFailed",
+    "DirectoryInUse",
     "Job",
     "choose_settings",
     "collect",
+    "directory_lock",
     "diverged",
     "evaluate_all",
+    "failures",
     "forwardable",
     "grid_settings",
     "job_name",
@@ -85,6 +91,7 @@ __all__ = [
     "plan",
     "ranks",
     "report_split",
+    "run_finished",
     "run_leaderboard",
     "setting_label",
     "succeeded",
@@ -98,9 +105,26 @@ __all__ = [
 
 
 def run_leaderboard(cfg: DictConfig) -> pd.DataFrame:
-    """Train (tuning first), choose, evaluate once on the report split, write the tables; returns the table."""
-    board = cfg.leaderboard
+    """Train (tuning first), choose, evaluate once on the report split, write the tables; returns the table.
+
+    One leaderboard at a time per directory (`directory_lock`). A run that fails is named in one line as it
+    fails, counted as failed in the table, and, once the table is written, named again in a `ChildFailed`
+    error (exit status 2): running the same command again retrains only what did not finish.
+    """
     out_dir = Path(cfg.paths.run_dir)
+    with directory_lock(out_dir, "leaderboard"):
+        result, failed = _run_leaderboard(cfg, out_dir)
+    if failed:
+        more = f" (and {len(failed) - 1} more, above)" if len(failed) > 1 else ""
+        raise ChildFailed(
+            f"leaderboard: {len(failed)} run(s) failed, counted as failed in {out_dir / 'leaderboard.md'}: "
+            f"{failed[0]}{more}; run the same command again to retry them"
+        )
+    return result
+
+
+def _run_leaderboard(cfg: DictConfig, out_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    board = cfg.leaderboard
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(board, out_dir / "leaderboard.yaml", resolve=True)
     forwarded = command_line_overrides(NOT_FORWARDED)
@@ -120,4 +144,4 @@ def run_leaderboard(cfg: DictConfig) -> pd.DataFrame:
     result = table(everything[everything["chosen"]], jobs, codes, confidence, split)
     text = write_report(out_dir, result, everything, confidence, int(board.samples), split)
     print(f"leaderboard: {out_dir.resolve()}\n{text}", flush=True)
-    return result
+    return result, failures(list({job.name: job for job in [*tuning, *jobs]}.values()), codes)

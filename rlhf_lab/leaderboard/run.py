@@ -18,6 +18,14 @@ from omegaconf import OmegaConf
 
 from rlhf_lab.launch import run_child
 from rlhf_lab.leaderboard.plan import Job
+from rlhf_lab.leaderboard.resumable import (
+    child_env,
+    failure_line,
+    finished_summary,
+    read_json_object,
+    run_finished,
+    write_text_atomically,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +66,9 @@ def train_all(
 ) -> dict[str, int]:
     """Run the jobs' training processes, ``max_parallel`` at a time; returns each job's exit code.
 
-    A job whose run directory already holds ``summary.json`` is skipped (exit code 0) unless ``rerun``; one
-    with checkpoints but no summary (interrupted) resumes from them. Each process's output goes to
+    A job whose run finished (`rlhf_lab.leaderboard.resumable.run_finished`: a whole ``summary.json`` that
+    says so) is skipped (exit code 0) unless ``rerun``; any other with checkpoints (interrupted, the parent
+    killed included) resumes from them. Each process's output goes to
     ``<run dir>.log``; a finished run's wall time to ``<run dir>/wall_time.json``; the console gets a line per
     finished run with its ``metric``. Several processes at a time share the cores (``OMP_NUM_THREADS``,
     unless set).
@@ -67,7 +76,7 @@ def train_all(
     codes: dict[str, int] = {}
     pending = []
     for job in jobs:
-        if not rerun and (job.run_dir / "summary.json").is_file():
+        if not rerun and run_finished(job.run_dir):
             log.info("leaderboard: %s already finished, kept", job.name)
             codes[job.name] = 0
         else:
@@ -95,15 +104,27 @@ def train_one(
     resume = ["resume=true"] if not rerun and (job.run_dir / "checkpoints").is_dir() else []
     print(f"leaderboard: training {job.name}" + (" (resuming)" if resume else ""), flush=True)
     result = run_child(
-        resume, command=job.command, run_dir=job.run_dir, threads=threads, log_file=log_file(job), append=True
+        resume,
+        command=job.command,
+        run_dir=job.run_dir,
+        env=child_env(),
+        threads=threads,
+        log_file=log_file(job),
+        append=True,
     )
     count = f"[{tally.next()}] " if tally is not None else ""
     if result.ok:
-        (job.run_dir / TIMING_FILE).write_text(json.dumps({"wall_time_s": result.seconds}))
+        write_text_atomically(job.run_dir / TIMING_FILE, json.dumps({"wall_time_s": result.seconds}))
         done = f"{describe(job)} done in {result.seconds:.0f} s{score_text(result.summary, metric)}"
         print(f"leaderboard: {count}{done}", flush=True)
     else:
-        log.error("leaderboard: %s%s", count, result.error(job.name))
+        # One line (the output is in the log it names); the board goes on and names every failure at the end.
+        what = f"{describe(job)} ({job.name})"
+        log.error(
+            "leaderboard: %s%s",
+            count,
+            failure_line(what, result.returncode, result.log_file, result.timed_out),
+        )
     return result.returncode
 
 
@@ -127,7 +148,7 @@ def evaluate_all(jobs: list[Job], codes: dict[str, int], samples: int, max_new_t
     from rlhf_lab.evaluate import EvalOptions, evaluate
 
     for job in jobs:
-        if codes.get(job.name) != 0 or not (job.run_dir / "summary.json").is_file():
+        if codes.get(job.name) != 0 or not run_finished(job.run_dir):
             continue
         split = report_split(job)
         if _evaluated(job.run_dir, split) or (split == "val" and samples <= 0):
@@ -172,15 +193,26 @@ def _evaluated(run_dir: Path, split: str) -> bool:
         or metrics_file.stat().st_mtime < (run_dir / "summary.json").stat().st_mtime
     ):
         return False
-    return split == "val" or f"{split}/rewards/accuracies" in json.loads(metrics_file.read_text())
+    metrics = read_json_object(metrics_file)  # None: cut short by a kill, evaluated again
+    return metrics is not None and (split == "val" or f"{split}/rewards/accuracies" in metrics)
 
 
 def diverged(job: Job) -> bool:
     """Whether the job's run went non-finite (``run/diverged`` in its summary.json): it is never ranked."""
-    summary = job.run_dir / "summary.json"
-    return summary.is_file() and bool(json.loads(summary.read_text()).get("run/diverged"))
+    summary = read_json_object(job.run_dir / "summary.json") or {}
+    return bool(summary.get("run/diverged"))
 
 
 def succeeded(job: Job, codes: dict[str, int]) -> bool:
-    """Exited 0 with a summary.json and did not diverge."""
-    return codes.get(job.name) == 0 and (job.run_dir / "summary.json").is_file() and not diverged(job)
+    """Exited 0, finished (a whole summary.json that says so) and did not diverge."""
+    summary = finished_summary(job.run_dir)
+    return codes.get(job.name) == 0 and summary is not None and not summary.get("run/diverged")
+
+
+def failures(jobs: list[Job], codes: dict[str, int]) -> list[str]:
+    """One line per job whose process failed: what it was, its exit status, its log."""
+    return [
+        failure_line(f"{describe(job)} ({job.name})", codes[job.name], log_file(job))
+        for job in jobs
+        if codes.get(job.name, 0) != 0
+    ]

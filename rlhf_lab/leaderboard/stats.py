@@ -3,7 +3,6 @@ confidence interval over seeds, a paired t-test against DPO, and a rank."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import pandas as pd
 from rlhf_lab import analysis
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.leaderboard.plan import Job, setting_label
+from rlhf_lab.leaderboard.resumable import read_json_object
 from rlhf_lab.leaderboard.run import TIMING_FILE, diverged, succeeded
 
 #: Table columns: CSV name -> (metric in the per-run frame, markdown header, digits). ``{split}`` is the
@@ -66,7 +66,8 @@ def _run_row(job: Job, run: pd.Series, throughput: pd.Series, split: str) -> dic
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The JSON object in ``path``; empty when absent or cut short by a kill."""
+    return read_json_object(path) or {}
 
 
 def choose_settings(

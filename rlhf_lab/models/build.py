@@ -16,10 +16,26 @@ from typing import Any
 
 from torch import nn
 
-from rlhf_lab.errors import ConfigError, check_choice
+from rlhf_lab.errors import ConfigError, RunStopped, check_choice
 from rlhf_lab.strategies import fsdp_options, shard_fsdp2
 
 TASKS = ("causal_lm", "sequence_classification")
+
+
+class ModelLoadError(RunStopped):
+    """A model whose path exists (the preflight checked that) did not load: the message names its config
+    key, its path and the cause (bad directory contents, an unknown architecture, not a sequence
+    classifier...)."""
+
+
+def load_error(key: str, role: str, path: str, error: BaseException) -> ModelLoadError:
+    """`ModelLoadError`: ``<key>=<path>: the <role> does not load: <cause, on one line>``."""
+    from rlhf_lab.models.hub import NotASequenceClassifier
+
+    text = " ".join(str(error).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    cause = text if isinstance(error, NotASequenceClassifier) else f"{type(error).__name__}: {text}"
+    return ModelLoadError(f"{key}={path!r}: the {role} does not load: {cause}")
 
 
 @dataclass
@@ -34,6 +50,8 @@ class Companion:
             token for token with the student's).
         load_kwargs: Extra ``from_pretrained`` arguments (the policy's quantisation, for a ``copy`` reference
             of a quantised policy).
+        key: The config key that names it (``teacher.name_or_path``, ``algo.reward_models[0]``), for messages.
+        role: What it is, for messages (``teacher``, ``reward model``).
     """
 
     spec: Any
@@ -41,6 +59,8 @@ class Companion:
     trainable: bool = False
     same_vocabulary: bool = False
     load_kwargs: dict[str, Any] = field(default_factory=dict)
+    key: str = "model.name_or_path"
+    role: str = "model"
 
     def __post_init__(self) -> None:
         check_choice("task", self.task, TASKS)
@@ -87,12 +107,21 @@ def load_companions(
     tokenizers: dict[str, Any] = {}
     policy_tokenizer = None
     for name, companion in companions.items():
-        model = companion.spec.load_model(task=companion.task, **companion.load_kwargs)
+        # A frozen sequence classifier (a reward model) must bring its score head: a new one scores at random.
+        head = companion.task == "sequence_classification" and not companion.trainable
+        extra = {"require_head": True} if head else {}
+        try:
+            model = companion.spec.load_model(task=companion.task, **extra, **companion.load_kwargs)
+            tokenizers[name] = companion.spec.load_tokenizer()
+        except (ConfigError, RunStopped):
+            raise
+        except Exception as error:
+            path = str(getattr(companion.spec, "name_or_path", "?"))
+            raise load_error(companion.key, companion.role, path, error) from error
         if not companion.trainable:
             if companion.spec.gradient_checkpointing:
                 model.gradient_checkpointing_disable()  # no backward runs through a frozen model
             model.requires_grad_(False).eval()
-        tokenizers[name] = companion.spec.load_tokenizer()
         if companion.same_vocabulary:
             policy_tokenizer = policy_tokenizer or policy_spec.load_tokenizer()
             check_same_vocabulary(name, tokenizers[name], companion.spec, policy_tokenizer, policy_spec)
@@ -132,7 +161,13 @@ def build_models(
         from transformers.integrations import HfDeepSpeedConfig
 
         deepspeed_config = HfDeepSpeedConfig(strategy.config)
-    base = policy_spec.load_model(task=task, **quant.load_kwargs())
+    try:
+        base = policy_spec.load_model(task=task, **quant.load_kwargs())
+    except (ConfigError, RunStopped):
+        raise
+    except Exception as error:
+        path = str(getattr(policy_spec, "name_or_path", "?"))
+        raise load_error("model.name_or_path", "policy", path, error) from error
     base = quant.prepare(base, policy_spec.gradient_checkpointing)
     frozen, train_in_full = policy_spec.adapter_plan(base)
     policy = adapter.apply(base, task=task, frozen=frozen, train_in_full=train_in_full)

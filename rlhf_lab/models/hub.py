@@ -41,6 +41,11 @@ def quiet_hub_retries() -> None:
         hub_http.addFilter(FirstRetryOnly())
 
 
+class NotASequenceClassifier(ValueError):
+    """A model loaded as a sequence classifier whose checkpoint holds no score head (a policy, not a reward
+    model): transformers would give it a new, random head without a word."""
+
+
 def torch_dtype(name: str) -> Any:
     import torch
 
@@ -126,12 +131,14 @@ class HubModel:
             return "sdpa"
         return self.attn_implementation
 
-    def load_model(self, task: str = "causal_lm", **extra: Any) -> Any:
+    def load_model(self, task: str = "causal_lm", require_head: bool = False, **extra: Any) -> Any:
         """Load the model in train mode (``from_pretrained`` returns eval mode: dropout would be off).
 
         Args:
             task: ``causal_lm`` (policies) or ``sequence_classification`` (a reward model: one score per
                 sequence, read at its last non-pad token; the score head is newly initialised).
+            require_head: Every weight must come from the checkpoint (a trained reward model's score head):
+                `NotASequenceClassifier` when some were newly initialised.
             **extra: Further ``from_pretrained`` arguments (quantisation).
         """
         check_choice("task", task, ("causal_lm", "sequence_classification"))
@@ -147,8 +154,17 @@ class HubModel:
             dtype=torch_dtype(self.dtype),
             attn_implementation=self.resolved_attn_implementation(),
             trust_remote_code=self.trust_remote_code,
+            output_loading_info=require_head,
             **extra,
         )
+        if require_head:
+            model, info = model
+            missing = sorted(info.get("missing_keys") or [])
+            if missing:
+                raise NotASequenceClassifier(
+                    f"it is not a sequence classifier: {', '.join(missing[:3])} would be newly initialised "
+                    "(a reward model is the export of an algo=reward run)"
+                )
         model.config.use_cache = False
         # getattr: a vision-language model's config keeps its token ids in its text config.
         if getattr(model.config, "pad_token_id", None) is None and getattr(

@@ -207,8 +207,8 @@ class VisionLanguageModel(HubModel):
             )
         return AutoModelForImageTextToText
 
-    def load_model(self, task: str = "causal_lm", **extra: Any) -> Any:
-        model = super().load_model(task, **extra)
+    def load_model(self, task: str = "causal_lm", require_head: bool = False, **extra: Any) -> Any:
+        model = super().load_model(task, require_head, **extra)
         freeze_vision_parts(model, self.freeze_vision_tower, self.freeze_projector)
         return model
 

@@ -107,7 +107,9 @@ class Distillation(AlignmentObjective):
         specs = super().companion_specs()
         if not self.self_distillation:
             # Logits are compared token for token: the teacher must tokenise exactly like the student.
-            specs["teacher"] = Companion(self.teacher_spec, same_vocabulary=True)
+            specs["teacher"] = Companion(
+                self.teacher_spec, same_vocabulary=True, key="teacher.name_or_path", role="teacher"
+            )
         return specs
 
     def teacher_model(self) -> tuple[torch.nn.Module, Callable[[], Any]]:

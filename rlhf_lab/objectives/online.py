@@ -36,7 +36,6 @@ from rlhf_lab.rl.engine import RolloutEngine
 from rlhf_lab.rl.metrics import MeanTracker, completion_metrics, log_metrics, reward_metrics
 from rlhf_lab.rl.parts import RLParts, schema_parameters, take_aliases
 from rlhf_lab.rl.rollout import Rollout
-from rlhf_lab.rl.samples import sample_rows, write_samples
 from rlhf_lab.rl.scoring import RewardScorer
 from rlhf_lab.rl.update import micro_batch_loss
 
@@ -65,6 +64,10 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         val_do_sample: Sample held-out completions instead of decoding greedily.
         log_samples_every: Write ``samples/step_NNNNNN.jsonl`` every N rollouts (0: never).
         generation_backend: The rollout engine (`rlhf_lab.rl.engine.ENGINES`).
+        reward_errors: What a failing reward does: ``stop`` the run (a one-line error, ``last.ckpt`` kept)
+            or ``skip`` the prompts it failed on (counted in ``train/reward_errors``; `rlhf_lab.rl.failures`).
+        reward_timeout: Seconds one call of a reward function may take before it counts as failed (None:
+            no limit). The call runs in a thread that is left running when it times out.
         **kwargs: The parts' hyperparameters (flat, paper names; see `rlhf_lab.rl.parts`) and the
             `AlignmentObjective` arguments.
     """
@@ -95,14 +98,17 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         val_do_sample: bool = False,
         log_samples_every: int = 50,
         generation_backend: str = "hf",
+        reward_errors: str = "stop",
+        reward_timeout: float | None = 60.0,
         **kwargs: Any,
     ) -> None:
         written = take_aliases(kwargs)
         loss_agg_mode = kwargs.pop("loss_agg_mode", loss_agg_mode)
         num_iterations = kwargs.pop("num_iterations", num_iterations)
         self.parts = RLParts.resolve(advantage_estimator, policy_loss, loss_agg_mode, kwargs, written)
-        self.reward_model_paths = list(reward_models or [])
-        self.scorer = RewardScorer(reward_functions or [], len(self.reward_model_paths), reward_weights)
+        self.reward_model_paths = paths = list(reward_models or [])
+        self.scorer = RewardScorer(reward_functions, paths, reward_weights, reward_timeout, reward_errors)
+        self.reward_errors, self.dropped_groups = reward_errors, 0  # dropped prompts: train/reward_errors
         check_range("algo.beta", beta, 0.0, 1e3)
         counts = {"num_iterations": num_iterations, "num_mini_batches": num_mini_batches}
         for key, value in {**counts, "num_generations": num_generations}.items():
@@ -117,8 +123,7 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         self.num_mini_batches, self.shuffle_mini_batches = num_mini_batches, shuffle_mini_batches
         self.missing_eos_penalty = missing_eos_penalty
         self.mask_truncated_completions = mask_truncated_completions
-        self.log_samples_every = log_samples_every
-        self.generation_backend = generation_backend
+        self.log_samples_every, self.generation_backend = log_samples_every, generation_backend
         super().__init__(**kwargs)
         if self.reference_mode == "precomputed":
             raise ConfigError(
@@ -181,6 +186,7 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         names |= {"kl"} if self.reference_mode != "none" else set()
         names |= {"kl/sequence"} if self.kl_in_reward and self.beta > 0 else set()
         names |= {"value_loss", "value_clipfrac"} if self.parts.needs_critic else set()
+        names |= {"reward_errors"} if self.reward_errors == "skip" else set()
         return names | set(declared_metrics(self.parts.estimator))
 
     def total_optimizer_steps(self) -> int:
@@ -195,12 +201,14 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
 
     # ------------------------------------------------------------------------------- the update
     def step_totals(self, rollout: Rollout) -> StepTotals:
-        """Totals of one optimiser step's batch (``rollout`` is that mini-batch), before any micro-batch."""
+        """Totals of one optimiser step's batch (``rollout`` is that mini-batch), before any micro-batch
+        (dropped completions count as no sequence: their loss mask is empty)."""
         tokens = rollout.mask.sum().float()
         world = trainer.world_size if (trainer := attached_trainer(self)) is not None else 1
         global_tokens = self.trainer.strategy.reduce(tokens.clone(), reduce_op="sum") if world > 1 else tokens
+        sequences = rollout.size if rollout.kept is None else max(int(rollout.kept.sum()), 1)  # dropped: none
         return StepTotals(
-            float(rollout.size), float(tokens), float(global_tokens), world, self.sampling.max_new_tokens
+            float(sequences), float(tokens), float(global_tokens), world, self.sampling.max_new_tokens
         )
 
     def micro_loss(self, part: Rollout, totals: StepTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -228,6 +236,8 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         """Accumulate ``mini``'s micro-batches and step (None: a non-finite loss, handled by the NaN policy)."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         assert not isinstance(optimizer, list) and not isinstance(scheduler, list)  # one of each (base)
+        if mini.kept is not None and self._all_ranks(not bool(mini.kept.any())):
+            return self.take_empty_step(optimizer, scheduler)  # every prompt dropped on every process
         totals = self.step_totals(mini)
         metrics: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=self.device)}
         for rows in torch.arange(mini.size, device=self.device).chunk(self.runtime.accumulate_grad_batches):
@@ -263,7 +273,7 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         scheduler = self.lr_schedulers()
         if scheduler is not None and not isinstance(scheduler, list):
             self.log("train/lr", scheduler.get_last_lr()[0], on_step=True, on_epoch=False)
-        self._maybe_write_samples(rollout)
+        self.maybe_write_samples(rollout)
         return metrics.get("loss")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -272,21 +282,10 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
             self.log("train/tokens_per_sec", speed, on_step=True, on_epoch=False)
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
-        generation = self.sample(batch, self.val_sampling, 1, 1, 0)
-        per_reward = self.score(batch, generation, 1)
-        metrics = reward_metrics(self.scorer.combine(per_reward), per_reward, self.reward_names, 1)
-        metrics.update(completion_metrics(generation.lengths, generation.truncated))
-        self._log_metrics("val", metrics, batch.size)
+        self._log_metrics("val", self.held_out_metrics(batch, self.val_sampling), batch.size)
 
     def _log_metrics(self, split: str, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
         log_metrics(self, split, metrics, batch_size)
 
     def compute(self, batch: Any, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError(f"{self.name} trains on its own rollouts (training_step), not on batches")
-
-    def _maybe_write_samples(self, rollout: Rollout) -> None:
-        trainer, every = attached_trainer(self), self.log_samples_every
-        due = bool(every) and (int(self.rollouts_done) - 1) % every == 0
-        if due and trainer is not None and trainer.is_global_zero and self.runtime.run_dir is not None:
-            rows = sample_rows(rollout, self.reward_names, trainer.global_step)
-            write_samples(rows, self.runtime.run_dir, trainer.global_step, list(trainer.loggers))

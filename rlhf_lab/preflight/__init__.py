@@ -9,13 +9,22 @@
    per device, against a GPU's memory or, without one, the RAM available. A run that cannot fit stops with
    the estimate broken down and the changes that would fit; one above `CLOSE` of the memory is warned about.
 
-Config: ``preflight.enabled`` (false: skip both), ``preflight.memory_check`` (false: skip the estimate),
-``preflight.device_memory_gib`` (compare with this many GiB per device instead of what is detected).
+3. The environment (`rlhf_lab.preflight.environment`, its docstring has the rules): the run directory and the
+   cache take a file, the run directory's filesystem has room for the checkpoints and the export, and a
+   DeepSpeed run finds no stale extension-build lock (a live build is waited on, with a message).
+
+The run's own top-level keys (``seed``, ``resume``, ``ckpt_path``: `rlhf_lab.preflight.keys`) are checked
+first, whatever the settings.
+
+Config: ``preflight.enabled`` (false: skip 1-3), ``preflight.memory_check`` (false: skip the estimate),
+``preflight.device_memory_gib`` (compare with this many GiB per device instead of what is detected),
+``preflight.disk_check`` (false: skip the writable and free-space checks).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,8 +32,15 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.models.hub import FirstRetryOnly, quiet_hub_retries
 from rlhf_lab.preflight.availability import Located, locate_models
+from rlhf_lab.preflight.environment import (
+    check_free_space,
+    check_writable,
+    extensions_root,
+    wait_for_build_locks,
+)
+from rlhf_lab.preflight.keys import check_run_keys
 from rlhf_lab.preflight.memory import GIB, Estimate, Plan, estimate, fitting_options, gib
-from rlhf_lab.preflight.plan import describe, plan_of
+from rlhf_lab.preflight.plan import describe, plan_of, strategy_of
 
 __all__ = [
     "Estimate",
@@ -79,13 +95,20 @@ def device_budget(plan: Plan, override_gib: float | None) -> tuple[float, str]:
     )
 
 
-def check_memory(
-    cfg: DictConfig, located: list[Located], override_gib: float | None = None
-) -> Estimate | None:
-    """Stop a run that cannot fit its device (a `ConfigError` with the estimate); warn when it is close."""
-    plan = plan_of(cfg, located)
-    if plan is None:
+def run_plan(cfg: DictConfig, located: list[Located]) -> Plan | None:
+    """`plan_of`, or None (with a warning) when it fails for any reason but a `ConfigError`: an estimate that
+    fails must not stop a run the build would report better."""
+    try:
+        return plan_of(cfg, located)
+    except ConfigError:
+        raise
+    except Exception as error:
+        log.warning("preflight: no memory or disk estimate (%s: %s)", type(error).__name__, error)
         return None
+
+
+def check_memory(cfg: DictConfig, plan: Plan, override_gib: float | None = None) -> Estimate:
+    """Stop a run that cannot fit its device (a `ConfigError` with the estimate); warn when it is close."""
     needed = estimate(plan)
     budget, has = device_budget(plan, override_gib)
     what = describe(cfg, plan)
@@ -110,6 +133,19 @@ def check_memory(
     return needed
 
 
+def check_directories(cfg: DictConfig) -> None:
+    """The run directory and the cache take a file (`rlhf_lab.preflight.environment.check_writable`)."""
+    paths: Any = cfg.get("paths") or {}
+    if paths.get("run_dir"):
+        check_writable("paths.run_dir", Path(paths.run_dir), "point hydra.run.dir at a writable directory")
+    if paths.get("cache_dir"):
+        check_writable(
+            "paths.cache_dir",
+            Path(paths.cache_dir),
+            "set paths.cache_dir (or RLHF_LAB_CACHE) to a writable directory",
+        )
+
+
 #: The configs (as YAML) that passed in this process: the CLI checks before its heavy imports, then
 #: `rlhf_lab.train.run` would check again (and ask the hub again).
 _PASSED: set[str] = set()
@@ -118,19 +154,31 @@ _PASSED: set[str] = set()
 def preflight(cfg: DictConfig) -> None:
     """Check the run ``cfg`` before any download or model load (this package's docstring); once per config
     and process."""
+    check_run_keys(cfg)
     settings: Any = cfg.get("preflight") or {}
     if not settings.get("enabled", True):
         return
     key = OmegaConf.to_yaml(cfg)
     if key in _PASSED:
         return
+    disk_check = bool(settings.get("disk_check", True))
+    if disk_check:
+        check_directories(cfg)
+    if "strategy" in cfg and strategy_of(cfg.strategy)["deepspeed"]:
+        wait_for_build_locks(extensions_root())  # before DeepSpeed would wait on a stale one, silently
     quiet_hub_retries()
     located = locate_models(cfg)
-    if settings.get("memory_check", True):
-        try:
-            check_memory(cfg, located, settings.get("device_memory_gib"))
-        except ConfigError:
-            raise
-        except Exception as error:  # an estimate that fails must not stop a run the build would report better
-            log.warning("preflight: no memory estimate (%s: %s)", type(error).__name__, error)
+    memory_check = bool(settings.get("memory_check", True))
+    plan = run_plan(cfg, located) if memory_check or disk_check else None
+    if plan is not None:  # None: the policy's config is not on disk (plan_of says so)
+        if memory_check:
+            check_memory(cfg, plan, settings.get("device_memory_gib"))
+        if disk_check:
+            cache = cfg.paths.get("cache_dir")
+            try:
+                check_free_space(cfg, plan, Path(cfg.paths.run_dir), Path(cache) if cache else None)
+            except ConfigError:
+                raise
+            except OSError as error:  # a filesystem that will not say its free space: no estimate
+                log.warning("preflight: no free-space check (%s)", error)
     _PASSED.add(key)

@@ -12,14 +12,16 @@ import torch
 from rlhf_lab.data.batches import PromptBatch
 from rlhf_lab.generation import Generation, SamplingConfig, stop_and_pad_ids
 from rlhf_lab.rl.engine import ENGINES, RolloutEngine
-from rlhf_lab.rl.metrics import completion_metrics, reward_metrics
+from rlhf_lab.rl.failures import RewardFailures
+from rlhf_lab.rl.metrics import completion_metrics
 from rlhf_lab.rl.parts import RLParts
 from rlhf_lab.rl.rollout import Completions, Rollout
-from rlhf_lab.rl.scoring import RewardScorer
+from rlhf_lab.rl.samples import sample_rows, write_samples
+from rlhf_lab.rl.scoring import RewardScorer, Scores
 from rlhf_lab.rl.update import estimate_advantages, shape_rewards
 
 
-class RolloutActor:
+class RolloutActor(RewardFailures):
     """Sampling, scoring and the no-gradient passes over a rollout (mixed into `OnlineObjective`)."""
 
     # Provided by OnlineObjective / AlignmentObjective.
@@ -41,6 +43,7 @@ class RolloutActor:
     kl_in_reward: bool
     missing_eos_penalty: float | None
     mask_truncated_completions: bool
+    log_samples_every: int
     _engine: RolloutEngine | None
     _rollout_tokens: int
 
@@ -83,36 +86,48 @@ class RolloutActor:
         return self.scorer.decode(batch, generation, generations, self.tokenizer, eos)
 
     def score(self, batch: PromptBatch, generation: Generation, generations: int) -> torch.Tensor:
-        """``[N, R]`` rewards of every completion by every reward (NaN: not applicable)."""
-        return self.score_completions(self.decode(batch, generation, generations))
+        """``[N, R]`` rewards of every completion by every reward (NaN: not applicable, or failed)."""
+        return self.score_completions(self.decode(batch, generation, generations), generations).per_reward
 
-    def score_completions(self, decoded: Completions) -> torch.Tensor:
+    def score_completions(self, decoded: Completions, group_size: int = 1) -> Scores:
         models = [self.companions[f"reward_model_{i}"] for i in range(len(self.reward_model_paths))]
-        return self.scorer.score(decoded, models, self.device)
+        return self.scorer.score(decoded, models, self.device, group_size)
 
+    # ---------------------------------------------------------------------------------- rollout
     def make_rollout(self, batch: PromptBatch) -> tuple[Rollout, dict[str, torch.Tensor]]:
         """Sample, score and prepare one rollout; returns it and its metrics."""
         generation = self.sample(batch, self.sampling, self.num_generations, 0, int(self.rollouts_done))
         decoded = self.decode(batch, generation, self.num_generations)
-        per_reward = self.score_completions(decoded)
+        scores = self.score_completions(decoded, self.num_generations)
+        kept = self.settle_rewards(decoded, scores, self.num_generations, "train")
+        per_reward = scores.per_reward
+        rewards = self.scorer.combine(per_reward)
         mask = generation.completion_mask.clone()
         if self.mask_truncated_completions:
             mask &= ~generation.truncated.unsqueeze(1)
+        if kept is not None:
+            kept = kept.to(mask.device)
+            # A dropped prompt's completions leave the loss; a failed reward's NaN or inf reaches no sum.
+            mask &= kept.unsqueeze(1)
+            rewards = torch.where(kept, rewards, torch.zeros_like(rewards))
         rollout = Rollout(
             generation.sequences(),
             generation.prompts.input_ids.shape[1],
             mask,
-            rewards=self.scorer.combine(per_reward),
+            rewards=rewards,
             per_reward=per_reward,
             truncated=generation.truncated,
             sampler_logps=generation.logps,
             texts=decoded,
+            kept=kept,
         )
-        metrics = reward_metrics(
-            rollout.require("rewards"), per_reward, self.reward_names, self.num_generations
-        )
+        metrics = self.kept_reward_metrics(rewards, per_reward, kept, self.num_generations)
         metrics.update(completion_metrics(generation.lengths, generation.truncated))
+        if kept is not None:
+            metrics["reward_errors"] = torch.tensor(float(self.dropped_groups), device=self.device)
         self._rollout_tokens = int(rollout.sequences.attention_mask.sum())
+        if kept is not None and not self.any_process(bool(kept.any())):
+            return rollout, metrics  # nothing to learn from anywhere: no teacher-forced passes
         with torch.no_grad():
             if self.reference_mode != "none":
                 rollout.reference_logps = self._chunked(rollout, self._reference_token_logps)
@@ -120,6 +135,26 @@ class RolloutActor:
                 rollout.old_logps = self._chunked(rollout, lambda part: self.token_stats(part)[0])
             metrics.update(self.score_rollout(rollout))
         return rollout, metrics
+
+    def held_out_metrics(self, batch: PromptBatch, sampling: SamplingConfig) -> dict[str, torch.Tensor]:
+        """The metrics of one completion per held-out prompt (greedy unless ``val_do_sample``)."""
+        generation = self.sample(batch, sampling, 1, 1, 0)
+        decoded = self.decode(batch, generation, 1)
+        scores = self.score_completions(decoded, 1)
+        kept = self.settle_rewards(decoded, scores, 1, "val")
+        per_reward = scores.per_reward
+        metrics = self.kept_reward_metrics(self.scorer.combine(per_reward), per_reward, kept, 1, "val")
+        metrics.update(completion_metrics(generation.lengths, generation.truncated))
+        return metrics
+
+    def maybe_write_samples(self, rollout: Rollout) -> None:
+        """The rollout's sample table, every ``log_samples_every`` rollouts (rank 0)."""
+        trainer, every = self._attached_trainer(), self.log_samples_every
+        due = bool(every) and (int(self.rollouts_done) - 1) % every == 0
+        if due and trainer is not None and trainer.is_global_zero and self.runtime.run_dir is not None:
+            rows = sample_rows(rollout, self.reward_names, trainer.global_step)
+            if rows:  # every prompt dropped: nothing to show
+                write_samples(rows, self.runtime.run_dir, trainer.global_step, list(trainer.loggers))
 
     def _chunked(self, rollout: Rollout, compute: Any) -> torch.Tensor:
         """``compute`` over the rollout in micro-batches (memory as one training micro-batch)."""
@@ -147,15 +182,42 @@ class RolloutActor:
         return values[:, width - 1 : width - 1 + length].float()
 
     def score_rollout(self, rollout: Rollout) -> dict[str, torch.Tensor]:
-        """Rewards (with the KL penalty when in the reward) -> the estimator's advantages (and returns)."""
+        """Rewards (with the KL penalty when in the reward) -> the estimator's advantages (and returns).
+
+        Dropped completions (``rollout.kept``) are left out of the estimate, so the kept prompts' advantages
+        are what the estimator gives them alone (a group's own under GRPO and RLOO); theirs are 0.
+        """
+        if self.parts.needs_critic:
+            rollout.values = self._chunked(rollout, self._values) * rollout.mask
+        kept = rollout.kept
+        if kept is None or bool(kept.all()):
+            return self._estimate(rollout)
+        if not bool(kept.any()):
+            # Another process has kept prompts, so this one takes the step too: with zero advantages and an
+            # empty loss mask, and the estimator's metrics (every process logs the same keys).
+            metrics = self._estimate(rollout)
+            rollout.advantages = torch.zeros_like(rollout.require("advantages"))
+            if rollout.returns is not None:
+                rollout.returns = torch.zeros_like(rollout.returns)
+            return metrics
+        rows = kept.nonzero().flatten()
+        part = rollout.rows(rows)
+        metrics = self._estimate(part)
+        for name in ("advantages", "returns"):
+            value = getattr(part, name)
+            if value is not None:
+                full = value.new_zeros((rollout.size, *value.shape[1:]))
+                full[rows] = value
+                setattr(rollout, name, full)
+        return metrics
+
+    def _estimate(self, rollout: Rollout) -> dict[str, torch.Tensor]:
         scores, token_rewards, metrics = shape_rewards(
             rollout,
             beta=self.beta,
             kl_in_reward=self.kl_in_reward,
             missing_eos_penalty=self.missing_eos_penalty,
         )
-        if self.parts.needs_critic:
-            rollout.values = self._chunked(rollout, self._values) * rollout.mask
         return {
             **metrics,
             **estimate_advantages(self.parts, rollout, scores, token_rewards, self.num_generations),

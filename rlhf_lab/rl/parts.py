@@ -94,7 +94,12 @@ class RLParts:
         spec = policy_spec if path is None else HubModel(name_or_path=path, dtype=dtype)
         # The critic reads the policy's token ids, so it must tokenise exactly like the policy.
         companion = Companion(
-            spec, task="sequence_classification", trainable=True, same_vocabulary=path is not None
+            spec,
+            task="sequence_classification",
+            trainable=True,
+            same_vocabulary=path is not None,
+            key="model.name_or_path" if path is None else "algo.value_model",
+            role="value model",
         )
         return {"value_model": companion}
 

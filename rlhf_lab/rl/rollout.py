@@ -52,6 +52,8 @@ class Rollout:
         advantages: ``[N]`` per completion or ``[N, L]`` per token.
         returns: ``[N, L]`` the critic's targets.
         texts: What the rewards saw (for the sample tables); not carried into `rows`.
+        kept: ``[N]`` bool under ``algo.reward_errors=skip``: False for the completions of a prompt a reward
+            failed on (dropped: out of the loss mask, advantage 0); None under ``stop``.
     """
 
     sequences: Sequences
@@ -67,6 +69,7 @@ class Rollout:
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     texts: Completions | None = None
+    kept: torch.Tensor | None = None
 
     @property
     def size(self) -> int:

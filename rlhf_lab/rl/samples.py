@@ -19,6 +19,8 @@ def sample_rows(rollout: Rollout, reward_names: list[str], step: int) -> list[di
     for i, (prompt, completion) in enumerate(
         zip(rollout.texts.prompts, rollout.texts.completions, strict=True)
     ):
+        if rollout.kept is not None and not bool(rollout.kept[i]):
+            continue  # dropped (a reward failed on its prompt): no reward to show
         row: dict[str, Any] = {
             "step": step,
             "prompt": prompt,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,13 +14,32 @@ from rlhf_lab.generation import Generation
 from rlhf_lab.models.build import Companion
 from rlhf_lab.models.hub import HubModel
 from rlhf_lab.rewards import (
-    call_reward_function,
+    RewardFailure,
+    check_reward_settings,
     check_reward_weights,
     combine_rewards,
     resolve_reward_functions,
     reward_name,
+    reward_values,
 )
 from rlhf_lab.rl.rollout import Completions
+
+
+@dataclass
+class Scores:
+    """What the rewards made of a batch of completions.
+
+    Attributes:
+        per_reward: ``[N, R]`` every reward's score of every completion (NaN: not applicable, or failed).
+        failures: The rewards that failed, and on which completions (empty: none did).
+    """
+
+    per_reward: torch.Tensor
+    failures: list[RewardFailure] = field(default_factory=list)
+
+    def failed_rows(self) -> set[int]:
+        """The completions some reward failed on."""
+        return {row for failure in self.failures for row in failure.rows}
 
 
 class RewardScorer:
@@ -27,21 +47,32 @@ class RewardScorer:
 
     Args:
         reward_functions: Import paths or ``{_target_: ...}`` mappings (`rlhf_lab.rewards`).
-        reward_models: How many reward models score beside them (built as companions by the objective).
+        reward_models: The reward models scoring beside them (built as companions by the objective): their
+            directories or hub ids, as messages name them.
         reward_weights: One weight per reward, functions first (None: all 1).
+        reward_timeout: Seconds one call of a reward function may take (None: no limit).
+        reward_errors: ``stop`` or ``skip`` (checked here; `rlhf_lab.rl.failures` applies it).
     """
 
     def __init__(
-        self, reward_functions: list[Any], reward_models: int, reward_weights: list[float] | None
+        self,
+        reward_functions: list[Any] | None,
+        reward_models: list[str],
+        reward_weights: list[float] | None,
+        reward_timeout: float | None = None,
+        reward_errors: str = "stop",
     ) -> None:
-        self.functions = resolve_reward_functions(reward_functions)
-        self.num_models = reward_models
-        if not self.functions and not reward_models:
+        check_reward_settings(reward_errors, reward_timeout)
+        self.functions = resolve_reward_functions(reward_functions or [])
+        self.model_paths = list(reward_models)
+        self.num_models = len(self.model_paths)
+        self.timeout = reward_timeout
+        if not self.functions and not self.num_models:
             raise ConfigError(
                 "online RL needs a reward: set algo.reward_functions (e.g. [rlhf_lab.rewards.exact_match]) "
                 "and/or algo.reward_models (e.g. [<run dir of algo=reward>/export])"
             )
-        self.weights = check_reward_weights(reward_weights, len(self.functions) + reward_models)
+        self.weights = check_reward_weights(reward_weights, len(self.functions) + self.num_models)
 
     @property
     def names(self) -> list[str]:
@@ -55,7 +86,10 @@ class RewardScorer:
         """The reward models to build beside the policy (``reward_model_<i>``), each with its own tokenizer."""
         return {
             f"reward_model_{i}": Companion(
-                HubModel(name_or_path=path, dtype=dtype), task="sequence_classification"
+                HubModel(name_or_path=path, dtype=dtype),
+                task="sequence_classification",
+                key=f"algo.reward_models[{i}]",
+                role="reward model",
             )
             for i, path in enumerate(paths)
         }
@@ -83,12 +117,24 @@ class RewardScorer:
         }
         return Completions(prompts, completions, ids, columns)
 
-    def score(self, decoded: Completions, reward_models: list[Any], device: torch.device) -> torch.Tensor:
-        """``[N, R]`` scores of every completion by every reward (NaN: not applicable)."""
-        scores = [
-            call_reward_function(function, decoded.prompts, decoded.completions, decoded.ids, decoded.columns)
-            for function in self.functions
-        ]
+    def score(
+        self, decoded: Completions, reward_models: list[Any], device: torch.device, group_size: int = 1
+    ) -> Scores:
+        """Every reward's score of every completion, and the rewards that failed (`reward_values`; a reward
+        model fails on a non-finite score). ``group_size``: completions per prompt (consecutive rows)."""
+        columns, failures = [], []
+        for function in self.functions:
+            values, failed = reward_values(
+                function,
+                decoded.prompts,
+                decoded.completions,
+                decoded.ids,
+                decoded.columns,
+                timeout=self.timeout,
+                group_size=group_size,
+            )
+            columns.append(values)
+            failures += failed
         if reward_models:
             examples = [
                 PreferenceExample(prompt=prompt, chosen=completion, rejected=None, source=f"rollout:{i}")
@@ -96,8 +142,15 @@ class RewardScorer:
                     zip(decoded.prompts, decoded.completions, strict=True)
                 )
             ]
-            scores += [model.score_examples(examples).float().cpu() for model in reward_models]
-        return torch.stack(scores, 1).to(device)
+            for i, model in enumerate(reward_models):
+                scores = model.score_examples(examples).float().cpu()
+                bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+                if bad:
+                    what = f"reward model algo.reward_models[{i}] ({self.model_paths[i]})"
+                    problem = f"scored {float(scores[bad[0]])} for a completion (a non-finite score)"
+                    failures.append(RewardFailure(what, problem, bad))
+                columns.append(scores)
+        return Scores(torch.stack(columns, 1).to(device), failures)
 
     def combine(self, per_reward: torch.Tensor) -> torch.Tensor:
         """``[N]`` weighted sums (not-applicable rewards left out)."""

@@ -231,7 +231,7 @@ def test_swift_rows_convert() -> None:
         (
             {"images": 5},
             "images",
-            "expected an image as a path, URL, bytes or a {bytes, path} object, got int",
+            "expected an image as a path, URL, bytes, base64 text, a data URI or a {bytes, path} object, got int",
         ),
     ],
 )

@@ -152,3 +152,12 @@ def test_csv_labels_and_margins_are_read_from_text(tmp_path):
     path.write_text("prompt,chosen,rejected,margin\np,a,b,1.5\n", encoding="utf-8")
     (example,), _ = convert_rows(read_rows(path), file=str(path))
     assert example.margin == 1.5
+
+
+def test_jsonl_splits_lines_at_newlines_only(tmp_path):
+    """JSON text may hold U+2028, U+0085 or a form feed unescaped (``json.dumps(..., ensure_ascii=False)``
+    writes U+2028 so): they stay in the row's string, and CRLF line ends are read."""
+    row = {"prompt": "a\u2028b\x85c\x0cd", "chosen": "x"}
+    path = tmp_path / "train.jsonl"
+    path.write_bytes((json.dumps(row, ensure_ascii=False) + "\r\n" + json.dumps(ROWS[0]) + "\r\n").encode())
+    assert read_rows(path) == [row, ROWS[0]]

@@ -92,6 +92,10 @@ def _images(
         if context.get(column) not in (None, [], ""):
             raise context.error(f"{column} are not supported (images and text are)", column)
     given = context.one_of("images", "image")
+    if parsed.images is None and context.part_images:
+        # Content parts carried images the layout did not collect (TRL's layouts): they are the prompt's, in
+        # order, and checked as any image is.
+        parsed.images = list(context.part_images)
     images: list[ImageSource] | None
     rejected: list[ImageSource] | None
     if parsed.images is not None:
