@@ -2,11 +2,15 @@
 
 - `LastCheckpoint` writes ``last.ckpt`` on its own schedule (every N optimiser steps and/or M minutes, after
   every validation, at the end and on an exception), whether or not the monitored metric exists yet. A save
-  due on a step that validates is made after the validation, so a resume never skips or repeats one.
+  due on a step that validates is made after the validation (and after the best-k save), so a resume never
+  skips or repeats one. The last step's checkpoint is written inside its epoch (a resume can train further
+  from it); a resume with nothing left to train makes up for the epoch's end (`RunProgress.on_fit_end`).
 - `RunProgress` flushes metrics.csv into every checkpoint and records how many rows it held (and the row of
   the checkpoint's own step, which Lightning logs only after the checkpoint), so a resumed metrics.csv is
   the uninterrupted one row for row; it also keeps the last training metrics for ``summary.json``.
-- `FiniteModelCheckpoint` keeps the best-k checkpoints by the monitored metric, never ranking a NaN.
+- `FiniteModelCheckpoint` keeps the best-k checkpoints by the monitored metric, never ranking a NaN, and
+  after a resume removes the best-k files the checkpoint it resumed from did not know of (written after it by
+  the killed process, or the one it resumed from, which Lightning never deletes).
 - `StartValidation` validates before the first training step (``trainer.val_on_start``) and keeps the values,
   checkpoints included, as the run's starting point.
 """
@@ -23,8 +27,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from rlhf_lab.checkpoints import STEP_NAME, atomic_remove
 from rlhf_lab.lightning_compat import (
     batches_that_stepped,
+    finish_skipped_restart,
     pending_logged_metrics,
     should_accumulate,
     step_logs_due,
@@ -109,6 +115,12 @@ class LastCheckpoint(Callback):
             self._after_validation = False
             # The validation at step 0 (`StartValidation`) leaves nothing to resume: a fresh start redoes it.
             if trainer.global_step > 0:
+                # The best-k save of this validation first (Lightning runs checkpoint callbacks last), so
+                # last.ckpt records it: a resume from last.ckpt then knows every best-k file on disk. Their
+                # hook is idempotent: a second call skips the step it has saved at, or ranks it out again.
+                for callback in trainer.checkpoint_callbacks:
+                    if isinstance(callback, ModelCheckpoint):
+                        callback.on_validation_end(trainer, pl_module)
                 self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
@@ -152,6 +164,10 @@ class RunProgress(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._row_pending = False
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        # Resumed at the end (killed during the export, say): the final validation is logged at the last step.
+        finish_skipped_restart(trainer)
 
     def _pending_row(self, trainer: L.Trainer) -> dict[str, Any] | None:
         if not self._row_pending or not step_logs_due(trainer):
@@ -203,10 +219,39 @@ class FiniteModelCheckpoint(ModelCheckpoint):
     enters the top k (Lightning would rank a NaN as the worst value, yet keep it while fewer than k are saved).
     """
 
+    _resumed = False
+
     def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
         if current is not None and not math.isfinite(float(current)):
             return False
         return super().check_monitor_top_k(trainer, current)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # Lightning restores the best-k record only from a checkpoint of this same directory.
+        self._resumed = self.dirpath == state_dict.get("dirpath", self.dirpath)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.remove_orphans(trainer)  # before a save could take an orphan's name (Lightning would add -v1)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.remove_orphans(trainer)  # the best-k file resumed from, if it has dropped out of the best k
+
+    def remove_orphans(self, trainer: L.Trainer) -> list[Path]:
+        """After a resume, delete this directory's best-k checkpoints (``step*.ckpt``) the best-k record does
+        not hold; rank zero deletes, and nothing is deleted in a fresh run."""
+        if not (self._resumed and trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir()):
+            return []
+        kept = {Path(path).name for path in self.best_k_models}
+        orphans = [
+            path
+            for path in sorted(Path(self.dirpath).iterdir())
+            if STEP_NAME.fullmatch(path.name) and path.name not in kept
+        ]
+        for path in orphans:
+            atomic_remove(path)
+        return orphans
 
 
 def validate_within_fit(trainer: L.Trainer) -> None:

@@ -74,6 +74,7 @@ PRIVATE_NAMES = frozenset(
         "_rewrite_with_new_header",
         "_init_deepspeed_distributed",
         "_setup_model_and_optimizer",
+        "_results",
     }
 )
 
@@ -161,6 +162,50 @@ def batches_processed_this_epoch(trainer: L.Trainer) -> int:
     bookkeeping. No public counter is restored mid-epoch.
     """
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # type: ignore[attr-defined]
+
+
+def finish_skipped_restart(trainer: L.Trainer) -> None:
+    """After a fit resumed from a checkpoint of its last step written inside the epoch (after the last batch
+    or its validation: a best-k checkpoint, say), with nothing left to train: set the loggers' step
+    (`batches_that_stepped`) and the epoch to what an uninterrupted run has at its end (call in
+    ``on_fit_end``); a no-op after any other fit.
+
+    Lightning advances ``_batches_that_stepped`` past a batch after its ``on_train_batch_end`` and its
+    validation (so a checkpoint written there holds the value before), and a resumed epoch loop makes up for
+    it; then ``max_steps`` (or the last batch) closes the epoch (``epoch_progress`` processed and completed). A
+    fit resumed at its end runs neither, so the final validation would be logged one step and one epoch early.
+    This makes up for both, once: the fit loop is still ``restarting`` only when no iteration ran.
+    """
+    fit_loop = trainer.fit_loop
+    epoch = fit_loop.epoch_progress
+    if not fit_loop.restarting:
+        return
+    current: Any = epoch.current  # a `_StartedTracker` (typed as its base)
+    if current.processed < current.started:  # written inside the epoch
+        if not should_accumulate(trainer):
+            fit_loop.epoch_loop._batches_that_stepped = batches_that_stepped(trainer) + 1
+        epoch.increment_processed()
+    if current.completed < current.processed:
+        epoch.increment_completed()
+    fit_loop.restarting = False
+
+
+def forget_step_values(trainer: L.Trainer, names: set[str] | None = None) -> None:
+    """Drop the step-level values (``self.log(..., on_step=True, on_epoch=False)``) earlier training batches
+    logged, all of them or those ``names``, so the current batch's row holds only what it logs itself.
+
+    Lightning keeps a step value (in ``trainer._results``) until the epoch ends and writes it into every
+    later row that does not log that name again: a step that logs no loss (skipped for a NaN) would repeat
+    the previous step's. Resetting a value is what Lightning does to all of them at an epoch's end; the next
+    ``self.log`` of the name sets it again.
+    """
+    results = _read(trainer, "_results")
+    if results is None:
+        return
+    for metric in results.values():
+        meta = metric.meta
+        if meta.on_step and not meta.on_epoch and (names is None or meta.name in names):
+            metric.reset()
 
 
 # --- LightningModule -------------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ from a callback (only ``training_step`` returning None skips Lightning's backwar
 its own loss and hands a non-finite one to `NanPolicy.handle`, agreeing with the other ranks first
 (`all_ranks`). The count of skipped steps lives on the objective, in its ``nan_skipped`` buffer (a
 state-dict key, kept in checkpoints).
+
+A step is named as metrics.csv names it (its ``step`` column: training batches that stepped before it), and
+a skipped step's row holds what that step logged (``train/nan_skipped``), never an earlier step's loss.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from rlhf_lab.errors import check_choice, check_range
+from rlhf_lab.lightning_compat import batches_that_stepped, forget_step_values
 
 if TYPE_CHECKING:
     from rlhf_lab.data.batches import Batch
@@ -78,13 +82,17 @@ class NanPolicy(Callback):
         return self.policy != "ignore"
 
     def handle(self, objective: AlignmentObjective, what: str, batch: Batch | None) -> None:
-        """A non-finite ``what`` (``loss``, ``gradient``) at the coming step: raise under ``stop`` (or past the
-        skips), else count the skip on the objective and log it."""
-        step = objective.trainer.global_step + 1
+        """A non-finite ``what`` (``loss``, ``gradient``) at the current step: raise under ``stop`` (or past
+        the skips), else count the skip on the objective and log it."""
+        trainer = objective.trainer
+        step = batches_that_stepped(trainer)  # the step column of this batch's metrics.csv row
         examples = "" if batch is None else f" (training batch of dataset examples {batch.index.tolist()})"
         skipped = int(objective.nan_skipped)
         if self.policy == "skip" and skipped < self.max_skips:
             objective.nan_skipped += 1
+            # Lightning would write the previous step's values into this step's row: a skipped loss logs
+            # nothing of its own; a skipped gradient, no norm.
+            forget_step_values(trainer, None if what == "loss" else {"train/grad_norm"})
             log.warning(
                 "non-finite %s at step %d%s: step skipped (%d so far)", what, step, examples, skipped + 1
             )

@@ -6,6 +6,10 @@ rank ever holds a full unsharded reference. DeepSpeed runs through Lightning's `
 config generated from ours (stage, offload, precision, clipping and accumulation taken from the trainer so
 the two never disagree). Lightning refuses DeepSpeed on a CPU; `CPUDeepSpeedStrategy`, used only where no
 GPU exists, lifts that with DeepSpeed's CPU accelerator (``DS_ACCELERATOR=cpu``).
+
+Both write sharded checkpoints (a directory, every rank its shards) atomically: into a staging directory
+renamed into place once complete (`rlhf_lab.checkpoints.atomic_directory_save`), removed by a rename first,
+so a kill mid-save or mid-removal never leaves a checkpoint that looks complete and is not.
 """
 
 from __future__ import annotations
@@ -59,15 +63,86 @@ class FSDPSpec:
         }
 
     def build(self, trainer_cfg: Any) -> Any:
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
         devices, nodes = trainer_cfg.get("devices", 1), int(trainer_cfg.get("num_nodes", 1))
         if not isinstance(devices, int):
             raise ConfigError(f"strategy=fsdp needs trainer.devices as a number; got {devices!r}")
-        strategy = ModelParallelStrategy(data_parallel_size=devices * nodes, tensor_parallel_size=1)
+        strategy = _atomic_model_parallel_class()(data_parallel_size=devices * nodes, tensor_parallel_size=1)
         # Read by the objective's configure_model (shard_fsdp2).
         strategy.rlhf_lab_fsdp = self.options  # type: ignore[attr-defined]
         return strategy
+
+
+def _atomic_model_parallel_class() -> type:
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from rlhf_lab.checkpoints import atomic_directory_save, atomic_remove
+
+    class AtomicModelParallelStrategy(ModelParallelStrategy):
+        """Lightning's `ModelParallelStrategy` (FSDP2), its distributed checkpoints written atomically."""
+
+        def save_checkpoint(
+            self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
+        ) -> None:
+            parent: Any = super()
+
+            def write(directory: Path) -> None:
+                parent.save_checkpoint(checkpoint, directory, storage_options)
+
+            atomic_directory_save(self, filepath, write)
+
+        def remove_checkpoint(self, filepath: Any) -> None:
+            if self.is_global_zero:
+                atomic_remove(Path(filepath))
+
+        def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+            path = Path(self.broadcast(str(checkpoint_path)))
+            if not path.is_dir():
+                return super().load_checkpoint(checkpoint_path, weights_only)  # type: ignore[no-any-return]
+            assert self.lightning_module is not None  # loading happens inside fit
+            return load_sharded_checkpoint(self.lightning_module, self.optimizers, path)
+
+    return AtomicModelParallelStrategy
+
+
+def load_sharded_checkpoint(module: torch.nn.Module, optimizers: list[Any], path: Path) -> dict[str, Any]:
+    """Load an FSDP2 distributed checkpoint (Lightning's layout: ``state_dict.*``, ``optimizer_<i>.*``,
+    ``meta.pt``) into ``module`` and ``optimizers``; returns the rest of the checkpoint (``meta.pt``).
+
+    Lightning's own load asks the checkpoint for every weight of the module, and the checkpoints hold the
+    trainable ones only (frozen weights come back from the model specs): it fails on the first frozen key.
+    This asks for the weights the checkpoint holds; `AlignmentObjective.on_load_checkpoint`'s key check does
+    not run on a sharded checkpoint, so the saved keys are checked against the trainable ones here.
+    Collective: every rank calls it.
+    """
+    from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    from rlhf_lab.checkpoints import read_checkpoint
+
+    saved = {
+        key.removeprefix("state_dict.")
+        for key in FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        if key.startswith("state_dict.")
+    }
+    checker = getattr(module, "check_checkpoint_keys", None)
+    if checker is not None:
+        checker(saved, str(path))
+    weights = {"state_dict": {k: v for k, v in get_model_state_dict(module).items() if k in saved}}
+    load(weights, checkpoint_id=path)
+    module.load_state_dict(weights["state_dict"], strict=False)
+    for index, optimizer in enumerate(optimizers):
+        key = f"optimizer_{index}"
+        state = {key: get_optimizer_state_dict(module, optimizer)}
+        load(state, checkpoint_id=path)
+        set_optimizer_state_dict(
+            module, optimizer, optim_state_dict=state[key], options=StateDictOptions(cpu_offload=True)
+        )
+    return read_checkpoint(path / "meta.pt")
 
 
 def fsdp(
@@ -161,13 +236,37 @@ def deepspeed_config(
     return config
 
 
+def _atomic_deepspeed_class() -> type:
+    from rlhf_lab.checkpoints import atomic_directory_save, atomic_remove
+    from rlhf_lab.lightning_compat import DeepSpeedEngineHook
+
+    class AtomicDeepSpeedStrategy(DeepSpeedEngineHook):
+        """Lightning's `DeepSpeedStrategy`, its checkpoint directories written atomically."""
+
+        def save_checkpoint(
+            self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
+        ) -> None:
+            parent: Any = super()
+
+            def write(directory: Path) -> None:
+                parent.save_checkpoint(checkpoint, str(directory), storage_options)
+
+            atomic_directory_save(self, filepath, write)
+
+        def remove_checkpoint(self, filepath: Any) -> None:
+            if self.is_global_zero:
+                atomic_remove(Path(filepath))
+
+    return AtomicDeepSpeedStrategy
+
+
 def _cpu_deepspeed_class() -> type:
     from lightning.fabric.utilities.seed import reset_seed
     from lightning.pytorch.strategies import DDPStrategy
 
-    from rlhf_lab.lightning_compat import DeepSpeedEngineHook, init_deepspeed_distributed
+    from rlhf_lab.lightning_compat import init_deepspeed_distributed
 
-    class CPUDeepSpeedStrategy(DeepSpeedEngineHook):
+    class CPUDeepSpeedStrategy(_atomic_deepspeed_class()):  # type: ignore[misc]
         """DeepSpeed on DeepSpeed's CPU accelerator (tests and laptops); Lightning allows CUDA only."""
 
         @property
@@ -229,8 +328,6 @@ class DeepSpeedSpec:
             raise ConfigError(f"strategy.config_path={config_path} does not exist")
 
     def build(self, trainer_cfg: Any, micro_batch_size: int) -> Any:
-        from lightning.pytorch.strategies import DeepSpeedStrategy
-
         if self.config_path is not None:
             config = json.loads(Path(self.config_path).read_text())
         else:
@@ -244,7 +341,7 @@ class DeepSpeedSpec:
                 micro_batch_size=micro_batch_size,
             )
         if torch.cuda.is_available():
-            return DeepSpeedStrategy(config=config)
+            return _atomic_deepspeed_class()(config=config)
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         return _cpu_deepspeed_class()(config=config, process_group_backend="gloo")
 

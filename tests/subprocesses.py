@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,17 +13,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def python_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """``python -m <module> <args>`` from the repository root, with this environment (the test cache)."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
+def python_module(
+    module: str, *args: str, timeout: int = 600, env: dict[str, str] | None = None, new_session: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> <args>`` from the repository root, with this environment (the test cache) and
+    ``env``; with ``new_session``, in a session (and process group) of its own, which a kill of the group
+    ends without reaching the test, and which a timeout ends whole (a hung rank is never left behind)."""
+    command = [sys.executable, "-m", module, *args]
+    environment = {**os.environ, **(env or {})}
+    if not new_session:
+        return subprocess.run(
+            command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    with subprocess.Popen(
+        command,
         cwd=REPO,
-        env=dict(os.environ),
-        capture_output=True,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
-    )
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def built_once(name: str, *overrides: str) -> Path:

@@ -3,6 +3,8 @@ last finite state kept), or is skipped and counted, or ignored; a NaN model is n
 
 from __future__ import annotations
 
+import csv
+import logging
 import math
 from pathlib import Path
 
@@ -62,7 +64,8 @@ def test_stop_names_the_step_and_examples_and_keeps_the_last_finite_state(
         run(compose_config(SHORT, run_dir=tmp_path))
     message = str(caught.value)
     what = "gradient" if where == "gradient" else "loss"
-    assert f"non-finite {what} at step 4" in message and "nan_policy=skip" in message
+    # The fourth training batch: metrics.csv's step 3 (its step column counts from 0).
+    assert f"non-finite {what} at step 3" in message and "nan_policy=skip" in message
     if what == "loss":
         assert "dataset examples [" in message
     last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
@@ -71,18 +74,36 @@ def test_stop_names_the_step_and_examples_and_keeps_the_last_finite_state(
     assert not (tmp_path / "export").exists() and not (tmp_path / "summary.json").exists()
 
 
-def test_skip_counts_the_skipped_steps_and_trains_on(tmp_path: Path, nan_at) -> None:
+def test_skip_counts_the_skipped_steps_and_trains_on(
+    tmp_path: Path, nan_at, caplog: pytest.LogCaptureFixture
+) -> None:
     nan_at("loss", {2, 5})
-    result = run(compose_config([*SHORT, "trainer.nan_policy=skip"], run_dir=tmp_path))
+    with caplog.at_level(logging.WARNING, logger="rlhf_lab.nan_policy"):
+        result = run(compose_config([*SHORT, "trainer.nan_policy=skip"], run_dir=tmp_path))
     assert int(result.objective.nan_skipped) == 2
     assert result.summary["train/nan_skipped"] == 2
     assert math.isfinite(result.summary["val/loss"]) and result.summary["run/diverged"] == 0
     assert (tmp_path / "export" / "model.safetensors").exists()
+    # The warnings name the steps as metrics.csv does, and a skipped step's row holds no loss, never the
+    # previous step's (Lightning repeats a value a step does not log); its skip count is its own.
+    warned = [r.getMessage().split(" (")[0] for r in caplog.records if "non-finite" in r.getMessage()]
+    assert warned == ["non-finite loss at step 1", "non-finite loss at step 4"]
+    training = [
+        row
+        for row in csv.DictReader((tmp_path / "metrics.csv").open())
+        if row["train/lr"] or row["train/nan_skipped"]
+    ]
+    assert [row["step"] for row in training] == ["0", "1", "2", "3", "4", "5"]
+    assert [row["train/nan_skipped"] for row in training] == ["", "1.0", "1.0", "1.0", "2.0", "2.0"]
+    losses = [row["train/loss"] for row in training]
+    assert losses[1] == losses[4] == ""
+    assert all(losses[i] for i in (0, 2, 3, 5)) and len({losses[i] for i in (0, 2, 3, 5)}) == 4
+    assert training[1]["train/grad_norm"] == training[4]["train/grad_norm"] == ""
 
 
 def test_skip_stops_past_its_limit(tmp_path: Path, nan_at) -> None:
     nan_at("loss", {2, 3, 4, 5, 6})
-    with pytest.raises(NonFiniteError, match=r"non-finite loss at step 4 .* after 2 skipped steps"):
+    with pytest.raises(NonFiniteError, match=r"non-finite loss at step 3 .* after 2 skipped steps"):
         run(compose_config([*SHORT, "trainer.nan_policy=skip", "trainer.max_nan_skips=2"], run_dir=tmp_path))
 
 
@@ -119,13 +140,15 @@ def test_the_cli_stops_a_diverging_run_with_a_message_and_no_model(tmp_path: Pat
 # --- the policy as a callback, the objective's thin hooks, old checkpoints ----------------------------------
 
 
-def _fake_objective(global_step: int = 3):
-    """What `NanPolicy.handle` reads of an objective: the trainer's step, the skip buffer, ``log``."""
+def _fake_objective(step: int = 4):
+    """What `NanPolicy.handle` reads of an objective: the trainer's metrics.csv step (and its logged values,
+    none here), the skip buffer, ``log``."""
     from types import SimpleNamespace
 
     logged: dict[str, float] = {}
+    loop = SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=step))
     return SimpleNamespace(
-        trainer=SimpleNamespace(global_step=global_step),
+        trainer=SimpleNamespace(fit_loop=loop, _results=None),
         nan_skipped=torch.zeros((), dtype=torch.long),
         log=lambda name, value, **_: logged.__setitem__(name, float(value)),
         logged=logged,

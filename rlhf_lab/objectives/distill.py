@@ -54,6 +54,15 @@ def prompts_of(sequences: Sequences, pad_token_id: int) -> Sequences:
     return pad_rows(rows, pad_token_id, left=True).to(sequences.input_ids.device)
 
 
+def every_rank(value: bool, device: torch.device) -> bool:
+    """``value`` if it holds on every process of a distributed run (``value`` itself outside one)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    flag = torch.tensor([int(value)], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 class Distillation(AlignmentObjective):
     """Shared base: the teacher, the chunked per-token divergence, and the held-out metrics.
 
@@ -214,8 +223,11 @@ class Distillation(AlignmentObjective):
             seed_tag = "seqkd" if split == "train" else f"seqkd-{split}"
             key = self.teacher_completions_key([example.prompt_ids for example in part], datamodule, seed_tag)
             cache_file = Path(self.runtime.cache_dir) / "seqkd" / f"{key}.pt"
-            with file_lock(cache_file):
-                if cache_file.exists():
+            # Under data parallelism generation is collective: a file lock held by one rank while the others
+            # wait for it would deadlock, so the ranks take no lock and agree on the cache instead.
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            with nullcontext() if distributed else file_lock(cache_file):
+                if every_rank(cache_file.exists(), self.device):
                     completions, source = torch.load(cache_file, weights_only=True), "cache"
                 else:
                     completions, source = self._generate_all(part, datamodule, seed_tag), "generated"

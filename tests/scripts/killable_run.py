@@ -3,9 +3,12 @@
     python -m tests.scripts.killable_run <point> [overrides ...]
 
 Points: ``none``; ``step:K`` (as training step K+1 starts); ``save:N`` (in the middle of writing the Nth
-checkpoint file: half its bytes on disk); ``val:N`` (in the Nth validation batch of the run);
+checkpoint file: half its bytes on disk; or of a sharded checkpoint directory: this rank's shards in the
+staging directory, not renamed into place); ``val:N`` (in the Nth validation batch of the run);
 ``export`` (with the export written to its staging directory, before it is swapped in).
-The kill is ``SIGKILL``: no handler, no flush, no cleanup, as a pre-empted or OOM-killed process dies.
+The kill is ``SIGKILL``: no handler, no flush, no cleanup, as a pre-empted or OOM-killed process dies. With
+``RLHF_LAB_KILL_GROUP=1`` (a multi-process run started in its own session) it kills the whole process group:
+every rank at once, as a node's loss does.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 
 def die() -> None:
     sys.stdout.flush()
+    if os.environ.get("RLHF_LAB_KILL_GROUP") == "1":
+        os.killpg(os.getpgid(0), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -71,6 +76,21 @@ def arm(point: str) -> None:
             die()
 
         checkpoints.atomic_torch_save = atomic_torch_save
+        original_directory_save = checkpoints.atomic_directory_save
+
+        def atomic_directory_save(strategy, filepath, write):
+            count["seen"] += 1
+            if count["seen"] != int(number):
+                return original_directory_save(strategy, filepath, write)
+
+            def write_then_die(staging):
+                write(staging)
+                if strategy.is_global_zero:
+                    die()
+
+            return original_directory_save(strategy, filepath, write_then_die)
+
+        checkpoints.atomic_directory_save = atomic_directory_save
     elif kind == "export":
         from rlhf_lab import export
 
