@@ -25,11 +25,12 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from rlhf_lab.atomic import TEMPORARY as TEMPORARY
+from rlhf_lab.atomic import atomic_write_text as atomic_write_text
 from rlhf_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TEMPORARY = ".tmp-"
 #: A sharded checkpoint directory being replaced: the previous one, moved aside until the new one is in place.
 REPLACED = ".replaced"
 #: The step in a best-k checkpoint's name (``step000004.ckpt``; Lightning adds ``-v1`` to a name it reuses).
@@ -48,16 +49,6 @@ def atomic_torch_save(value: Any, path: Path) -> None:
     staging = path.with_name(f".{path.name}{TEMPORARY}{os.getpid()}")
     with staging.open("wb") as file:
         torch.save(value, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(staging, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary file beside it: a kill leaves the old file or the new one."""
-    staging = path.with_name(f".{path.name}{TEMPORARY}{os.getpid()}")
-    with staging.open("w") as file:
-        file.write(text)
         file.flush()
         os.fsync(file.fileno())
     os.replace(staging, path)

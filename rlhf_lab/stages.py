@@ -37,6 +37,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf_lab.atomic import atomic_write_text
 from rlhf_lab.cli import command_line_overrides, without
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.launch import child_command, run_child
@@ -46,7 +47,6 @@ from rlhf_lab.leaderboard.resumable import (
     directory_lock,
     run_finished,
     status_text,
-    write_text_atomically,
 )
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def _run_all(
             key = _key(name, inputs, previous.run_dir.name if previous else None)
             stage_dir = Path(cfg.paths.cache_dir) / "stages" / f"{name}-{key}"
         stage = Stage(name, stage_dir, [*inputs, f"hydra.run.dir={stage_dir}"])
-        write_text_atomically(
+        atomic_write_text(
             run_dir / "stages.json",
             json.dumps([{"name": s.name, "run_dir": str(s.run_dir)} for s in [*done, stage]], indent=2),
         )

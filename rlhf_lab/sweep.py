@@ -247,8 +247,8 @@ def _run_trials(
     runner: Callable[[list[str], Path], int],
     echo: Callable[[str], None],
 ) -> list[Trial]:
+    from rlhf_lab.atomic import atomic_write_text
     from rlhf_lab.leaderboard.resumable import read_json_object, run_finished, status_text
-    from rlhf_lab.leaderboard.resumable import write_text_atomically as atomic_write_text
 
     metric = sweep_config.get("metric", {}).get("name")
     searched = searched_names(sweep_config)

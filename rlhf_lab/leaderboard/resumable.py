@@ -44,17 +44,6 @@ class DirectoryInUse(RunStopped):
     """Another live process holds the directory's lock (a second leaderboard on the same directory)."""
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write a file beside ``path`` and swap it in: a kill leaves the old file or the new one, never part
-    (`rlhf_lab.checkpoints.atomic_write_text` without importing torch)."""
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with staging.open("w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(staging, path)
-
-
 def read_json_object(path: Path) -> dict[str, Any] | None:
     """``path`` as a JSON object, or None (absent, unreadable, half-written, not an object)."""
     try:

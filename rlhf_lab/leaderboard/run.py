@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from rlhf_lab.atomic import atomic_write_text
 from rlhf_lab.launch import run_child
 from rlhf_lab.leaderboard.plan import Job
 from rlhf_lab.leaderboard.resumable import (
@@ -24,7 +25,6 @@ from rlhf_lab.leaderboard.resumable import (
     finished_summary,
     read_json_object,
     run_finished,
-    write_text_atomically,
 )
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def train_one(
     )
     count = f"[{tally.next()}] " if tally is not None else ""
     if result.ok:
-        write_text_atomically(job.run_dir / TIMING_FILE, json.dumps({"wall_time_s": result.seconds}))
+        atomic_write_text(job.run_dir / TIMING_FILE, json.dumps({"wall_time_s": result.seconds}))
         done = f"{describe(job)} done in {result.seconds:.0f} s{score_text(result.summary, metric)}"
         print(f"leaderboard: {count}{done}", flush=True)
     else:
