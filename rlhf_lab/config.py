@@ -407,3 +407,23 @@ def config_groups_help(conf_dir: Path = CONF_DIR) -> str:
         options = sorted(path.stem for path in group.glob("*.yaml"))
         lines.append(f"{group.name}: {', '.join(options)}")
     return "\n".join(lines)
+
+
+def compose_package_config(overrides: Sequence[str]) -> Any:
+    """``python -m rlhf_lab <overrides>``'s composed config, from anywhere: inside a small Hydra app
+    (evaluate, score), whose own Hydra knows only that app's options, the app's Hydra is set aside meanwhile
+    and put back after."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schemas()
+    saved = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            return compose("config", overrides=list(overrides))
+    finally:
+        # Hydra's context manager restores a copy of its singletons on exit: the instance is looked up again.
+        GlobalHydra.instance().clear()
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)

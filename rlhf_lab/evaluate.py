@@ -38,7 +38,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from rlhf_lab.config import CONF_DIR
+from rlhf_lab.config import CONF_DIR, compose_package_config
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.launch import compose_app, register_app, require, run_app
 
@@ -106,21 +106,6 @@ def _config_groups() -> set[str]:
     }
 
 
-def _compose_groups(choices: list[str]) -> DictConfig:
-    """The composed config with ``choices`` (``group=option``), for lifting whole groups out of it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from rlhf_lab.config import register_schemas
-
-    register_schemas()
-    if GlobalHydra.instance().is_initialized():
-        # Inside a Hydra app (the leaderboard) the app's own config search path is already set.
-        return compose("config", overrides=choices)
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose("config", overrides=choices)
-
-
 #: Runs written before the pairwise objectives became one class name their objective by class; the loss
 #: each of those classes computed (their hyperparameter keys are unchanged).
 LEGACY_PAIRWISE_TARGETS = {
@@ -150,7 +135,7 @@ def load_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfi
     choices, dotted = _group_choices_and_values(cfg, overrides)
     with open_dict(cfg):
         if choices:
-            composed = _compose_groups(choices)
+            composed = compose_package_config(choices)
             for choice in choices:
                 group = choice.partition("=")[0]
                 cfg[group] = composed[group]

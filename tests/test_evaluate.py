@@ -129,3 +129,18 @@ def test_evaluate_is_a_hydra_app_that_writes_nothing_and_names_what_is_wrong(
     assert exited.value.code == 2
     assert "error: run_dir is required" in capsys.readouterr().err
     assert list(cwd.iterdir()) == []  # no outputs/, no .hydra/, no log file
+
+
+def test_group_overrides_compose_inside_another_hydra_app(tmp_path: Path) -> None:
+    """`python -m rlhf_lab.evaluate run_dir=... data=synthetic_rl`: the evaluate app's own Hydra knows only its
+    options, so the package's groups are composed beside it, and the app's Hydra is put back after."""
+    from hydra import compose, initialize_config_dir
+
+    from rlhf_lab.config import compose_package_config
+
+    (tmp_path / "app.yaml").write_text("option: 7\n")
+    with initialize_config_dir(version_base="1.3", config_dir=str(tmp_path)):
+        composed = compose_package_config(["data=synthetic_rl", "algo=grpo"])
+        assert composed.algo.advantage_estimator == "grpo"
+        assert OmegaConf.select(composed, "hydra.runtime.choices.data") in (None, "synthetic_rl")
+        assert compose("app").option == 7
