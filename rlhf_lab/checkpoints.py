@@ -173,6 +173,25 @@ def atomic_remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+class AtomicDirectoryCheckpoints:
+    """A sharding strategy's checkpoint directories written (`atomic_directory_save`) and removed
+    (`atomic_remove`) atomically: mixed in before Lightning's strategy class (FSDP2's, DeepSpeed's)."""
+
+    is_global_zero: bool
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        parent: Any = super()
+
+        def write(directory: Path) -> None:
+            parent.save_checkpoint(checkpoint, str(directory), storage_options)
+
+        atomic_directory_save(self, filepath, write)
+
+    def remove_checkpoint(self, filepath: Any) -> None:
+        if self.is_global_zero:
+            atomic_remove(Path(filepath))
+
+
 def read_checkpoint_state(path: Path) -> dict[str, Any]:
     """What a checkpoint holds besides the weights (global step, loops, callback states), for a single-file
     checkpoint (its tensors mapped, not read) or a sharded directory (FSDP2's ``meta.pt``, DeepSpeed's model

@@ -75,24 +75,10 @@ class FSDPSpec:
 def _atomic_model_parallel_class() -> type:
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    from rlhf_lab.checkpoints import atomic_directory_save, atomic_remove
+    from rlhf_lab.checkpoints import AtomicDirectoryCheckpoints
 
-    class AtomicModelParallelStrategy(ModelParallelStrategy):
+    class AtomicModelParallelStrategy(AtomicDirectoryCheckpoints, ModelParallelStrategy):
         """Lightning's `ModelParallelStrategy` (FSDP2), its distributed checkpoints written atomically."""
-
-        def save_checkpoint(
-            self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
-        ) -> None:
-            parent: Any = super()
-
-            def write(directory: Path) -> None:
-                parent.save_checkpoint(checkpoint, directory, storage_options)
-
-            atomic_directory_save(self, filepath, write)
-
-        def remove_checkpoint(self, filepath: Any) -> None:
-            if self.is_global_zero:
-                atomic_remove(Path(filepath))
 
         def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
             path = Path(self.broadcast(str(checkpoint_path)))
@@ -237,25 +223,11 @@ def deepspeed_config(
 
 
 def _atomic_deepspeed_class() -> type:
-    from rlhf_lab.checkpoints import atomic_directory_save, atomic_remove
+    from rlhf_lab.checkpoints import AtomicDirectoryCheckpoints
     from rlhf_lab.lightning_compat import DeepSpeedEngineHook
 
-    class AtomicDeepSpeedStrategy(DeepSpeedEngineHook):
+    class AtomicDeepSpeedStrategy(AtomicDirectoryCheckpoints, DeepSpeedEngineHook):
         """Lightning's `DeepSpeedStrategy`, its checkpoint directories written atomically."""
-
-        def save_checkpoint(
-            self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
-        ) -> None:
-            parent: Any = super()
-
-            def write(directory: Path) -> None:
-                parent.save_checkpoint(checkpoint, str(directory), storage_options)
-
-            atomic_directory_save(self, filepath, write)
-
-        def remove_checkpoint(self, filepath: Any) -> None:
-            if self.is_global_zero:
-                atomic_remove(Path(filepath))
 
     return AtomicDeepSpeedStrategy
 
