@@ -37,6 +37,9 @@ class SamplingConfig:
         top_p: Nucleus sampling: keep the smallest set of tokens whose probability reaches ``top_p``.
         top_k: Keep the ``top_k`` most likely tokens (0: all).
         do_sample: Sample; false decodes greedily.
+        min_new_tokens: EOS cannot come before this many tokens (its logit is -inf until then, as
+            transformers' ``MinNewTokensLengthLogitsProcessor``; the reported log-probs are those of the
+            constrained distribution there).
     """
 
     max_new_tokens: int = 64
@@ -44,9 +47,11 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     do_sample: bool = True
+    min_new_tokens: int = 0
 
     def __post_init__(self) -> None:
         check_range("max_new_tokens", self.max_new_tokens, 1)
+        check_range("min_new_tokens", self.min_new_tokens, 0, self.max_new_tokens - 1)
         check_range("temperature", self.temperature, 0.0, None, low_inclusive=False)
         check_range("top_p", self.top_p, 0.0, 1.0, low_inclusive=False)
         check_range("top_k", self.top_k, 0)
@@ -265,6 +270,8 @@ def generate(
     with _eval_mode(model):
         for step in range(sampling.max_new_tokens):
             logits, cache = _next_token_logits(decoder, head, step_inputs, cache, banned, cache_name)
+            if step < sampling.min_new_tokens:
+                logits[:, eos] = float("-inf")
             token, token_logp = _sample(logits, sampling, step, generator, uniforms)
             token, token_logp, alive, finished = _end_rows(token, token_logp, finished, eos, pad_token_id)
             tokens.append(token)

@@ -3,6 +3,7 @@ reproducible rollouts, and config errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -198,9 +199,15 @@ def test_ppo_value_and_policy_losses_equal_the_naive_computation() -> None:
         ("algo=grpo", "algo.loss_type=bnpo", "algo.importance_sampling_level=sequence"),
         ("algo=rloo",),
         ("algo=ppo", "algo.num_mini_batches=2", "algo.num_ppo_epochs=2"),
+        ("algo=grpo", "algo.policy_loss=cispo", "algo.loss_type=dapo", "algo.epsilon_is_high=0.1"),
+        ("algo=grpo", "algo.policy_loss=sapo", "algo.top_entropy_quantile=0.5", "algo.entropy_coef=0.01"),
+        ("algo=grpo", "algo.clip_ratio_c=1.5", "algo.beta=0.1", "algo.kl_estimator=k2"),
+        ("algo=reinforce_pp", "algo.advantage_estimator=reinforce_pp_baseline", "algo.overlong_buffer_len=4"),
+        ("algo=remax", "algo.beta=0.05", "algo.kl_estimator=k3"),
     ],
-    ids=["grpo", "dr_grpo", "dapo", "bnpo-gspo", "rloo", "ppo"],
-)
+    ids=["grpo", "dr_grpo", "dapo", "bnpo-gspo", "rloo", "ppo", "cispo", "sapo-80_20-entropy", "dual_clip-k2",
+         "reinforce_pp_baseline-overlong", "remax-k3_in_reward"],
+)  # fmt: skip
 def test_batch_8_accumulation_1_equals_4_x_2(tmp_path: Path, overrides: tuple[str, ...]) -> None:
     """One rollout of 8 completions, two passes over it: splitting each optimiser step into 2 micro-batches
     gives the same weights (policy and value model) as one micro-batch of 8."""
@@ -274,6 +281,23 @@ def test_samples_are_written_every_n_rollouts(tmp_path: Path) -> None:
         (("algo=grpo", "algo.beta=0.1", "algo.reference=precomputed"), r"algo.reference=precomputed"),
         (("algo=grpo", "algo.generation_backend=vllm"), r"algo.generation_backend=vllm cannot run here"),
         (("algo=ppo", "algo.cliprange=1.5"), r"algo.cliprange"),
+        (("algo=grpo", "algo.clip_ratio_c=0.5"), r"algo.clip_ratio_c=0.5"),
+        (("algo=grpo", "algo.policy_loss=sapo", "algo.tau_pos=0"), r"algo.tau_pos=0"),
+        (("algo=grpo", "algo.kl_estimator=k2"), r"algo.kl_estimator=k2 .* algo.beta=0"),
+        (
+            ("algo=grpo", "algo.kl_estimator=k9", "algo.beta=0.1"),
+            r"algo.kl_estimator='k9' is not supported; choose one of: k1, k2, k3",
+        ),
+        (
+            ("algo=grpo", "algo.min_new_tokens=12"),
+            r"algo.min_new_tokens=12 must be below algo.max_new_tokens=12",
+        ),
+        (("algo=grpo", "algo.overlong_buffer_len=20"), r"algo.overlong_buffer_len=20 must be below"),
+        (("algo=grpo", "algo.top_entropy_quantile=1.5"), r"algo.top_entropy_quantile"),
+        (
+            ("algo=grpo", "algo.advantage_estimator=reinforce_pp_baseline", "algo.num_generations=1"),
+            r"at least 2",
+        ),
         (
             ("algo=grpo", "data.batch_size=3", "algo.num_generations=2", "trainer.accumulate_grad_batches=4"),
             r"equal micro-batches",
@@ -409,3 +433,40 @@ def test_an_unregistered_estimator_by_import_path() -> None:
         ConfigError, match=r"algo.loss_type='token' is not one of: token_mean, token_mean_global"
     ):
         build(compose_config([*SMALL, "algo=grpo", "algo.loss_type=token"]))
+
+
+# ------------------------------------------------------------------- issue 26: estimators and controls
+def test_remax_baseline_is_the_reward_of_a_greedy_completion() -> None:
+    """ReMax's rollout carries each prompt's greedy reward; with beta 0 every token's advantage is the
+    completion's reward minus it."""
+    objective, datamodule, _ = build(compose_config([*SMALL, "algo=remax"]))
+    objective.configure_model()
+    batch = next(iter(datamodule.train_dataloader()))
+    rollout, metrics = objective.make_rollout(batch)
+    greedy = objective.sample(batch, dataclasses.replace(objective.sampling, do_sample=False), 1, 3, 0)
+    expected = objective.scorer.combine(objective.score(batch, greedy, 1))
+    assert_close(rollout.baseline_rewards, expected.repeat_interleave(2))
+    assert_close(metrics["baseline_reward"], expected.mean())
+    advantages = rollout.require("advantages")
+    assert_close(advantages[:, 0], rollout.require("rewards") - rollout.baseline_rewards)
+    assert objective.metric_names("train") >= {"baseline_reward", "clip_ratio/dual"}
+
+
+def test_top_entropy_quantile_masks_the_low_entropy_tokens_of_the_rollout() -> None:
+    objective, datamodule, _ = build(compose_config([*SMALL, "algo=grpo", "algo.top_entropy_quantile=0.25"]))
+    objective.configure_model()
+    rollout, _ = objective.make_rollout(next(iter(datamodule.train_dataloader())))
+    token_mask = rollout.token_mask
+    assert token_mask is not None and not bool((token_mask & ~rollout.mask).any())
+    with torch.no_grad():
+        _, entropies = objective.token_stats(rollout, entropy=True)
+    kept, dropped = entropies[token_mask], entropies[rollout.mask & ~token_mask]
+    assert float(kept.min()) >= float(dropped.max())
+    assert abs(float(token_mask.sum()) / float(rollout.mask.sum()) - 0.25) < 0.1
+
+
+def test_min_new_tokens_holds_back_eos() -> None:
+    objective, datamodule, _ = build(compose_config([*SMALL, "algo=grpo", "algo.min_new_tokens=6"]))
+    objective.configure_model()
+    generation = objective.sample(next(iter(datamodule.train_dataloader())), objective.sampling, 2, 0, 0)
+    assert int(generation.lengths.min()) >= 6

@@ -31,6 +31,8 @@ INPUTS = (
     "mask",  # [N, L] completion tokens
     "values",  # [N, L] the critic's value of the state before each token (an estimator naming it gets a critic)
     "num_generations",  # G: completions per prompt, consecutive rows
+    "rewards",  # [N] each completion's weighted reward alone (no KL penalty; minus missing_eos_penalty)
+    "baseline_rewards",  # [N] the reward of a greedy completion of the row's prompt (ReMax: one more rollout)
 )
 
 ADVANTAGE_ESTIMATORS = Registry("algo.advantage_estimator")
@@ -109,10 +111,70 @@ def reinforce_pp_advantages(
     Departure: the paper normalises over the global batch; this normalises over each process's rollout
     (identical on one process).
     """
+    return Advantages(masked_whiten(returns_to_go(token_rewards, mask, gamma=gamma), mask))
+
+
+def returns_to_go(token_rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0) -> torch.Tensor:
+    """``[N, L]`` discounted returns ``G_t = sum_{s >= t} gamma^(s-t) r_s`` over each completion's tokens."""
     rewards = token_rewards * mask.to(token_rewards.dtype)
     returns = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
         running = rewards[:, t] + gamma * running
         returns[:, t] = running
-    return Advantages(masked_whiten(returns, mask))
+    return returns
+
+
+def _on_last_token(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[N, L]`` zeros with ``values[i]`` on row ``i``'s last completion token (nothing on an empty row)."""
+    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    last = (mask.sum(1) - 1).clamp(min=0)
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    ended = mask.any(1)
+    out[rows[ended], last[ended]] = values[ended]
+    return out
+
+
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline", "reinforce_plus_plus_baseline")
+@hyperparameters(gamma=Range(0.0, 1.0))
+def reinforce_pp_baseline_advantages(
+    token_rewards: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    num_generations: int,
+    *,
+    gamma: float = 1.0,
+) -> Advantages:
+    """REINFORCE++-baseline (Hu et al., 2025, Sec. 3.2; OpenRLHF's ``reinforce_baseline``): each completion's
+    reward minus the mean reward of its prompt's ``G`` completions (the group baseline, which removes the
+    prompt's difficulty), then the per-token returns-to-go (the KL penalties included) normalised over the
+    whole rollout as `reinforce_pp_advantages` does. Unlike GRPO, the group's std does not scale the
+    advantages (the batch normalisation does, over every prompt at once).
+
+    Departure: normalised over each process's rollout, not the global batch (identical on one process).
+    """
+    baseline = _grouped_mean(rewards, num_generations)
+    shifted = token_rewards - _on_last_token(baseline, mask)
+    return Advantages(masked_whiten(returns_to_go(shifted, mask, gamma=gamma), mask))
+
+
+def _grouped_mean(values: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """``[N]``: each row's group mean (``G`` consecutive rows)."""
+    grouped = values.view(-1, num_generations)
+    return grouped.mean(1).repeat_interleave(num_generations)
+
+
+@ADVANTAGE_ESTIMATORS.register("remax")
+@logs("baseline_reward")
+def remax_advantages(
+    token_rewards: torch.Tensor, baseline_rewards: torch.Tensor, mask: torch.Tensor
+) -> Advantages:
+    """ReMax (Li et al., 2024, Algorithm 1): REINFORCE with the reward of the prompt's greedy completion as
+    the baseline, ``A_t = G_t - r(x, y_greedy)`` with ``G_t`` the return-to-go of the token rewards (the KL
+    penalties under ``kl_in_reward``, the reward on the last token), as verl's
+    ``compute_remax_outcome_advantage``. The online objective samples one greedy completion per prompt
+    (no gradient) and scores it with the same rewards; no value model, no group needed
+    (``num_generations`` may be 1). Logs the greedy completions' mean reward as ``baseline_reward``."""
+    returns = returns_to_go(token_rewards, mask)
+    advantages = (returns - baseline_rewards.unsqueeze(-1)) * mask.to(returns.dtype)
+    return Advantages(advantages, metrics={"baseline_reward": baseline_rewards.mean()})

@@ -23,12 +23,12 @@ aliases); its advantage estimators live in `rlhf_lab.losses.advantages`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from rlhf_lab.losses.hyperparameters import NON_NEGATIVE, OneOf, Range, hyperparameters
-from rlhf_lab.losses.registry import Registry
+from rlhf_lab.losses.registry import Registry, logs
 
 SCALE_REWARDS = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "sequence")
@@ -113,12 +113,15 @@ class ClippedSurrogate:
         ratio: ``[N, L]`` importance ratio ``rho`` (detached).
         low_clipped: ``[N, L]`` True where ``rho < 1 - epsilon`` with ``A < 0`` (the clip binds from below).
         high_clipped: ``[N, L]`` True where ``rho > 1 + epsilon_high`` with ``A > 0``.
+        flags: ``[N, L]`` bool tensors a loss adds (names it declares with `rlhf_lab.losses.registry.logs`),
+            logged as their share of the step's tokens (``clip_ratio/dual``: the dual clip bound).
     """
 
     losses: torch.Tensor
     ratio: torch.Tensor
     low_clipped: torch.Tensor
     high_clipped: torch.Tensor
+    flags: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 #: Policy losses by name: ``(logps, old_logps, advantages, mask, **hyperparameters) -> ClippedSurrogate``.
@@ -126,10 +129,12 @@ POLICY_LOSSES = Registry("algo.policy_loss")
 
 
 @POLICY_LOSSES.register("ppo_clip", "vanilla")
+@logs("clip_ratio/dual")
 @hyperparameters(
     epsilon=CLIP_RANGE,
     epsilon_high=Range(0.0, None, low_inclusive=False),
     importance_sampling_level=OneOf(IMPORTANCE_SAMPLING_LEVELS),
+    clip_ratio_c=Range(1.0, None, low_inclusive=False),
 )
 def clipped_surrogate(
     logps: torch.Tensor,
@@ -140,8 +145,13 @@ def clipped_surrogate(
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
     importance_sampling_level: str = "token",
+    clip_ratio_c: float | None = None,
 ) -> ClippedSurrogate:
-    """PPO's clipped surrogate ``-min(rho A, clip(rho, 1 - eps, 1 + eps_high) A)`` per token.
+    """PPO's clipped surrogate ``-min(rho A, clip(rho, 1 - eps, 1 + eps_high) A)`` per token, with the
+    dual-clip bound of Ye et al. (2020, "Mastering complex control in MOBA games with deep RL"; verl's
+    ``clip_ratio_c``): where ``A < 0`` the loss is also capped at ``-clip_ratio_c * A``, so a ratio far above
+    1 on a bad token cannot make an unbounded step (logged as ``clip_ratio/dual``, verl's
+    ``pg_clipfrac_lower``).
 
     Args:
         logps: ``[N, L]`` log-probs of the sampled tokens under the policy being optimised.
@@ -153,6 +163,7 @@ def clipped_surrogate(
         importance_sampling_level: ``token`` (``rho_t = pi/pi_old`` per token) or ``sequence`` (GSPO:
             ``rho = exp(mean_t log(pi/pi_old))``, one length-normalised ratio per sequence, shared by its
             tokens).
+        clip_ratio_c: The dual-clip constant (> 1; verl's default 3.0); None: no dual clip (TRL).
     """
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     on = mask.bool()
@@ -165,13 +176,20 @@ def clipped_surrogate(
     if advantages.ndim == 1:
         advantages = advantages.unsqueeze(-1)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
-    losses = torch.where(on, -torch.min(ratio * advantages, clipped * advantages), 0.0)
+    losses = -torch.min(ratio * advantages, clipped * advantages)
+    dual = torch.zeros_like(on)
+    if clip_ratio_c is not None:
+        bound = -clip_ratio_c * advantages
+        dual = (advantages < 0) & (losses.detach() > bound) & on
+        losses = torch.where(advantages < 0, torch.min(losses, bound), losses)
+    losses = torch.where(on, losses, 0.0)
     ratio = ratio.detach()
     return ClippedSurrogate(
         losses=losses,
         ratio=ratio,
         low_clipped=(ratio < 1 - epsilon) & (advantages < 0) & on,
         high_clipped=(ratio > 1 + epsilon_high) & (advantages > 0) & on,
+        flags={"clip_ratio/dual": dual},
     )
 
 
@@ -333,6 +351,8 @@ class StepTotals:
         global_tokens: Completion tokens of every process's step batch.
         world_size: Processes (data parallelism averages their gradients).
         max_completion_length: ``max_new_tokens`` (Dr. GRPO's constant).
+        policy_tokens: Tokens of this process's step batch the policy loss trains (the high-entropy ones
+            under ``top_entropy_quantile``; None: all), the entropy bonus's normaliser.
     """
 
     sequences: float
@@ -340,6 +360,7 @@ class StepTotals:
     global_tokens: float
     world_size: int = 1
     max_completion_length: int = 1
+    policy_tokens: float | None = None
 
 
 #: Aggregations by name: ``(losses [N, L], mask [N, L], totals: StepTotals) -> this micro-batch's share``.
@@ -382,3 +403,7 @@ def seq_mean_token_sum_norm(losses: torch.Tensor, mask: torch.Tensor, totals: St
         num_sequences=totals.sequences,
         max_completion_length=totals.max_completion_length,
     )
+
+
+# CISPO and SAPO live beside (this module is at its size limit); importing them registers them.
+from rlhf_lab.losses import surrogates  # noqa: E402, F401

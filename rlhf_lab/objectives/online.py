@@ -115,8 +115,8 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
             check_range(f"algo.{written.get(key, key)}", value, 1)
         check_range("algo.log_samples_every", log_samples_every, 0)
         check_generation_backend(generation_backend)
-        self.parts.check(advantage_estimator, num_generations)
-        sampling = partial(SamplingConfig, max_new_tokens, temperature, top_p, top_k)
+        self.parts.check(advantage_estimator, num_generations, beta=beta, max_new_tokens=max_new_tokens)
+        sampling = partial(SamplingConfig, max_new_tokens, temperature, top_p, top_k, **self.parts.sampling())
         self.sampling, self.val_sampling = sampling(do_sample=True), sampling(do_sample=val_do_sample)
         self.beta, self.kl_in_reward = float(beta), kl_in_reward
         self.num_generations, self.num_iterations = num_generations, num_iterations
@@ -187,7 +187,7 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         names |= {"kl/sequence"} if self.kl_in_reward and self.beta > 0 else set()
         names |= {"value_loss", "value_clipfrac"} if self.parts.needs_critic else set()
         names |= {"reward_errors"} if self.reward_errors == "skip" else set()
-        return names | set(declared_metrics(self.parts.estimator))
+        return names | set(declared_metrics(self.parts.estimator)) | set(self.parts.policy_metrics())
 
     def total_optimizer_steps(self) -> int:
         trainer = self.trainer
@@ -208,7 +208,12 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         global_tokens = self.trainer.strategy.reduce(tokens.clone(), reduce_op="sum") if world > 1 else tokens
         sequences = rollout.size if rollout.kept is None else max(int(rollout.kept.sum()), 1)  # dropped: none
         return StepTotals(
-            float(sequences), float(tokens), float(global_tokens), world, self.sampling.max_new_tokens
+            float(sequences),
+            float(tokens),
+            float(global_tokens),
+            world,
+            self.sampling.max_new_tokens,
+            rollout.policy_tokens(),
         )
 
     def micro_loss(self, part: Rollout, totals: StepTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

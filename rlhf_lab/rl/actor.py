@@ -5,12 +5,14 @@ policy, the reference and the companions; the learner side (the update loop) liv
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rlhf_lab.data.batches import PromptBatch
 from rlhf_lab.generation import Generation, SamplingConfig, stop_and_pad_ids
+from rlhf_lab.rl.controls import high_entropy_mask
 from rlhf_lab.rl.engine import ENGINES, RolloutEngine
 from rlhf_lab.rl.failures import RewardFailures
 from rlhf_lab.rl.metrics import completion_metrics
@@ -129,12 +131,38 @@ class RolloutActor(RewardFailures):
         if kept is not None and not self.any_process(bool(kept.any())):
             return rollout, metrics  # nothing to learn from anywhere: no teacher-forced passes
         with torch.no_grad():
+            if self.parts.needs_greedy_baseline:
+                rollout.baseline_rewards = self.greedy_rewards(batch).repeat_interleave(self.num_generations)
             if self.reference_mode != "none":
                 rollout.reference_logps = self._chunked(rollout, self._reference_token_logps)
-            if self.needs_old_logps:
-                rollout.old_logps = self._chunked(rollout, lambda part: self.token_stats(part)[0])
+            self._old_policy_pass(rollout)
             metrics.update(self.score_rollout(rollout))
         return rollout, metrics
+
+    def _old_policy_pass(self, rollout: Rollout) -> None:
+        """The policy's log-probs before this rollout's updates (when needed) and, under
+        ``top_entropy_quantile < 1``, the mask of its high-entropy tokens (one pass for both)."""
+        quantile = self.parts.controls.top_entropy_quantile
+        if not self.needs_old_logps and quantile >= 1:
+            return
+        stats = [
+            self.token_stats(rollout.rows(part), entropy=quantile < 1) for part in self._row_chunks(rollout)
+        ]
+        if self.needs_old_logps:
+            rollout.old_logps = torch.cat([logps for logps, _ in stats])
+        if quantile < 1:
+            entropies = torch.cat([entropy for _, entropy in stats if entropy is not None])
+            # The threshold is over every process's rollout tokens (2 processes mask what 1 would).
+            pooled = self.gather_objects(entropies[rollout.mask].float().cpu())
+            rollout.token_mask = high_entropy_mask(entropies, rollout.mask, quantile, torch.cat(pooled))
+
+    def greedy_rewards(self, batch: PromptBatch) -> torch.Tensor:
+        """``[B]`` the combined reward of one greedy completion per prompt (ReMax's baseline), at the
+        rollout's length limit; a reward that does not apply or fails counts as 0."""
+        greedy = dataclasses.replace(self.sampling, do_sample=False)
+        generation = self.sample(batch, greedy, 1, 3, int(self.rollouts_done))
+        scores = self.score_completions(self.decode(batch, generation, 1), 1)
+        return torch.nan_to_num(self.scorer.combine(scores.per_reward), nan=0.0, posinf=0.0, neginf=0.0)
 
     def held_out_metrics(self, batch: PromptBatch, sampling: SamplingConfig) -> dict[str, torch.Tensor]:
         """The metrics of one completion per held-out prompt (greedy unless ``val_do_sample``)."""
@@ -156,10 +184,13 @@ class RolloutActor(RewardFailures):
             if rows:  # every prompt dropped: nothing to show
                 write_samples(rows, self.runtime.run_dir, trainer.global_step, list(trainer.loggers))
 
+    def _row_chunks(self, rollout: Rollout) -> tuple[torch.Tensor, ...]:
+        """The rollout's rows in micro-batches (memory as one training micro-batch)."""
+        return torch.arange(rollout.size, device=self.device).chunk(self.runtime.accumulate_grad_batches)
+
     def _chunked(self, rollout: Rollout, compute: Any) -> torch.Tensor:
-        """``compute`` over the rollout in micro-batches (memory as one training micro-batch)."""
-        rows = torch.arange(rollout.size, device=self.device).chunk(self.runtime.accumulate_grad_batches)
-        return torch.cat([compute(rollout.rows(part)) for part in rows])
+        """``compute`` over the rollout in micro-batches."""
+        return torch.cat([compute(rollout.rows(part)) for part in self._row_chunks(rollout)])
 
     def token_stats(
         self, rollout: Rollout, entropy: bool = False
@@ -212,13 +243,16 @@ class RolloutActor(RewardFailures):
         return metrics
 
     def _estimate(self, rollout: Rollout) -> dict[str, torch.Tensor]:
-        scores, token_rewards, metrics = shape_rewards(
+        *shaped, metrics = shape_rewards(
             rollout,
             beta=self.beta,
             kl_in_reward=self.kl_in_reward,
             missing_eos_penalty=self.missing_eos_penalty,
+            controls=self.parts.controls,
+            max_new_tokens=self.sampling.max_new_tokens,
         )
-        return {
-            **metrics,
-            **estimate_advantages(self.parts, rollout, scores, token_rewards, self.num_generations),
-        }
+        rewards, scores, token_rewards = shaped
+        estimated = estimate_advantages(
+            self.parts, rollout, (rewards, scores, token_rewards), self.num_generations
+        )
+        return {**metrics, **estimated}

@@ -12,19 +12,27 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from rlhf_lab.errors import ConfigError, check_range
 from rlhf_lab.losses.advantages import ADVANTAGE_ESTIMATORS, INPUTS
 from rlhf_lab.losses.hyperparameters import check_hyperparameters, hyperparameter_defaults, tensor_inputs
 from rlhf_lab.losses.policy_gradient import LOSS_AGGREGATIONS, POLICY_LOSSES, clipped_value_loss
-from rlhf_lab.losses.registry import Registry
+from rlhf_lab.losses.registry import Registry, declared_metrics
 from rlhf_lab.models.build import Companion
 from rlhf_lab.models.hub import HubModel
+from rlhf_lab.rl.controls import CONTROL_SETTINGS, Controls
 
-#: TRL's names of online-RL settings -> this project's keys (verl's and the papers' names).
-ALIASES = {"loss_type": "loss_agg_mode", "cliprange": "epsilon", "num_ppo_epochs": "num_iterations"}
+#: TRL's (and verl's) names of online-RL settings -> this project's keys (verl's and the papers' names).
+ALIASES = {
+    "loss_type": "loss_agg_mode",
+    "cliprange": "epsilon",
+    "num_ppo_epochs": "num_iterations",
+    "sapo_temperature_pos": "tau_pos",
+    "sapo_temperature_neg": "tau_neg",
+    "entropy_coeff": "entropy_coef",
+}
 #: The critic's settings beside the value loss's hyperparameters: (annotation, default).
 CRITIC_SETTINGS: dict[str, tuple[Any, Any]] = {"value_model": (Optional[str], None), "vf_coef": (float, 0.1)}  # noqa: UP045
 
@@ -47,6 +55,7 @@ def schema_parameters(node: dict[str, Any] | None = None) -> list[tuple[str, Any
         for name, parameter in hyperparameter_defaults(function).items():
             fields.setdefault(name, (hints.get(name, Any), parameter.default))
     fields.update(CRITIC_SETTINGS)
+    fields.update(CONTROL_SETTINGS)
     fields.update(dict.fromkeys(ALIASES, (Any, None)))
     return [(name, annotation, default) for name, (annotation, default) in fields.items()]
 
@@ -63,6 +72,7 @@ class RLParts:
         value_loss_kwargs: The value loss's hyperparameters (critic runs).
         value_model: The critic's initial weights (None: the policy's with a new head).
         vf_coef: The value loss's weight.
+        controls: KL estimator, entropy bonus and mask, overlong punishment (`rlhf_lab.rl.controls`).
     """
 
     estimator_name: str
@@ -74,11 +84,25 @@ class RLParts:
     value_loss_kwargs: dict[str, Any]
     value_model: str | None = None
     vf_coef: float = 0.1
+    controls: Controls = field(default_factory=Controls)
 
     @property
     def needs_critic(self) -> bool:
         """The estimator takes the critic's ``values``."""
         return "values" in tensor_inputs(self.estimator)
+
+    @property
+    def needs_greedy_baseline(self) -> bool:
+        """The estimator takes the reward of a greedy completion per prompt (ReMax)."""
+        return "baseline_rewards" in tensor_inputs(self.estimator)
+
+    def sampling(self) -> dict[str, Any]:
+        """What the controls add to the `rlhf_lab.generation.SamplingConfig` (``min_new_tokens``)."""
+        return {"min_new_tokens": self.controls.min_new_tokens}
+
+    def policy_metrics(self) -> tuple[str, ...]:
+        """The metrics the policy loss adds (its declared ``flags``)."""
+        return declared_metrics(self.policy_loss)
 
     @property
     def compares_generations(self) -> bool:
@@ -103,8 +127,12 @@ class RLParts:
         )
         return {"value_model": companion}
 
-    def check(self, estimator: str, num_generations: int) -> None:
+    def check(
+        self, estimator: str, num_generations: int, *, beta: float = 0.0, max_new_tokens: int = 0
+    ) -> None:
         """Fail when the run's settings do not fit its parts (``estimator`` as the user wrote it)."""
+        if max_new_tokens:
+            self.controls.check(beta=beta, max_new_tokens=max_new_tokens)
         if self.compares_generations and num_generations < 2:
             raise ConfigError(
                 f"algo.advantage_estimator={estimator} compares the completions of a prompt with each "
@@ -145,7 +173,7 @@ class RLParts:
                 f"algo.advantage_estimator={estimator} takes {unknown}, which the online objective cannot give; "
                 f"its tensor parameters must be among: {', '.join(INPUTS)}"
             )
-        known: set[str] = set(CRITIC_SETTINGS)
+        known: set[str] = {*CRITIC_SETTINGS, *CONTROL_SETTINGS}
         for function in _hyperparameter_functions(parts["estimator"], parts["policy_loss"]):
             names = set(hyperparameter_defaults(function))
             known |= names
@@ -167,6 +195,7 @@ class RLParts:
             value_loss_kwargs=_with_defaults(clipped_value_loss, values),
             value_model=values.get("value_model"),
             vf_coef=vf_coef,
+            controls=Controls.take(values),
         )
 
 

@@ -54,6 +54,9 @@ class Rollout:
         texts: What the rewards saw (for the sample tables); not carried into `rows`.
         kept: ``[N]`` bool under ``algo.reward_errors=skip``: False for the completions of a prompt a reward
             failed on (dropped: out of the loss mask, advantage 0); None under ``stop``.
+        token_mask: ``[N, L]`` bool, the tokens the policy loss trains (``top_entropy_quantile``: the
+            high-entropy ones); None: all of ``mask``.
+        baseline_rewards: ``[N]`` the reward of a greedy completion of each row's prompt (ReMax).
     """
 
     sequences: Sequences
@@ -70,6 +73,8 @@ class Rollout:
     returns: torch.Tensor | None = None
     texts: Completions | None = None
     kept: torch.Tensor | None = None
+    token_mask: torch.Tensor | None = None
+    baseline_rewards: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -84,6 +89,11 @@ class Rollout:
                 values[name] = value[index]
         values.update(sequences=self.sequences.rows(index), texts=None)
         return Rollout(**values)
+
+    def policy_tokens(self) -> float:
+        """How many tokens the policy loss trains (`token_mask` within `mask`)."""
+        trained = self.mask if self.token_mask is None else self.mask & self.token_mask
+        return float(trained.sum())
 
     def require(self, name: str) -> torch.Tensor:
         """Field ``name``, which this stage needs filled (a clear error instead of a None further down)."""

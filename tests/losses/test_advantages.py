@@ -78,7 +78,9 @@ def test_registry_names_aliases_and_errors() -> None:
     assert LOSS_AGGREGATIONS.get("dapo") is LOSS_AGGREGATIONS.get("token_mean_global")
     with pytest.raises(ConfigError, match=r"algo.advantage_estimator='ppo' is not one of: grpo, rloo, gae"):
         ADVANTAGE_ESTIMATORS.get("ppo")
-    with pytest.raises(ConfigError, match=r"algo.policy_loss='nope' is not one of: ppo_clip, gspo, vanilla"):
+    with pytest.raises(
+        ConfigError, match=r"algo.policy_loss='nope' is not one of: ppo_clip, gspo, cispo, sapo, vanilla"
+    ):
         POLICY_LOSSES.get("nope")
 
 
