@@ -159,3 +159,26 @@ def nan_on_process_1(
     """`even_tokens` on process 0, NaN for every completion on process 1: its every prompt is dropped."""
     scores = even_tokens(prompts, completions, completion_ids)
     return [math.nan] * len(scores) if os.environ.get("LOCAL_RANK") == "1" else scores
+
+
+# --- rewards that script which groups agree (tests/test_dynamic_sampling.py) -------------------------------
+
+#: One entry per call of `scripted_groups`, consumed in order: True where that call's group is constant.
+SCRIPT: list[list[bool]] = []
+
+
+def scripted_groups(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """0.0 for every completion of a group the call's `SCRIPT` entry marks constant, else 0, 1, 0, 1... by
+    row (the groups differ); no entry left: every group differs."""
+    constant = SCRIPT.pop(0) if SCRIPT else []
+    size = len(completions) // max(len(constant), 1)
+    return [0.0 if constant and constant[row // size] else float(row % 2) for row in range(len(completions))]
+
+
+def constant(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """1.0 for every completion: every group agrees."""
+    return [1.0] * len(completions)

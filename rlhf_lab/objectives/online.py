@@ -166,6 +166,7 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         return {**specs, **self.parts.critic_companion(self.model_spec, dtype)}
 
     def check_data(self, datamodule: Any) -> None:
+        self.keep_prompt_data(datamodule)
         rows = datamodule.batch_size * self.num_generations
         accumulate = self.runtime.accumulate_grad_batches
         if rows % (self.num_mini_batches * accumulate):
@@ -187,6 +188,7 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         names |= {"kl/sequence"} if self.kl_in_reward and self.beta > 0 else set()
         names |= {"value_loss", "value_clipfrac"} if self.parts.needs_critic else set()
         names |= {"reward_errors"} if self.reward_errors == "skip" else set()
+        names |= {"num_gen_batches", "num_filtered_groups"} if self.parts.controls.dynamic_sampling else set()
         return names | set(declared_metrics(self.parts.estimator)) | set(self.parts.policy_metrics())
 
     def total_optimizer_steps(self) -> int:

@@ -9,10 +9,13 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 
 from rlhf_lab.data.batches import PromptBatch
+from rlhf_lab.errors import ConfigError
 from rlhf_lab.generation import Generation, SamplingConfig, stop_and_pad_ids
 from rlhf_lab.rl.controls import high_entropy_mask
+from rlhf_lab.rl.dynamic import fill_rollout, replacement_indices
 from rlhf_lab.rl.engine import ENGINES, RolloutEngine
 from rlhf_lab.rl.failures import RewardFailures
 from rlhf_lab.rl.metrics import completion_metrics
@@ -48,6 +51,8 @@ class RolloutActor(RewardFailures):
     log_samples_every: int
     _engine: RolloutEngine | None
     _rollout_tokens: int
+    #: The data module the objective was built with (`prompt_data` when no trainer holds one).
+    _prompt_data: Any = None
 
     if TYPE_CHECKING:  # for type checking only: a definition here would shadow the real ones
 
@@ -70,16 +75,22 @@ class RolloutActor(RewardFailures):
         return stop_and_pad_ids(self.policy.model, self.tokenizer)
 
     def sample(
-        self, batch: PromptBatch, sampling: SamplingConfig, generations: int, stream: int, index: int
+        self,
+        batch: PromptBatch,
+        sampling: SamplingConfig,
+        generations: int,
+        stream: int,
+        index: int | tuple[int, ...],
     ) -> Generation:
         """``generations`` completions per prompt; sample ``j`` of dataset example ``i`` in draw ``index`` of
-        ``stream`` is seeded by those alone."""
+        ``stream`` is seeded by those alone (``index`` may be several numbers: a rollout and a round)."""
         prompts = batch.sequences
         if generations > 1:
             rows = torch.arange(prompts.num_rows, device=prompts.input_ids.device)
             prompts = prompts.rows(rows.repeat_interleave(generations))
+        draw = index if isinstance(index, tuple) else (index,)
         seeds = [
-            self.derived_seed(stream, index, i, j) for i in batch.index.tolist() for j in range(generations)
+            self.derived_seed(stream, *draw, i, j) for i in batch.index.tolist() for j in range(generations)
         ]
         return self.engine.generate(prompts, sampling, seeds)
 
@@ -97,8 +108,40 @@ class RolloutActor(RewardFailures):
 
     # ---------------------------------------------------------------------------------- rollout
     def make_rollout(self, batch: PromptBatch) -> tuple[Rollout, dict[str, torch.Tensor]]:
-        """Sample, score and prepare one rollout; returns it and its metrics."""
-        generation = self.sample(batch, self.sampling, self.num_generations, 0, int(self.rollouts_done))
+        """Sample, score and prepare one rollout; returns it and its metrics.
+
+        The reward and completion metrics describe the first round (the data loader's prompts, as the policy
+        did on them); under ``dynamic_sampling`` the rollout trained on is the one `fill_rollout` keeps.
+        """
+        rollout, generation = self.scored_rollout(batch, 0, int(self.rollouts_done))
+        metrics = self.kept_reward_metrics(
+            rollout.require("rewards"), rollout.require("per_reward"), rollout.kept, self.num_generations
+        )
+        metrics.update(completion_metrics(generation.lengths, generation.truncated))
+        if self.parts.controls.dynamic_sampling:
+            rollout, filtering = self.dynamic_rollout(rollout)
+            metrics.update(filtering)
+        kept = rollout.kept
+        if kept is not None:
+            metrics["reward_errors"] = torch.tensor(float(self.dropped_groups), device=self.device)
+        self._rollout_tokens = int(rollout.sequences.attention_mask.sum())
+        if kept is not None and not self.any_process(bool(kept.any())):
+            return rollout, metrics  # nothing to learn from anywhere: no teacher-forced passes
+        with torch.no_grad():
+            if self.parts.needs_greedy_baseline:
+                rollout.baseline_rewards = self.greedy_rewards(batch).repeat_interleave(self.num_generations)
+            if self.reference_mode != "none":
+                rollout.reference_logps = self._chunked(rollout, self._reference_token_logps)
+            self._old_policy_pass(rollout)
+            metrics.update(self.score_rollout(rollout))
+        return rollout, metrics
+
+    def scored_rollout(
+        self, batch: PromptBatch, stream: int, index: int | tuple[int, ...]
+    ) -> tuple[Rollout, Generation]:
+        """``num_generations`` completions of each prompt of ``batch`` (draw ``index`` of ``stream``), scored
+        (a prompt a reward failed on is dropped under ``reward_errors=skip``); no teacher-forced pass yet."""
+        generation = self.sample(batch, self.sampling, self.num_generations, stream, index)
         decoded = self.decode(batch, generation, self.num_generations)
         scores = self.score_completions(decoded, self.num_generations)
         kept = self.settle_rewards(decoded, scores, self.num_generations, "train")
@@ -123,21 +166,65 @@ class RolloutActor(RewardFailures):
             texts=decoded,
             kept=kept,
         )
-        metrics = self.kept_reward_metrics(rewards, per_reward, kept, self.num_generations)
-        metrics.update(completion_metrics(generation.lengths, generation.truncated))
-        if kept is not None:
-            metrics["reward_errors"] = torch.tensor(float(self.dropped_groups), device=self.device)
-        self._rollout_tokens = int(rollout.sequences.attention_mask.sum())
-        if kept is not None and not self.any_process(bool(kept.any())):
-            return rollout, metrics  # nothing to learn from anywhere: no teacher-forced passes
-        with torch.no_grad():
-            if self.parts.needs_greedy_baseline:
-                rollout.baseline_rewards = self.greedy_rewards(batch).repeat_interleave(self.num_generations)
-            if self.reference_mode != "none":
-                rollout.reference_logps = self._chunked(rollout, self._reference_token_logps)
-            self._old_policy_pass(rollout)
-            metrics.update(self.score_rollout(rollout))
-        return rollout, metrics
+        return rollout, generation
+
+    def dynamic_rollout(self, first: Rollout) -> tuple[Rollout, dict[str, torch.Tensor]]:
+        """DAPO's dynamic sampling (`rlhf_lab.rl.dynamic`): ``first`` with its constant groups replaced by
+        groups of fresh prompts, and ``num_gen_batches`` / ``num_filtered_groups`` (over every process).
+
+        Round ``r >= 1`` of rollout ``n`` draws its prompts with the seed ``(seed, 5, n, r, rank)`` and
+        samples them with ``(seed, 4, n, r, example, sample)``: a resumed run draws the same extra groups.
+        """
+        done, generations = int(self.rollouts_done), self.num_generations
+
+        def draw(round_index: int) -> Rollout:
+            prompts = self.replacement_prompts(round_index, first.size // generations)
+            return self.scored_rollout(prompts, 4, (done, round_index))[0]
+
+        rollout, rounds, filtered = fill_rollout(
+            first,
+            draw,
+            num_generations=generations,
+            max_rounds=self.parts.controls.max_num_gen_batches,
+            anyone_short=self.any_process,
+            pad_token_id=self._token_ids()["pad_token_id"] or 0,
+        )
+        total = sum(self.gather_objects(filtered))
+        return rollout, {
+            "num_gen_batches": torch.tensor(float(rounds), device=self.device),
+            "num_filtered_groups": torch.tensor(float(total), device=self.device),
+        }
+
+    def replacement_prompts(self, round_index: int, count: int) -> PromptBatch:
+        """``count`` fresh training prompts for round ``round_index`` of this rollout, collated as the data
+        loader's (a seeded draw from the whole training set; each process draws its own)."""
+        data = self.prompt_data
+        if data is None:
+            raise RuntimeError("algo.dynamic_sampling draws training prompts, but no data module is attached")
+        dataset = data.datasets["train"]
+        trainer = self._attached_trainer()
+        rank = trainer.global_rank if trainer is not None else 0
+        seed = self.derived_seed(5, int(self.rollouts_done), round_index, rank)
+        items = [dataset[int(i)] for i in replacement_indices(len(dataset), count, seed)]
+        return move_data_to_device(data.collator("train")(items), self.device)
+
+    def keep_prompt_data(self, datamodule: Any) -> None:
+        """Under ``dynamic_sampling``, keep the data module replacement prompts come from (its training
+        split), failing on image prompts, whose rounds `rlhf_lab.rl.dynamic` cannot join yet."""
+        if not self.parts.controls.dynamic_sampling:
+            return
+        if getattr(datamodule, "images", None) is not None:
+            raise ConfigError(
+                "algo.dynamic_sampling=true joins groups of several sampling rounds, which is not "
+                "supported for image prompts yet: set algo.dynamic_sampling=false"
+            )
+        self._prompt_data = datamodule
+
+    @property
+    def prompt_data(self) -> Any:
+        """The data module replacement prompts come from: the trainer's, else the one built with."""
+        attached = getattr(self._attached_trainer(), "datamodule", None)
+        return attached if attached is not None else self._prompt_data
 
     def _old_policy_pass(self, rollout: Rollout) -> None:
         """The policy's log-probs before this rollout's updates (when needed) and, under

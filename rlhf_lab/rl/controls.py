@@ -11,6 +11,9 @@
   Eq. 13; verl's ``overlong_buffer``), a reward term: 0 up to ``max_new_tokens - buffer`` tokens, then
   falling linearly to ``-penalty_factor`` at ``max_new_tokens``.
 - ``min_new_tokens``: EOS cannot be sampled before this many tokens.
+- ``dynamic_sampling`` / ``max_num_gen_batches``: DAPO's dynamic sampling (Yu et al., 2025, Eq. 11; verl's
+  ``algorithm.filter_groups``): groups whose rewards all agree are replaced by groups of fresh prompts, in
+  at most ``max_num_gen_batches`` sampling rounds per rollout, the first included (`rlhf_lab.rl.dynamic`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ CONTROL_SETTINGS: dict[str, tuple[Any, Any]] = {
     "overlong_buffer_len": (int, 0),
     "overlong_penalty_factor": (float, 1.0),
     "min_new_tokens": (int, 0),
+    "dynamic_sampling": (bool, False),
+    "max_num_gen_batches": (int, 4),
 }
 
 
@@ -44,6 +49,8 @@ class Controls:
     overlong_buffer_len: int = 0
     overlong_penalty_factor: float = 1.0
     min_new_tokens: int = 0
+    dynamic_sampling: bool = False
+    max_num_gen_batches: int = 4
 
     @classmethod
     def take(cls, values: dict[str, Any]) -> Controls:
@@ -57,10 +64,12 @@ class Controls:
         check_range("algo.overlong_buffer_len", controls.overlong_buffer_len, 0)
         check_range("algo.overlong_penalty_factor", controls.overlong_penalty_factor, 0.0)
         check_range("algo.min_new_tokens", controls.min_new_tokens, 0)
+        # verl's 0 (no cap) is not offered: a task the policy always solves (or never) would sample forever.
+        check_range("algo.max_num_gen_batches", controls.max_num_gen_batches, 1)
         return controls
 
     def check(self, *, beta: float, max_new_tokens: int) -> None:
-        """Fail on combinations that make no sense."""
+        """Fail on combinations that make no sense (`check_dynamic_sampling`: those with the estimator)."""
         if self.kl_estimator is not None and beta == 0:
             raise ConfigError(
                 f"algo.kl_estimator={self.kl_estimator} chooses how the KL to the reference is estimated, but "
@@ -73,6 +82,25 @@ class Controls:
                     f"algo.{key}={value} must be below algo.max_new_tokens={max_new_tokens}"
                     + (": every completion would be punished" if key == "overlong_buffer_len" else "")
                 )
+
+    def check_dynamic_sampling(
+        self, estimator: str, compares_generations: bool, num_generations: int
+    ) -> None:
+        """Fail when ``dynamic_sampling`` cannot tell a useful group from a useless one."""
+        if not self.dynamic_sampling:
+            return
+        if not compares_generations:
+            raise ConfigError(
+                f"algo.dynamic_sampling=true drops the prompts whose completions all got the same reward, which "
+                f"teach nothing to an estimator comparing a prompt's completions (grpo, rloo, "
+                f"reinforce_pp_baseline); algo.advantage_estimator={estimator} does not compare them: set "
+                "algo.dynamic_sampling=false"
+            )
+        if num_generations < 2:
+            raise ConfigError(
+                f"algo.dynamic_sampling=true keeps the prompts whose completions got different rewards: "
+                f"algo.num_generations={num_generations} must be at least 2"
+            )
 
     def reward_kl(self) -> str:
         """The estimator of the KL penalty in the reward."""

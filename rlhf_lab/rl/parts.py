@@ -72,7 +72,8 @@ class RLParts:
         value_loss_kwargs: The value loss's hyperparameters (critic runs).
         value_model: The critic's initial weights (None: the policy's with a new head).
         vf_coef: The value loss's weight.
-        controls: KL estimator, entropy bonus and mask, overlong punishment (`rlhf_lab.rl.controls`).
+        controls: KL estimator, entropy bonus and mask, overlong punishment, dynamic sampling
+            (`rlhf_lab.rl.controls`).
     """
 
     estimator_name: str
@@ -133,6 +134,7 @@ class RLParts:
         """Fail when the run's settings do not fit its parts (``estimator`` as the user wrote it)."""
         if max_new_tokens:
             self.controls.check(beta=beta, max_new_tokens=max_new_tokens)
+        self.controls.check_dynamic_sampling(estimator, self.compares_generations, num_generations)
         if self.compares_generations and num_generations < 2:
             raise ConfigError(
                 f"algo.advantage_estimator={estimator} compares the completions of a prompt with each "
