@@ -11,6 +11,13 @@
   Eq. 13; verl's ``overlong_buffer``), a reward term: 0 up to ``max_new_tokens - buffer`` tokens, then
   falling linearly to ``-penalty_factor`` at ``max_new_tokens``.
 - ``min_new_tokens``: EOS cannot be sampled before this many tokens.
+- ``importance_sampling_correction`` / ``importance_sampling_cap``: weight the policy loss by the ratio of
+  the trainer's to the sampler's log-probs, truncated at (``*_truncate``, TIS; Yao et al., 2025) or masked
+  above (``*_mask``) the cap, per token or per sequence (TRL's ``vllm_importance_sampling_mode`` and
+  ``_cap``; `rlhf_lab.losses.correction`).
+- ``sampler_temperature``: the in-process engine samples, and reports log-probs, at this temperature while
+  the trainer scores at ``temperature``: a sampler that disagrees with the trainer, standing in for vLLM's
+  numerics in tests and debugging (None: ``temperature``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any, Optional
 import torch
 
 from rlhf_lab.errors import ConfigError, check_choice, check_range
+from rlhf_lab.losses.correction import IS_CORRECTION_MODES
 from rlhf_lab.losses.policy_gradient import KL_ESTIMATORS
 
 #: The controls' keys: (annotation, default).
@@ -31,6 +39,9 @@ CONTROL_SETTINGS: dict[str, tuple[Any, Any]] = {
     "overlong_buffer_len": (int, 0),
     "overlong_penalty_factor": (float, 1.0),
     "min_new_tokens": (int, 0),
+    "importance_sampling_correction": (Optional[str], None),  # noqa: UP045
+    "importance_sampling_cap": (float, 3.0),
+    "sampler_temperature": (Optional[float], None),  # noqa: UP045
 }
 
 
@@ -44,6 +55,9 @@ class Controls:
     overlong_buffer_len: int = 0
     overlong_penalty_factor: float = 1.0
     min_new_tokens: int = 0
+    importance_sampling_correction: str | None = None
+    importance_sampling_cap: float = 3.0
+    sampler_temperature: float | None = None
 
     @classmethod
     def take(cls, values: dict[str, Any]) -> Controls:
@@ -57,6 +71,16 @@ class Controls:
         check_range("algo.overlong_buffer_len", controls.overlong_buffer_len, 0)
         check_range("algo.overlong_penalty_factor", controls.overlong_penalty_factor, 0.0)
         check_range("algo.min_new_tokens", controls.min_new_tokens, 0)
+        if controls.importance_sampling_correction is not None:
+            check_choice(
+                "algo.importance_sampling_correction",
+                controls.importance_sampling_correction,
+                IS_CORRECTION_MODES,
+            )
+        # A cap below 1 would down-weight (or mask) tokens the sampler and the trainer agree on.
+        check_range("algo.importance_sampling_cap", controls.importance_sampling_cap, 1.0)
+        if controls.sampler_temperature is not None:
+            check_range("algo.sampler_temperature", controls.sampler_temperature, 0.0, low_inclusive=False)
         return controls
 
     def check(self, *, beta: float, max_new_tokens: int) -> None:
@@ -73,6 +97,15 @@ class Controls:
                     f"algo.{key}={value} must be below algo.max_new_tokens={max_new_tokens}"
                     + (": every completion would be punished" if key == "overlong_buffer_len" else "")
                 )
+
+    @property
+    def corrects_sampler(self) -> bool:
+        """The policy loss is weighted by the trainer/sampler ratio (needs teacher-forced old log-probs)."""
+        return self.importance_sampling_correction is not None
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """What the controls add to the rollout engine's constructor (``sampler_temperature``)."""
+        return {} if self.sampler_temperature is None else {"temperature": self.sampler_temperature}
 
     def reward_kl(self) -> str:
         """The estimator of the KL penalty in the reward."""

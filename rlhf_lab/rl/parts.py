@@ -32,6 +32,9 @@ ALIASES = {
     "sapo_temperature_pos": "tau_pos",
     "sapo_temperature_neg": "tau_neg",
     "entropy_coeff": "entropy_coef",
+    "vllm_importance_sampling_mode": "importance_sampling_correction",
+    "vllm_importance_sampling_cap": "importance_sampling_cap",
+    "vllm_importance_sampling_clip_max": "importance_sampling_cap",
 }
 #: The critic's settings beside the value loss's hyperparameters: (annotation, default).
 CRITIC_SETTINGS: dict[str, tuple[Any, Any]] = {"value_model": (Optional[str], None), "vf_coef": (float, 0.1)}  # noqa: UP045
@@ -195,7 +198,7 @@ class RLParts:
             value_loss_kwargs=_with_defaults(clipped_value_loss, values),
             value_model=values.get("value_model"),
             vf_coef=vf_coef,
-            controls=Controls.take(values),
+            controls=_take_controls(values, written),
         )
 
 
@@ -243,8 +246,20 @@ def _check(function: Callable[..., Any], values: dict[str, Any], used: dict[str,
     try:
         check_hyperparameters(function, values)
     except ConfigError as error:
-        message = str(error)
-        for canonical, written in used.items():
-            if canonical != written:
-                message = message.replace(f"algo.{canonical}=", f"algo.{written}=")
-        raise ConfigError(message) from None
+        raise ConfigError(_as_written(str(error), used)) from None
+
+
+def _take_controls(values: dict[str, Any], used: dict[str, str]) -> Controls:
+    """`Controls.take`, naming each key as the user wrote it (``algo.vllm_importance_sampling_cap``)."""
+    try:
+        return Controls.take(values)
+    except ConfigError as error:
+        raise ConfigError(_as_written(str(error), used)) from None
+
+
+def _as_written(message: str, used: dict[str, str]) -> str:
+    """``message`` with each renamed key as the user wrote it."""
+    for canonical, written in used.items():
+        if canonical != written:
+            message = message.replace(f"algo.{canonical}=", f"algo.{written}=")
+    return message
