@@ -11,7 +11,7 @@ Tasks:
 - ``bundled``: the bundled RL task (`rlhf_lab.data.synthetic`: "Is a wrench an animal or a tool?"),
   rewarded by exact match with the right answer (`rlhf_lab.rewards.exact_match`).
 - ``letters``: "Use only these letters: e s y z." with four letters drawn per prompt, rewarded by the share
-  of the completion's letters that the prompt allows (`rlhf_lab.rewards.allowed_letters`): the reward
+  of the completion's letters that the prompt allows (`rlhf_lab.prompt_rewards.allowed_letters`): the reward
   needs the prompt.
 
 Starts: ``sft``, supervised on the task with half the answers wrong (bundled: the category at random;
@@ -60,8 +60,10 @@ ALGOS: dict[str, tuple[list[str], dict[str, Any]]] = {
 }
 TASKS = {
     "bundled": {"reward": "rlhf_lab.rewards.exact_match", "max_new_tokens": 32},
-    "letters": {"reward": "rlhf_lab.rewards.allowed_letters", "max_new_tokens": 16},
+    "letters": {"reward": "rlhf_lab.prompt_rewards.allowed_letters", "max_new_tokens": 16},
 }
+
+
 def warmup_steps(steps: int) -> int:
     """A tenth of the run, at least one step, in both systems (the same linear warm-up, then cosine)."""
     return max(1, steps // 10)

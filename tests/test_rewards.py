@@ -262,3 +262,19 @@ def test_call_reward_function_non_number(bad: object) -> None:
         ValueError, match=r"odd returned .* for a completion; a reward is a number \(or None\)"
     ):
         call_reward_function(odd, ["p", "p"], ["a", "b"], [[1], [2]], {})
+
+
+def test_allowed_letters_is_the_share_of_the_completions_letters_the_prompt_allows() -> None:
+    from rlhf_lab.prompt_rewards import allowed_letters
+
+    ask = [{"role": "user", "content": "Write a word. Use only these letters: e s y z."}]
+    prompts = [ask, ask, ask, "Use only these letters: a b c d.", "Write a word."]
+    completions = [
+        [{"role": "assistant", "content": "Yes!"}],  # y e s: 3 of 3 (case and punctuation aside)
+        [{"role": "assistant", "content": "yak"}],  # y: 1 of 3
+        [{"role": "assistant", "content": "..."}],  # no letters: 0
+        "cab deck",  # c a b d c: 5 of 7 (e, k not allowed)
+        "anything",  # no list in the prompt: not applicable
+    ]
+    scores = allowed_letters(prompts, completions, [[]] * 5)
+    assert scores == [1.0, pytest.approx(1 / 3), 0.0, pytest.approx(5 / 7), None]

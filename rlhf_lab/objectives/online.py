@@ -28,7 +28,6 @@ from rlhf_lab.errors import ConfigError, check_range
 from rlhf_lab.generation import SamplingConfig, check_generation_backend
 from rlhf_lab.lightning_compat import attached_trainer
 from rlhf_lab.losses.policy_gradient import StepTotals
-from rlhf_lab.losses.registry import declared_metrics
 from rlhf_lab.models.build import Companion
 from rlhf_lab.objectives.base import AlignmentObjective
 from rlhf_lab.rl.actor import RolloutActor
@@ -156,8 +155,9 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
 
     @property
     def needs_old_logps(self) -> bool:
-        """The policy's log-probs before this rollout's updates: the ratio's denominator, the KL in the reward."""
-        return self.steps_per_rollout > 1 or (self.kl_in_reward and self.beta > 0)
+        """The policy's log-probs before this rollout's updates (the ratio, the reward's KL, the IS correction)."""
+        corrects = self.parts.controls.corrects_sampler  # even at one step per rollout, as TRL's
+        return self.steps_per_rollout > 1 or (self.kl_in_reward and self.beta > 0) or corrects
 
     def companion_specs(self) -> dict[str, Companion]:
         # Reward models (and a critic from one) load in the policy's dtype (a tiny policy is float32).
@@ -188,8 +188,7 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         names |= {"kl/sequence"} if self.kl_in_reward and self.beta > 0 else set()
         names |= {"value_loss", "value_clipfrac"} if self.parts.needs_critic else set()
         names |= {"reward_errors"} if self.reward_errors == "skip" else set()
-        names |= {"num_gen_batches", "num_filtered_groups"} if self.parts.controls.dynamic_sampling else set()
-        return names | set(declared_metrics(self.parts.estimator)) | set(self.parts.policy_metrics())
+        return names | self.parts.metric_names(old_logps=self.needs_old_logps)
 
     def total_optimizer_steps(self) -> int:
         trainer = self.trainer

@@ -23,7 +23,7 @@ from rlhf_lab.rl.parts import RLParts
 from rlhf_lab.rl.rollout import Completions, Rollout
 from rlhf_lab.rl.samples import sample_rows, write_samples
 from rlhf_lab.rl.scoring import RewardScorer, Scores
-from rlhf_lab.rl.update import estimate_advantages, shape_rewards
+from rlhf_lab.rl.update import correct_sampler, estimate_advantages, shape_rewards
 
 
 class RolloutActor(RewardFailures):
@@ -68,7 +68,8 @@ class RolloutActor(RewardFailures):
     @property
     def engine(self) -> RolloutEngine:
         if self._engine is None:
-            self._engine = ENGINES[self.generation_backend](self.policy, self._token_ids)
+            engine = ENGINES[self.generation_backend]
+            self._engine = engine(self.policy, self._token_ids, **self.parts.controls.engine_kwargs())
         return self._engine
 
     def _token_ids(self) -> dict[str, Any]:
@@ -133,6 +134,7 @@ class RolloutActor(RewardFailures):
             if self.reference_mode != "none":
                 rollout.reference_logps = self._chunked(rollout, self._reference_token_logps)
             self._old_policy_pass(rollout)
+            metrics.update(correct_sampler(rollout, self.parts.controls))
             metrics.update(self.score_rollout(rollout))
         return rollout, metrics
 

@@ -14,6 +14,13 @@
 - ``dynamic_sampling`` / ``max_num_gen_batches``: DAPO's dynamic sampling (Yu et al., 2025, Eq. 11; verl's
   ``algorithm.filter_groups``): groups whose rewards all agree are replaced by groups of fresh prompts, in
   at most ``max_num_gen_batches`` sampling rounds per rollout, the first included (`rlhf_lab.rl.dynamic`).
+- ``importance_sampling_correction`` / ``importance_sampling_cap``: weight the policy loss by the ratio of
+  the trainer's to the sampler's log-probs, truncated at (``*_truncate``, TIS; Yao et al., 2025) or masked
+  above (``*_mask``) the cap, per token or per sequence (TRL's ``vllm_importance_sampling_mode`` and
+  ``_cap``; `rlhf_lab.losses.correction`).
+- ``sampler_temperature``: the in-process engine samples, and reports log-probs, at this temperature while
+  the trainer scores at ``temperature``: a sampler that disagrees with the trainer, standing in for vLLM's
+  numerics in tests and debugging (None: ``temperature``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any, Optional
 import torch
 
 from rlhf_lab.errors import ConfigError, check_choice, check_range
+from rlhf_lab.losses.correction import IS_CORRECTION_MODES
 from rlhf_lab.losses.policy_gradient import KL_ESTIMATORS
 
 #: The controls' keys: (annotation, default).
@@ -36,6 +44,9 @@ CONTROL_SETTINGS: dict[str, tuple[Any, Any]] = {
     "min_new_tokens": (int, 0),
     "dynamic_sampling": (bool, False),
     "max_num_gen_batches": (int, 4),
+    "importance_sampling_correction": (Optional[str], None),  # noqa: UP045
+    "importance_sampling_cap": (float, 3.0),
+    "sampler_temperature": (Optional[float], None),  # noqa: UP045
 }
 
 
@@ -51,6 +62,9 @@ class Controls:
     min_new_tokens: int = 0
     dynamic_sampling: bool = False
     max_num_gen_batches: int = 4
+    importance_sampling_correction: str | None = None
+    importance_sampling_cap: float = 3.0
+    sampler_temperature: float | None = None
 
     @classmethod
     def take(cls, values: dict[str, Any]) -> Controls:
@@ -66,6 +80,16 @@ class Controls:
         check_range("algo.min_new_tokens", controls.min_new_tokens, 0)
         # verl's 0 (no cap) is not offered: a task the policy always solves (or never) would sample forever.
         check_range("algo.max_num_gen_batches", controls.max_num_gen_batches, 1)
+        if controls.importance_sampling_correction is not None:
+            check_choice(
+                "algo.importance_sampling_correction",
+                controls.importance_sampling_correction,
+                IS_CORRECTION_MODES,
+            )
+        # A cap below 1 would down-weight (or mask) tokens the sampler and the trainer agree on.
+        check_range("algo.importance_sampling_cap", controls.importance_sampling_cap, 1.0)
+        if controls.sampler_temperature is not None:
+            check_range("algo.sampler_temperature", controls.sampler_temperature, 0.0, low_inclusive=False)
         return controls
 
     def check(self, *, beta: float, max_new_tokens: int) -> None:
@@ -101,6 +125,15 @@ class Controls:
                 f"algo.dynamic_sampling=true keeps the prompts whose completions got different rewards: "
                 f"algo.num_generations={num_generations} must be at least 2"
             )
+
+    @property
+    def corrects_sampler(self) -> bool:
+        """The policy loss is weighted by the trainer/sampler ratio (needs teacher-forced old log-probs)."""
+        return self.importance_sampling_correction is not None
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """What the controls add to the rollout engine's constructor (``sampler_temperature``)."""
+        return {} if self.sampler_temperature is None else {"temperature": self.sampler_temperature}
 
     def reward_kl(self) -> str:
         """The estimator of the KL penalty in the reward."""

@@ -9,6 +9,7 @@ registered in `ENGINES` under its ``algo.generation_backend`` name, without touc
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -36,13 +37,21 @@ class InProcessEngine:
     Args:
         policy: The `Policy` being trained.
         token_ids: Returns the ``eos_token_id`` / ``pad_token_id`` keyword arguments of `generate`.
+        temperature: Sample, and report log-probs, at this temperature instead of the trainer's
+            (``algo.sampler_temperature``): a sampler whose log-probs differ from teacher forcing, a stand-in
+            for vLLM's in tests and debugging of the importance-sampling correction. None: the trainer's.
     """
 
-    def __init__(self, policy: Any, token_ids: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, policy: Any, token_ids: Callable[[], dict[str, Any]], temperature: float | None = None
+    ) -> None:
         self.policy = policy
         self.token_ids = token_ids
+        self.temperature = temperature
 
     def generate(self, prompts: Sequences, sampling: SamplingConfig, row_seeds: list[int]) -> Generation:
+        if self.temperature is not None and sampling.do_sample:
+            sampling = dataclasses.replace(sampling, temperature=self.temperature)
         return self.policy.generate(prompts, sampling, row_seeds=row_seeds, **self.token_ids())
 
     def update_weights(self, model: nn.Module) -> None:

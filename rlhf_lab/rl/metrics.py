@@ -41,8 +41,10 @@ def reward_metrics(
 
 
 def reduce_fx(key: str) -> str:
-    """How a metric combines over batches and processes: extremes of lengths stay extremes."""
-    return {"completions/min_length": "min", "completions/max_length": "max"}.get(key, "mean")
+    """How a metric combines over batches and processes: extremes (lengths, IS ratios) stay extremes."""
+    extremes = {"completions/min_length": "min", "completions/max_length": "max", "is_ratio/min": "min"}
+    extremes.update({"is_ratio/max": "max", "sampler/logp_diff/max": "max"})
+    return extremes.get(key, "mean")
 
 
 class MeanTracker:

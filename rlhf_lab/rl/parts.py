@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from rlhf_lab.errors import ConfigError, check_range
 from rlhf_lab.losses.advantages import ADVANTAGE_ESTIMATORS, INPUTS
+from rlhf_lab.losses.correction import MISMATCH_METRICS
 from rlhf_lab.losses.hyperparameters import check_hyperparameters, hyperparameter_defaults, tensor_inputs
 from rlhf_lab.losses.policy_gradient import LOSS_AGGREGATIONS, POLICY_LOSSES, clipped_value_loss
 from rlhf_lab.losses.registry import Registry, declared_metrics
@@ -32,6 +33,9 @@ ALIASES = {
     "sapo_temperature_pos": "tau_pos",
     "sapo_temperature_neg": "tau_neg",
     "entropy_coeff": "entropy_coef",
+    "vllm_importance_sampling_mode": "importance_sampling_correction",
+    "vllm_importance_sampling_cap": "importance_sampling_cap",
+    "vllm_importance_sampling_clip_max": "importance_sampling_cap",
 }
 #: The critic's settings beside the value loss's hyperparameters: (annotation, default).
 CRITIC_SETTINGS: dict[str, tuple[Any, Any]] = {"value_model": (Optional[str], None), "vf_coef": (float, 0.1)}  # noqa: UP045
@@ -104,6 +108,13 @@ class RLParts:
     def policy_metrics(self) -> tuple[str, ...]:
         """The metrics the policy loss adds (its declared ``flags``)."""
         return declared_metrics(self.policy_loss)
+
+    def metric_names(self, *, old_logps: bool) -> set[str]:
+        """The training metrics the parts and controls add (unprefixed); ``old_logps``: the rollout has the
+        trainer's log-probs beside the sampler's, whose mismatch is logged."""
+        names = {*declared_metrics(self.estimator), *self.policy_metrics()}
+        names |= {"num_gen_batches", "num_filtered_groups"} if self.controls.dynamic_sampling else set()
+        return names | (set(MISMATCH_METRICS) if old_logps else set())
 
     @property
     def compares_generations(self) -> bool:
@@ -197,7 +208,7 @@ class RLParts:
             value_loss_kwargs=_with_defaults(clipped_value_loss, values),
             value_model=values.get("value_model"),
             vf_coef=vf_coef,
-            controls=Controls.take(values),
+            controls=_take_controls(values, written),
         )
 
 
@@ -245,8 +256,20 @@ def _check(function: Callable[..., Any], values: dict[str, Any], used: dict[str,
     try:
         check_hyperparameters(function, values)
     except ConfigError as error:
-        message = str(error)
-        for canonical, written in used.items():
-            if canonical != written:
-                message = message.replace(f"algo.{canonical}=", f"algo.{written}=")
-        raise ConfigError(message) from None
+        raise ConfigError(_as_written(str(error), used)) from None
+
+
+def _take_controls(values: dict[str, Any], used: dict[str, str]) -> Controls:
+    """`Controls.take`, naming each key as the user wrote it (``algo.vllm_importance_sampling_cap``)."""
+    try:
+        return Controls.take(values)
+    except ConfigError as error:
+        raise ConfigError(_as_written(str(error), used)) from None
+
+
+def _as_written(message: str, used: dict[str, str]) -> str:
+    """``message`` with each renamed key as the user wrote it."""
+    for canonical, written in used.items():
+        if canonical != written:
+            message = message.replace(f"algo.{canonical}=", f"algo.{written}=")
+    return message

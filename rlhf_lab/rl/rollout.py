@@ -57,6 +57,8 @@ class Rollout:
         token_mask: ``[N, L]`` bool, the tokens the policy loss trains (``top_entropy_quantile``: the
             high-entropy ones); None: all of ``mask``.
         baseline_rewards: ``[N]`` the reward of a greedy completion of each row's prompt (ReMax).
+        is_weights: ``[N, L]`` the importance-sampling correction's weight of each token's policy loss
+            (``algo.importance_sampling_correction``; `rlhf_lab.losses.correction`); None: no correction.
     """
 
     sequences: Sequences
@@ -75,6 +77,7 @@ class Rollout:
     kept: torch.Tensor | None = None
     token_mask: torch.Tensor | None = None
     baseline_rewards: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
 
     @property
     def size(self) -> int:

@@ -1,21 +1,38 @@
 """The arithmetic of one online-RL update, as functions of a `Rollout` and the registered `RLParts`.
 
-`shape_rewards` folds the KL penalty, the missing-EOS penalty and DAPO's overlong punishment into the
-rewards; `estimate_advantages` runs the estimator on them; `micro_batch_loss` is one micro-batch's share of
-an optimiser step's loss (the policy loss on the trained tokens, the KL term, the entropy bonus, the
-critic's value loss) and its metrics, each weighted by the micro-batch's share of the step's tokens so that
-summing over micro-batches gives the step's values.
+`correct_sampler` weights the rollout's tokens by the trainer/sampler importance ratio (and measures the
+mismatch); `shape_rewards` folds the KL penalty, the missing-EOS penalty and DAPO's overlong punishment
+into the rewards; `estimate_advantages` runs the estimator on them; `micro_batch_loss` is one
+micro-batch's share of an optimiser step's loss (the policy loss on the trained tokens, the KL term, the
+entropy bonus, the critic's value loss) and its metrics, each weighted by the micro-batch's share of the
+step's tokens so that summing over micro-batches gives the step's values.
 """
 
 from __future__ import annotations
 
 import torch
 
+from rlhf_lab.losses.correction import importance_weights, mismatch_metrics
 from rlhf_lab.losses.hyperparameters import tensor_inputs
 from rlhf_lab.losses.policy_gradient import StepTotals, clipped_value_loss, kl_estimate, masked_mean
 from rlhf_lab.rl.controls import Controls
 from rlhf_lab.rl.parts import RLParts
 from rlhf_lab.rl.rollout import Rollout
+
+
+def correct_sampler(rollout: Rollout, controls: Controls) -> dict[str, torch.Tensor]:
+    """Fill ``rollout.is_weights`` under ``importance_sampling_correction``, and return the sampler/trainer
+    mismatch metrics whenever the rollout has both log-probs (nothing otherwise). Once per rollout, before
+    any update: the weights and metrics do not depend on the micro-batch split."""
+    if rollout.old_logps is None or rollout.sampler_logps is None:
+        return {}
+    old, sampler, mask = rollout.old_logps.float(), rollout.sampler_logps.float(), rollout.mask
+    correction = None
+    if controls.importance_sampling_correction is not None:
+        mode, cap = controls.importance_sampling_correction, controls.importance_sampling_cap
+        correction = importance_weights(old, sampler, mask, mode=mode, cap=cap)
+        rollout.is_weights = correction.weights
+    return mismatch_metrics(old, sampler, mask, correction)
 
 
 def shape_rewards(
@@ -115,7 +132,7 @@ def micro_batch_loss(
 
     # 80/20: the other tokens leave the policy loss only, not its normaliser (as TRL's entropy mask).
     trained = mask if part.token_mask is None else mask & part.token_mask
-    per_token = torch.where(trained, surrogate.losses, 0.0)
+    per_token = torch.where(trained, sampler_weighted(surrogate.losses, part), 0.0)
     log_ratio = (logps.detach() - old_logps) * mask
     metrics = {
         "policy_loss": aggregate(per_token.detach()),
@@ -141,6 +158,12 @@ def micro_batch_loss(
         metrics["value_loss"] = value_loss.detach()
         loss = loss + parts.vf_coef * value_loss
     return loss, metrics
+
+
+def sampler_weighted(losses: torch.Tensor, part: Rollout) -> torch.Tensor:
+    """The per-token policy ``losses`` times the sampler correction's weights (``part.is_weights``; as TRL's,
+    the policy loss only, not the KL term, and the normaliser unchanged)."""
+    return losses if part.is_weights is None else losses * part.is_weights.to(losses.dtype)
 
 
 def _loss_kl(parts: RLParts, logps: torch.Tensor, reference: torch.Tensor, k3: torch.Tensor) -> torch.Tensor:
