@@ -70,6 +70,9 @@ def held_out(policy: Path, run_dir: Path, *overrides: str) -> dict[str, float]:
         ("algo=rloo",),
         # The registry's worked example: REINFORCE++'s estimator is one function and a YAML.
         ("algo=reinforce_pp",),
+        ("algo=reinforce_pp", "algo.advantage_estimator=reinforce_pp_baseline"),
+        ("algo=remax",),  # one greedy completion per prompt is the baseline
+        ("algo=grpo", "algo.dynamic_sampling=true"),  # DAPO: groups whose rewards agree are replaced
         # 4 optimiser steps per rollout: 100 rollouts of 16 prompts.
         (
             "algo=ppo",
@@ -79,7 +82,18 @@ def held_out(policy: Path, run_dir: Path, *overrides: str) -> dict[str, float]:
             "trainer.max_steps=400",
         ),
     ],
-    ids=["grpo", "dr_grpo", "dapo", "bnpo", "rloo", "reinforce_pp", "ppo"],
+    ids=[
+        "grpo",
+        "dr_grpo",
+        "dapo",
+        "bnpo",
+        "rloo",
+        "reinforce_pp",
+        "reinforce_pp_baseline",
+        "remax",
+        "dynamic_sampling",
+        "ppo",
+    ],
 )
 def test_online_rl_raises_held_out_exact_match(
     warm_start: Path, tmp_path: Path, overrides: tuple[str, ...]
