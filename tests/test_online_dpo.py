@@ -236,6 +236,7 @@ def test_a_step_with_no_pair_to_train_changes_nothing(tmp_path: Path) -> None:
         "trainer.max_steps=2",
     )
     assert result.trainer.global_step == 2 and result.summary["train/reward_errors"] == 8.0
+    assert result.summary["train/loss"] == 0.0 and "train/rewards/margins" not in result.summary
     initial = build(compose_config([*DPO, "algo.reward_functions=[tests.custom_rewards.nan_rewards]"]))[0]
     initial.configure_model()
     before = dict(initial.policy.named_parameters())

@@ -176,7 +176,9 @@ class OnlineDPO(RolloutObjective):
         metrics = {**scored.metrics, **self.pair_metrics(rollout, chosen, rejected, trains)}
         trained = trains.nonzero().flatten()
         if self._all_ranks(trained.numel() == 0):
-            self.take_empty_step(self.optimizers(), self.lr_schedulers())  # every pair tied or dropped
+            # Every pair tied or dropped: no gradient; the loss is 0 (a logger would repeat the last one).
+            self.take_empty_step(self.optimizers(), self.lr_schedulers())
+            metrics["loss"] = torch.zeros((), device=self.device)
         else:
             micro_batches = [
                 partial(self.micro_loss, rollout, chosen[part], rejected[part], trained.numel())
