@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch.testing import assert_close
 
 from rlhf_lab.data.batches import Sequences
-from rlhf_lab.objectives import OnlineObjective
+from rlhf_lab.objectives import RolloutObjective
 from rlhf_lab.train import build, run
 from tests.conftest import compose_config
 from tests.naive import full_logits, naive_logps
@@ -29,7 +29,7 @@ def _target(algo: str) -> type:
     return get_object(OmegaConf.load(ALGO_DIR / f"{algo}.yaml").get("_target_") or "builtins.object")
 
 
-ONLINE = tuple(algo for algo in ALGOS if issubclass(_target(algo), OnlineObjective))
+ONLINE = tuple(algo for algo in ALGOS if issubclass(_target(algo), RolloutObjective))
 # The distillation options: their target takes a teacher.
 DISTILL = tuple(algo for algo in ALGOS if "teacher" in getattr(_target(algo), "RUNTIME_ARGS", ()))
 ONLINE_SMOKE = (
@@ -66,7 +66,7 @@ def test_every_algo_config_trains(algo: str, tmp_path: Path) -> None:
         assert {
             "val/reward",
             "val/completions/mean_length",
-            "train/kl" if algo != "grpo" else "train/entropy",
+            {"grpo": "train/entropy", "online_dpo": "train/rewards/margins"}.get(algo, "train/kl"),
         } <= set(summary)
     elif algo in DISTILL:
         assert {"val/teacher_student_kl/forward", "val/teacher_student_kl/reverse", "val/kd_loss"} <= set(

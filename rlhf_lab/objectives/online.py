@@ -16,8 +16,6 @@ decoded greedily (unless ``val_do_sample``) and scored by the same rewards: ``va
 
 from __future__ import annotations
 
-import math
-import time
 from functools import partial
 from typing import Any
 
@@ -25,23 +23,19 @@ import torch
 
 from rlhf_lab.data.batches import PromptBatch
 from rlhf_lab.errors import ConfigError, check_range
-from rlhf_lab.generation import SamplingConfig, check_generation_backend
 from rlhf_lab.lightning_compat import attached_trainer
 from rlhf_lab.losses.policy_gradient import StepTotals
 from rlhf_lab.models.build import Companion
-from rlhf_lab.objectives.base import AlignmentObjective
-from rlhf_lab.rl.actor import RolloutActor
-from rlhf_lab.rl.engine import RolloutEngine
-from rlhf_lab.rl.metrics import MeanTracker, completion_metrics, log_metrics, reward_metrics
+from rlhf_lab.objectives.rollouts import RolloutObjective
+from rlhf_lab.rl.metrics import MeanTracker, completion_metrics, reward_metrics
 from rlhf_lab.rl.parts import RLParts, schema_parameters, take_aliases
 from rlhf_lab.rl.rollout import Rollout
-from rlhf_lab.rl.scoring import RewardScorer
 from rlhf_lab.rl.update import micro_batch_loss
 
 __all__ = ["OnlineObjective", "Rollout", "completion_metrics", "reward_metrics"]
 
 
-class OnlineObjective(RolloutActor, AlignmentObjective):
+class OnlineObjective(RolloutObjective):
     """The online-RL objective.
 
     Args:
@@ -70,9 +64,6 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         **kwargs: The parts' hyperparameters (flat, paper names; see `rlhf_lab.rl.parts`) and the
             `AlignmentObjective` arguments.
     """
-
-    batch_kind = "prompts"
-    monitor = ("val/reward", "max")
 
     def __init__(
         self,
@@ -105,35 +96,34 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         loss_agg_mode = kwargs.pop("loss_agg_mode", loss_agg_mode)
         num_iterations = kwargs.pop("num_iterations", num_iterations)
         self.parts = RLParts.resolve(advantage_estimator, policy_loss, loss_agg_mode, kwargs, written)
-        self.reward_model_paths = paths = list(reward_models or [])
-        self.scorer = RewardScorer(reward_functions, paths, reward_weights, reward_timeout, reward_errors)
-        self.reward_errors, self.dropped_groups = reward_errors, 0  # dropped prompts: train/reward_errors
         check_range("algo.beta", beta, 0.0, 1e3)
         counts = {"num_iterations": num_iterations, "num_mini_batches": num_mini_batches}
         for key, value in {**counts, "num_generations": num_generations}.items():
             check_range(f"algo.{written.get(key, key)}", value, 1)
-        check_range("algo.log_samples_every", log_samples_every, 0)
-        check_generation_backend(generation_backend)
         self.parts.check(advantage_estimator, num_generations, beta=beta, max_new_tokens=max_new_tokens)
-        sampling = partial(SamplingConfig, max_new_tokens, temperature, top_p, top_k, **self.parts.sampling())
-        self.sampling, self.val_sampling = sampling(do_sample=True), sampling(do_sample=val_do_sample)
         self.beta, self.kl_in_reward = float(beta), kl_in_reward
         self.num_generations, self.num_iterations = num_generations, num_iterations
         self.num_mini_batches, self.shuffle_mini_batches = num_mini_batches, shuffle_mini_batches
-        self.missing_eos_penalty = missing_eos_penalty
         self.mask_truncated_completions = mask_truncated_completions
-        self.log_samples_every, self.generation_backend = log_samples_every, generation_backend
-        super().__init__(**kwargs)
-        if self.reference_mode == "precomputed":
-            raise ConfigError(
-                f"algo.reference=precomputed: {self.name} scores completions it samples during training, "
-                "which no table computed before training holds; use algo.reference=copy or adapter_off"
-            )
-        self.automatic_optimization = False
-        # Rollouts sampled so far: seeds the next one, so a resumed run samples what an uninterrupted run would.
-        self.register_buffer("rollouts_done", torch.zeros((), dtype=torch.long))
-        self._rollout_tokens = 0
-        self._engine: RolloutEngine | None = None
+        super().__init__(
+            reward_functions=reward_functions,
+            reward_models=reward_models,
+            reward_weights=reward_weights,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            missing_eos_penalty=missing_eos_penalty,
+            val_do_sample=val_do_sample,
+            log_samples_every=log_samples_every,
+            generation_backend=generation_backend,
+            reward_errors=reward_errors,
+            reward_timeout=reward_timeout,
+            **kwargs,
+        )
+
+    def sampling_options(self) -> dict[str, Any]:
+        return self.parts.sampling()
 
     @classmethod
     def schema_parameters(cls, node: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -160,10 +150,9 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         return self.steps_per_rollout > 1 or (self.kl_in_reward and self.beta > 0) or corrects
 
     def companion_specs(self) -> dict[str, Companion]:
-        # Reward models (and a critic from one) load in the policy's dtype (a tiny policy is float32).
+        # A critic (from a reward model) loads in the policy's dtype, as the reward models do.
         dtype = getattr(self.model_spec, "dtype", "float32")
-        specs = {**super().companion_specs(), **self.scorer.companion_specs(self.reward_model_paths, dtype)}
-        return {**specs, **self.parts.critic_companion(self.model_spec, dtype)}
+        return {**super().companion_specs(), **self.parts.critic_companion(self.model_spec, dtype)}
 
     def check_data(self, datamodule: Any) -> None:
         self.keep_prompt_data(datamodule)
@@ -178,9 +167,7 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
 
     def metric_names(self, split: str) -> set[str]:
         """Every metric this objective logs for ``split`` (unprefixed), without running a rollout."""
-        names = {"reward", "reward_std", *(f"rewards/{n}/mean" for n in self.reward_names)}
-        names |= set(completion_metrics(torch.ones(1), torch.zeros(1)))
-        names |= {"frac_reward_zero_std"} if self.num_generations > 1 else set()
+        names = self.rollout_metric_names(self.num_generations)
         if split != "train":
             return names
         names |= {"loss", "policy_loss", "entropy", "clip_ratio/low", "clip_ratio/high", "approx_kl"}
@@ -189,16 +176,6 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
         names |= {"value_loss", "value_clipfrac"} if self.parts.needs_critic else set()
         names |= {"reward_errors"} if self.reward_errors == "skip" else set()
         return names | self.parts.metric_names(old_logps=self.needs_old_logps)
-
-    def total_optimizer_steps(self) -> int:
-        trainer = self.trainer
-        trainer.estimated_stepping_batches  # noqa: B018 - sets up the training data (num_training_batches)
-        batches = trainer.num_training_batches
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
-        steps = int(batches * epochs * self.steps_per_rollout) if math.isfinite(batches) else 0
-        if trainer.max_steps and trainer.max_steps > 0:
-            steps = min(steps, trainer.max_steps) if steps else trainer.max_steps
-        return max(1, steps)
 
     # ------------------------------------------------------------------------------- the update
     def step_totals(self, rollout: Rollout) -> StepTotals:
@@ -240,29 +217,15 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
 
     def _optimizer_step(self, mini: Rollout, batch: PromptBatch) -> dict[str, torch.Tensor] | None:
         """Accumulate ``mini``'s micro-batches and step (None: a non-finite loss, handled by the NaN policy)."""
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        assert not isinstance(optimizer, list) and not isinstance(scheduler, list)  # one of each (base)
         if mini.kept is not None and self._all_ranks(not bool(mini.kept.any())):
-            return self.take_empty_step(optimizer, scheduler)  # every prompt dropped on every process
+            return self.take_empty_step(
+                self.optimizers(), self.lr_schedulers()
+            )  # every prompt dropped everywhere
         totals = self.step_totals(mini)
-        metrics: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=self.device)}
-        for rows in torch.arange(mini.size, device=self.device).chunk(self.runtime.accumulate_grad_batches):
-            loss, part_metrics = self.micro_loss(mini.rows(rows), totals)
-            if self.runtime.nan_policy != "ignore" and not self._all_ranks(
-                bool(torch.isfinite(loss.detach()))
-            ):
-                optimizer.zero_grad(set_to_none=True)
-                self._non_finite("loss", batch)
-                return None
-            self.manual_backward(loss)
-            for key, value in {"loss": loss, **part_metrics}.items():
-                metrics[key] = metrics.get(key, 0.0) + value.detach()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if scheduler is not None:
-            scheduler.step()
-        self.engine.update_weights(self.policy.model)
-        return metrics
+        rows = torch.arange(mini.size, device=self.device).chunk(self.runtime.accumulate_grad_batches)
+        return self.accumulated_step(
+            (partial(self.micro_loss, mini.rows(part), totals) for part in rows), batch
+        )
 
     def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor | None:
         self.policy.at_initial_weights = False
@@ -275,23 +238,6 @@ class OnlineObjective(RolloutActor, AlignmentObjective):
                 if step_metrics is not None:
                     tracker.add(step_metrics)
         metrics = {**rollout_metrics, **tracker.means()}
-        self._log_metrics("train", metrics, batch.size)
-        scheduler = self.lr_schedulers()
-        if scheduler is not None and not isinstance(scheduler, list):
-            self.log("train/lr", scheduler.get_last_lr()[0], on_step=True, on_epoch=False)
+        self.log_train_metrics(metrics, batch)
         self.maybe_write_samples(rollout)
         return metrics.get("loss")
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._batch_started is not None:
-            speed = self._rollout_tokens / max(time.perf_counter() - self._batch_started, 1e-9)
-            self.log("train/tokens_per_sec", speed, on_step=True, on_epoch=False)
-
-    def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
-        self._log_metrics("val", self.held_out_metrics(batch, self.val_sampling), batch.size)
-
-    def _log_metrics(self, split: str, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
-        log_metrics(self, split, metrics, batch_size)
-
-    def compute(self, batch: Any, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError(f"{self.name} trains on its own rollouts (training_step), not on batches")

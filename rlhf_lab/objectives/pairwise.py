@@ -10,16 +10,22 @@ objective is a loss function, a YAML file and a test.
 
 from __future__ import annotations
 
+import inspect
 import keyword
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from rlhf_lab.data.batches import PairBatch
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.losses.hyperparameters import check_hyperparameters, hyperparameter_defaults, tensor_inputs
+from rlhf_lab.losses.hyperparameters import (
+    check_hyperparameters,
+    config_name,
+    hyperparameter_defaults,
+    tensor_inputs,
+)
 from rlhf_lab.losses.sft import nll_loss
 from rlhf_lab.objectives.base import AlignmentObjective, pairwise_metrics
 
@@ -47,19 +53,39 @@ def resolve_loss(loss: str | Callable[..., Any]) -> Callable[..., Any]:
         raise ConfigError(f"algo.loss={loss!r} is not an importable function: {error}") from None
 
 
-class PairwiseObjective(AlignmentObjective):
-    """A preference objective on (chosen, rejected) pairs.
+def pairwise_losses(node: dict[str, Any] | None = None) -> list[Callable[..., Any]]:
+    """The pairwise losses `rlhf_lab.losses` exports (their tensors all among `PAIR_INPUTS`), and the loss
+    ``node`` names (``algo.loss``: a user's, by import path)."""
+    import rlhf_lab.losses
+
+    exported = [getattr(rlhf_lab.losses, name) for name in rlhf_lab.losses.__all__]
+    found = [
+        function
+        for function in exported
+        if inspect.isfunction(function)
+        and "policy_chosen_logps" in (inputs := tensor_inputs(function))
+        and set(inputs) <= set(PAIR_INPUTS)
+    ]
+    named = resolve_loss(node["loss"]) if node and node.get("loss") else None
+    return found + ([named] if named is not None and named not in found else [])
+
+
+class PairwiseLoss:
+    """A pairwise loss with its configured hyperparameters, applied to (chosen, rejected) pairs: what the
+    offline `PairwiseObjective` and online DPO (`rlhf_lab.objectives.online_dpo`) share.
 
     Args:
         loss: The pairwise loss (import path or function): tensors as positional-or-keyword parameters
             named from `PAIR_INPUTS`, hyperparameters as keyword-only parameters.
-        nll_on_prompt: Score the prompt tokens too, so ``chosen_nll`` covers prompt + completion (the ORPO
-            paper's released code).
-        **kwargs: The loss's hyperparameters (paper names: ``beta``, ``gamma``, ``lambda``...) and the
-            `AlignmentObjective` arguments.
+        settings: The objective's ``algo.*`` keys; the loss's hyperparameters are taken out of it.
+        nll_on_prompt: Score the prompt tokens too, so ``chosen_nll`` covers prompt + completion.
+        optional: Hyperparameter names (of any loss) taken out of ``settings`` too, where null means unset:
+            the loss's default, or nothing for a loss that does not take it (a value is an error).
     """
 
-    def __init__(self, loss: Any = "???", nll_on_prompt: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, loss: Any, settings: dict[str, Any], nll_on_prompt: bool = False, optional: Iterable[str] = ()
+    ) -> None:
         loss_fn = resolve_loss(loss)
         inputs = tensor_inputs(loss_fn)
         unknown = [name for name in inputs if name not in PAIR_INPUTS]
@@ -69,47 +95,53 @@ class PairwiseObjective(AlignmentObjective):
                 f"cannot give; its tensor parameters must be among: {', '.join(PAIR_INPUTS)}"
             )
         defaults = {name: parameter.default for name, parameter in hyperparameter_defaults(loss_fn).items()}
-        values = {}
-        for key in list(kwargs):
+        values, optional = {}, set(optional)
+        for key in list(settings):
             name = f"{key}_" if keyword.iskeyword(key) else key  # algo.lambda is `lambda_` in Python
-            if name in defaults:
-                values[name] = kwargs.pop(key)
+            if name in defaults or name in optional:
+                value = settings.pop(key)
+                if value is None and name in optional:
+                    continue
+                if name not in defaults:
+                    raise ConfigError(
+                        f"algo.{key}={value!r}: algo.loss={loss_fn.__name__} takes no {key} (it takes: "
+                        f"{', '.join(map(config_name, defaults))}); leave it null"
+                    )
+                values[name] = value
         check_hyperparameters(loss_fn, values)
-        self._loss_fn = loss_fn
-        self._loss_inputs = inputs
-        super().__init__(**kwargs)
-        self.loss_kwargs = {**defaults, **values}
+        self.function = loss_fn
+        self.inputs = inputs
+        self.kwargs = {**defaults, **values}
         self.nll_on_prompt = nll_on_prompt
 
-    @classmethod
-    def schema_parameters(cls, node: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-        """The hyperparameters of the loss ``node`` names, as ``(name, annotation, default)`` (the schema of
-        ``algo=<name>`` is the objective's arguments plus these)."""
+    @staticmethod
+    def schema_parameters(node: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """The hyperparameters of the loss ``node`` names, as ``(name, annotation, default)``."""
         loss = resolve_loss(node["loss"])
         hints = typing.get_type_hints(loss)
         return [(name, hints.get(name, Any), p.default) for name, p in hyperparameter_defaults(loss).items()]
 
     @property
     def needs_reference(self) -> bool:
-        return "reference_chosen_logps" in self._loss_inputs
+        return "reference_chosen_logps" in self.inputs
 
     @property
     def name(self) -> str:
-        return getattr(self._loss_fn, "__name__", "pairwise loss")
+        return getattr(self.function, "__name__", "pairwise loss")
 
-    def scoring_settings(self) -> dict[str, Any]:
-        return {"nll_on_prompt": self.nll_on_prompt}
-
-    def compute(self, batch: PairBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, policy: Any, batch: PairBatch, reference: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``[B]`` per-pair losses of ``batch`` under ``policy`` and the DPO metrics (`pairwise_metrics`, the
+        chosen NLL and the loss's own), given the reference's ``[2B]`` summed log-probs (None: none)."""
         size = batch.size
-        stats = self.policy(batch.sequences, score_prompt=self.nll_on_prompt)
+        stats = policy(batch.sequences, score_prompt=self.nll_on_prompt)
         chosen, rejected = stats.rows(slice(None, size)), stats.rows(slice(size, None))
         if self.nll_on_prompt:
             assert chosen.prompt_logps is not None and chosen.prompt_lengths is not None
             nll = nll_loss(chosen.logps + chosen.prompt_logps, chosen.lengths + chosen.prompt_lengths)
         else:
             nll = nll_loss(chosen.logps, chosen.lengths)
-        reference = self.reference_logps(batch, split)
         available = {
             "policy_chosen_logps": chosen.logps,
             "policy_rejected_logps": rejected.logps,
@@ -119,8 +151,54 @@ class PairwiseObjective(AlignmentObjective):
             "rejected_lengths": rejected.lengths,
             "chosen_nll": nll,
         }
-        out = self._loss_fn(**{name: available[name] for name in self._loss_inputs}, **self.loss_kwargs)
+        out = self.function(**{name: available[name] for name in self.inputs}, **self.kwargs)
         metrics = pairwise_metrics(chosen, rejected, out.chosen_rewards, out.rejected_rewards)
         metrics["nll_loss"] = nll.detach().mean()
         metrics.update(out.metrics)
-        return out.losses.mean(), metrics
+        return out.losses, metrics
+
+
+class PairwiseObjective(AlignmentObjective):
+    """A preference objective on (chosen, rejected) pairs.
+
+    Args:
+        loss: The pairwise loss (import path or function; `PairwiseLoss`).
+        nll_on_prompt: Score the prompt tokens too, so ``chosen_nll`` covers prompt + completion (the ORPO
+            paper's released code).
+        **kwargs: The loss's hyperparameters (paper names: ``beta``, ``gamma``, ``lambda``...) and the
+            `AlignmentObjective` arguments.
+    """
+
+    def __init__(self, loss: Any = "???", nll_on_prompt: bool = False, **kwargs: Any) -> None:
+        self.pair_loss = PairwiseLoss(loss, kwargs, nll_on_prompt)
+        super().__init__(**kwargs)
+
+    @classmethod
+    def schema_parameters(cls, node: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """The hyperparameters of the loss ``node`` names, as ``(name, annotation, default)`` (the schema of
+        ``algo=<name>`` is the objective's arguments plus these)."""
+        return PairwiseLoss.schema_parameters(node)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.pair_loss.needs_reference
+
+    @property
+    def name(self) -> str:
+        return self.pair_loss.name
+
+    @property
+    def loss_kwargs(self) -> dict[str, Any]:
+        """The loss's hyperparameters as configured (its defaults for the rest)."""
+        return self.pair_loss.kwargs
+
+    @property
+    def nll_on_prompt(self) -> bool:
+        return self.pair_loss.nll_on_prompt
+
+    def scoring_settings(self) -> dict[str, Any]:
+        return {"nll_on_prompt": self.nll_on_prompt}
+
+    def compute(self, batch: PairBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        losses, metrics = self.pair_loss(self.policy, batch, self.reference_logps(batch, split))
+        return losses.mean(), metrics

@@ -20,7 +20,7 @@ from rlhf_lab.rl.engine import ENGINES, RolloutEngine
 from rlhf_lab.rl.failures import RewardFailures
 from rlhf_lab.rl.metrics import completion_metrics
 from rlhf_lab.rl.parts import RLParts
-from rlhf_lab.rl.rollout import Completions, Rollout
+from rlhf_lab.rl.rollout import Completions, Rollout, ScoredSamples
 from rlhf_lab.rl.samples import sample_rows, write_samples
 from rlhf_lab.rl.scoring import RewardScorer, Scores
 from rlhf_lab.rl.update import correct_sampler, estimate_advantages, shape_rewards
@@ -255,14 +255,26 @@ class RolloutActor(RewardFailures):
 
     def held_out_metrics(self, batch: PromptBatch, sampling: SamplingConfig) -> dict[str, torch.Tensor]:
         """The metrics of one completion per held-out prompt (greedy unless ``val_do_sample``)."""
-        generation = self.sample(batch, sampling, 1, 1, 0)
-        decoded = self.decode(batch, generation, 1)
-        scores = self.score_completions(decoded, 1)
-        kept = self.settle_rewards(decoded, scores, 1, "val")
-        per_reward = scores.per_reward
-        metrics = self.kept_reward_metrics(self.scorer.combine(per_reward), per_reward, kept, 1, "val")
+        return self.scored_samples(batch, sampling, 1, (1, 0), "val").metrics
+
+    def scored_samples(
+        self,
+        batch: PromptBatch,
+        sampling: SamplingConfig,
+        generations: int,
+        draw: tuple[int, int],
+        split: str,
+    ) -> ScoredSamples:
+        """``generations`` completions per prompt (`sample`, draw ``(stream, index)``) scored by the rewards,
+        ``algo.reward_errors`` applied (`settle_rewards`), and their reward and completion metrics."""
+        generation = self.sample(batch, sampling, generations, *draw)
+        decoded = self.decode(batch, generation, generations)
+        scores = self.score_completions(decoded, generations)
+        kept = self.settle_rewards(decoded, scores, generations, split)
+        rewards = self.scorer.combine(scores.per_reward)
+        metrics = self.kept_reward_metrics(rewards, scores.per_reward, kept, generations, split)
         metrics.update(completion_metrics(generation.lengths, generation.truncated))
-        return metrics
+        return ScoredSamples(generation, decoded, scores.per_reward, rewards, kept, metrics)
 
     def maybe_write_samples(self, rollout: Rollout) -> None:
         """The rollout's sample table, every ``log_samples_every`` rollouts (rank 0)."""

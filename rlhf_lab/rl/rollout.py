@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from rlhf_lab.data.batches import Sequences
+from rlhf_lab.generation import Generation
 
 
 @dataclass
@@ -104,3 +105,25 @@ class Rollout:
         if value is None:
             raise RuntimeError(f"the rollout's {name} is needed here but was not computed")
         return value
+
+
+@dataclass
+class ScoredSamples:
+    """Sampled completions and what the rewards made of them (`RolloutActor.scored_samples`).
+
+    Attributes:
+        generation: The engine's output.
+        decoded: What the rewards saw.
+        per_reward: ``[N, R]`` every reward's score (NaN: not applicable, or failed).
+        rewards: ``[N]`` their weighted sums.
+        kept: ``[N]`` bool under ``algo.reward_errors=skip`` (False: a reward failed on the prompt); None
+            under ``stop``.
+        metrics: The reward metrics of the kept completions and the completion metrics.
+    """
+
+    generation: Generation
+    decoded: Completions
+    per_reward: torch.Tensor
+    rewards: torch.Tensor
+    kept: torch.Tensor | None
+    metrics: dict[str, torch.Tensor]
