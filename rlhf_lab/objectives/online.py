@@ -149,6 +149,9 @@ class OnlineObjective(RolloutObjective):
         corrects = self.parts.controls.corrects_sampler  # even at one step per rollout, as TRL's
         return self.steps_per_rollout > 1 or (self.kl_in_reward and self.beta > 0) or corrects
 
+    def engine_kwargs(self) -> dict[str, Any]:
+        return self.parts.controls.engine_kwargs()
+
     def companion_specs(self) -> dict[str, Companion]:
         # A critic (from a reward model) loads in the policy's dtype, as the reward models do.
         dtype = getattr(self.model_spec, "dtype", "float32")

@@ -69,8 +69,12 @@ class RolloutActor(RewardFailures):
     def engine(self) -> RolloutEngine:
         if self._engine is None:
             engine = ENGINES[self.generation_backend]
-            self._engine = engine(self.policy, self._token_ids, **self.parts.controls.engine_kwargs())
+            self._engine = engine(self.policy, self._token_ids, **self.engine_kwargs())
         return self._engine
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """What the objective adds to the engine's constructor (online RL: ``sampler_temperature``)."""
+        return {}
 
     def _token_ids(self) -> dict[str, Any]:
         return stop_and_pad_ids(self.policy.model, self.tokenizer)
