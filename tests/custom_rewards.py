@@ -182,3 +182,17 @@ def constant(
 ) -> list[float]:
     """1.0 for every completion: every group agrees."""
     return [1.0] * len(completions)
+
+
+def even_tokens_on_odd_prompts(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+) -> list[float]:
+    """`even_tokens` on prompts whose text has an odd length, 0.0 on the rest: about half the groups agree
+    whatever the policy samples, so dynamic sampling draws extra rounds (tests/test_ddp.py,
+    tests/test_kill_resume.py). With ``RLHF_LAB_REWARD_CALLS`` set, each call appends a line
+    ``<LOCAL_RANK> <completions>`` to that file: the rounds each process scored."""
+    if log := os.environ.get("RLHF_LAB_REWARD_CALLS"):
+        with open(log, "a") as file:
+            file.write(f"{os.environ.get('LOCAL_RANK', '0')} {len(completions)}\n")
+    scores = even_tokens(prompts, completions, completion_ids)
+    return [score if len(_text(prompt)) % 2 else 0.0 for prompt, score in zip(prompts, scores, strict=True)]

@@ -196,3 +196,41 @@ def test_an_online_run_killed_mid_epoch_resamples_its_rollouts_exactly(tmp_path:
     assert len(samples) == 11  # rollouts 1, 4, ..., 31 of 32
     for name in samples:
         assert (killed / "samples" / name).read_text() == (straight / "samples" / name).read_text(), name
+
+
+# Dynamic sampling, one epoch of 4 rollouts: about half the groups agree whatever is sampled, so rollouts
+# draw a second round of fresh prompts.
+DYNAMIC = (
+    *ONLINE,
+    "data.source.num_train=16",
+    "trainer.max_epochs=1",
+    "algo.dynamic_sampling=true",
+    "algo.max_num_gen_batches=2",
+    "algo.reward_functions=[tests.custom_rewards.even_tokens_on_odd_prompts]",
+)
+
+
+@pytest.mark.slow
+def test_an_online_run_with_dynamic_sampling_killed_mid_epoch_redraws_its_extra_rounds_exactly(
+    tmp_path: Path,
+) -> None:
+    """DAPO's dynamic sampling killed mid-epoch (rollouts 3 and 4, which drew a second round, are redone on
+    resume): round r of rollout n draws its replacement prompts and samples by (seed, n, r) alone, so the
+    resumed run keeps the same groups (sample tables), logs the same rows and ends with the same weights."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert killable("none", straight, *DYNAMIC) == 0
+    training = [row for row in rows(straight / "metrics.csv") if row["train/num_gen_batches"]]
+    rounds = [float(row["train/num_gen_batches"]) for row in training]
+    assert rounds[2:] == [2.0, 2.0], rounds  # the redone rollouts drew extra rounds, or this tests nothing
+    assert killable("step:3", killed, *DYNAMIC) == -signal.SIGKILL  # last.ckpt of step 2
+    assert killable("none", killed, *DYNAMIC, "resume=true") == 0
+
+    assert (killed / "export" / "model.safetensors").read_bytes() == (
+        straight / "export" / "model.safetensors"
+    ).read_bytes()
+    assert rows(killed / "metrics.csv") == rows(straight / "metrics.csv")
+    samples = sorted(p.name for p in (straight / "samples").glob("*.jsonl"))
+    assert samples == sorted(p.name for p in (killed / "samples").glob("*.jsonl"))
+    assert len(samples) == 2  # rollouts 1 and 4 of 4
+    for name in samples:
+        assert (killed / "samples" / name).read_text() == (straight / "samples" / name).read_text(), name

@@ -204,9 +204,17 @@ def test_ppo_value_and_policy_losses_equal_the_naive_computation() -> None:
         ("algo=grpo", "algo.clip_ratio_c=1.5", "algo.beta=0.1", "algo.kl_estimator=k2"),
         ("algo=reinforce_pp", "algo.advantage_estimator=reinforce_pp_baseline", "algo.overlong_buffer_len=4"),
         ("algo=remax", "algo.beta=0.05", "algo.kl_estimator=k3"),
+        ("algo=grpo", "algo.policy_loss=cispo", "algo.epsilon_is_high=0.1"),
+        ("algo=grpo", "algo.policy_loss=sapo", "algo.loss_type=dapo"),
+        ("algo=grpo", "algo.loss_type=dr_grpo", "algo.top_entropy_quantile=0.5", "algo.entropy_coef=0.01"),
+        ("algo=grpo", "algo.importance_sampling_correction=token_truncate", "algo.sampler_temperature=0.8",
+         "algo.importance_sampling_cap=1.05"),
+        ("algo=grpo", "algo.loss_type=dapo", "algo.dynamic_sampling=true",
+         "algo.reward_functions=[tests.custom_rewards.even_tokens_on_odd_prompts]"),
     ],
     ids=["grpo", "dr_grpo", "dapo", "bnpo-gspo", "rloo", "ppo", "cispo", "sapo-80_20-entropy", "dual_clip-k2",
-         "reinforce_pp_baseline-overlong", "remax-k3_in_reward"],
+         "reinforce_pp_baseline-overlong", "remax-k3_in_reward", "cispo-grpo", "sapo-dapo",
+         "clip-80_20-entropy", "is_token_truncate", "dynamic_sampling"],
 )  # fmt: skip
 def test_batch_8_accumulation_1_equals_4_x_2(tmp_path: Path, overrides: tuple[str, ...]) -> None:
     """One rollout of 8 completions, two passes over it: splitting each optimiser step into 2 micro-batches
@@ -227,6 +235,12 @@ def test_batch_8_accumulation_1_equals_4_x_2(tmp_path: Path, overrides: tuple[st
         moved += not torch.equal(before[name], value)
     assert moved, "no weight moved: the equivalence would be vacuous"
     assert whole.summary["train/loss"] == pytest.approx(split.summary["train/loss"], rel=1e-4, abs=1e-6)
+    if "algo.dynamic_sampling=true" in overrides:  # groups of a later round were drawn
+        assert whole.summary["train/num_gen_batches"] == split.summary["train/num_gen_batches"] > 1
+    if "algo.importance_sampling_cap=1.05" in overrides:  # the cap binds on some tokens
+        assert (
+            whole.summary["train/is_ratio/clipped_frac"] == split.summary["train/is_ratio/clipped_frac"] > 0
+        )
 
 
 def test_rollouts_are_seeded_by_prompt_and_sample_not_by_batch_layout() -> None:
