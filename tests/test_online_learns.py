@@ -73,6 +73,8 @@ def held_out(policy: Path, run_dir: Path, *overrides: str) -> dict[str, float]:
         ("algo=reinforce_pp", "algo.advantage_estimator=reinforce_pp_baseline"),
         ("algo=remax",),  # one greedy completion per prompt is the baseline
         ("algo=grpo", "algo.dynamic_sampling=true"),  # DAPO: groups whose rewards agree are replaced
+        # Online DPO: best of 8 against worst of 8 (2 samples tie on half the prompts: docs/objectives.md).
+        ("algo=online_dpo", "algo.num_generations=8", "data.batch_size=8", "optim.lr=2e-3"),
         # 4 optimiser steps per rollout: 100 rollouts of 16 prompts.
         (
             "algo=ppo",
