@@ -94,6 +94,7 @@ def held_out(policy: Path, run_dir: Path, *overrides: str) -> dict[str, float]:
         "reinforce_pp_baseline",
         "remax",
         "dynamic_sampling",
+        "online_dpo",
         "ppo",
     ],
 )
