@@ -40,7 +40,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from rlhf_lab.config import CONF_DIR, compose_package_config
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.launch import compose_app, register_app, require, run_app
+from rlhf_lab.launch import compose_app, register_app, require, run_app, split_app_arguments
 
 log = logging.getLogger(__name__)
 
@@ -378,15 +378,8 @@ register_app(APP, EvaluateOptions, __doc__ or "")
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The arguments for the app (its options, ``hydra.*``, flags such as ``--help``) and the rest, the
-    overrides of the run's config (``data=jsonl``, ``algo.reference=copy``)."""
-    app: list[str] = []
-    run: list[str] = []
-    for arg in argv:
-        key, sep, _ = arg.lstrip("+~").partition("=")
-        own = key in OPTION_KEYS or key == "hydra" or key.startswith(("hydra.", "hydra/"))
-        (app if arg.startswith("-") or not sep or own else run).append(arg)
-    return app, run
+    """The app's arguments (its options, ``hydra.*``, flags) and the rest, training overrides."""
+    return split_app_arguments(argv, OPTION_KEYS)
 
 
 def options_from_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> EvalOptions:

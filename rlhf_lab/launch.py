@@ -273,6 +273,18 @@ def register_app(name: str, schema: type, help_text: str) -> None:
     store.store(name=name, node={"defaults": [name + _SCHEMA_SUFFIX, "_self_", *no_logging], "hydra": quiet})
 
 
+def split_app_arguments(argv: Sequence[str], option_keys: Sequence[str]) -> tuple[list[str], list[str]]:
+    """An app's command line split into the app's arguments (its ``option_keys``, ``hydra.*``, flags such
+    as ``--help``) and the rest, the overrides of a training run's config (``data=jsonl``)."""
+    app: list[str] = []
+    run: list[str] = []
+    for arg in argv:
+        key, sep, _ = arg.lstrip("+~").partition("=")
+        own = key in option_keys or key == "hydra" or key.startswith(("hydra.", "hydra/"))
+        (app if arg.startswith("-") or not sep or own else run).append(arg)
+    return app, run
+
+
 def require(cfg: DictConfig, app: str) -> None:
     """Raise `ConfigError` naming every required option (``???``) the command line left out."""
     missing = sorted(OmegaConf.missing_keys(cfg))

@@ -45,7 +45,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from rlhf_lab.atomic import atomic_write_text
 from rlhf_lab.config import compose_package_config
 from rlhf_lab.errors import ConfigError, check_choice, check_range
-from rlhf_lab.launch import register_app, require, run_app
+from rlhf_lab.launch import register_app, require, run_app, split_app_arguments
 from rlhf_lab.leaderboard.resumable import die_with_parent
 from rlhf_lab.rewards import completion_text
 from rlhf_lab.sampling.select import PAIR_MODES, choose, pair_row, sft_row, summarize
@@ -141,13 +141,7 @@ def check_options(options: DictConfig) -> None:
 # --------------------------------------------------------------------------------------------- config
 def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """The app's arguments (its options, ``hydra.*``, flags) and the rest, training overrides."""
-    app: list[str] = []
-    run: list[str] = []
-    for arg in argv:
-        key, sep, _ = arg.lstrip("+~").partition("=")
-        own = key in OPTION_KEYS or key == "hydra" or key.startswith(("hydra.", "hydra/"))
-        (app if arg.startswith("-") or not sep or own else run).append(arg)
-    return app, run
+    return split_app_arguments(argv, OPTION_KEYS)
 
 
 def sampling_config(options: DictConfig, overrides: Sequence[str]) -> tuple[DictConfig, DictConfig | None]:
