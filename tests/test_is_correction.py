@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -29,6 +27,7 @@ from rlhf_lab.rl.update import correct_sampler, micro_batch_loss
 from rlhf_lab.train import build
 from tests.conftest import compose_config
 from tests.test_online import SMALL, trained, weights
+from tests.trl_grpo import trl_grpo_loss
 
 LN = math.log
 
@@ -140,34 +139,8 @@ def _trl_is_ratio(
 
 
 def _trl_loss_with_ratio(logps, old, advantages, mask, ratio) -> torch.Tensor:
-    """TRL's own ``GRPOTrainer._compute_loss`` (loss_type grpo) with the vLLM correction on: a stand-in
-    trainer, one process, no accumulation, no reference (as ``tests/losses/test_rl_losses.py``)."""
-    grpo = pytest.importorskip("trl.trainer.grpo_trainer")
-    identity = SimpleNamespace(
-        gather=lambda x: x, reduce=lambda x, reduction="sum": x, num_processes=1, sync_gradients=True,
-        pad_across_processes=lambda x, dim=0, pad_index=0: x,
-    )  # fmt: skip
-    args = SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1)
-    trainer = SimpleNamespace(
-        _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
-        top_entropy_quantile=1.0, entropy_coef=0.0, _entropy_bonus_enabled=False, use_adaptive_entropy=False,
-        off_policy_mask_threshold=None, importance_sampling_level="token", beta=0.0, loss_type="grpo",
-        epsilon_low=0.2, epsilon_high=0.2, use_vllm=True, vllm_importance_sampling_correction=True,
-        aux_loss_enabled=False, model=SimpleNamespace(training=True), current_gradient_accumulation_steps=1,
-        accelerator=identity, _metrics={"train": defaultdict(list)}, args=args,
-    )  # fmt: skip
-    width = logps.shape[1]
-    inputs = {
-        "prompt_ids": torch.zeros(logps.shape[0], 1, dtype=torch.long),
-        "prompt_mask": torch.ones(logps.shape[0], 1, dtype=torch.long),
-        "completion_ids": torch.zeros(logps.shape[0], width, dtype=torch.long),
-        "completion_mask": mask.long(),
-        "advantages": advantages,
-        "old_per_token_logps": old,
-        "importance_sampling_ratio": ratio,
-        "num_items_in_batch": mask.sum().float(),
-    }
-    return grpo.GRPOTrainer._compute_loss(trainer, None, inputs)
+    """TRL's own ``GRPOTrainer._compute_loss`` (loss_type grpo) with the vLLM correction on."""
+    return trl_grpo_loss("grpo", logps, old, advantages, mask, importance_sampling_ratio=ratio)
 
 
 @pytest.mark.parametrize("mode", IS_CORRECTION_MODES)

@@ -5,8 +5,6 @@ hand-worked numbers and, where TRL has them, TRL's GRPOTrainer loss on the same 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,6 +22,7 @@ from rlhf_lab.rl.controls import Controls, high_entropy_mask
 from rlhf_lab.rl.parts import RLParts
 from rlhf_lab.rl.rollout import Rollout
 from rlhf_lab.rl.update import micro_batch_loss
+from tests.trl_grpo import trl_grpo_loss
 
 
 def _logs(ratios: list[float], old: float = -1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,42 +116,6 @@ def test_sapo_by_hand() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- TRL
-def _trl_loss(loss_type: str, logps, old, advantages, mask, entropies=None, **args) -> torch.Tensor:
-    """TRL's ``GRPOTrainer._compute_loss`` on given log-probs (a stand-in trainer: one process, no
-    accumulation, no reference), so the loss arithmetic is TRL's own code."""
-    grpo = pytest.importorskip("trl.trainer.grpo_trainer")
-    entropies = torch.zeros_like(logps) if entropies is None else entropies
-    identity = SimpleNamespace(
-        gather=lambda x: x, reduce=lambda x, reduction="sum": x, num_processes=1, sync_gradients=True,
-        pad_across_processes=lambda x, dim=0, pad_index=0: x,
-    )  # fmt: skip
-    settings = {"delta": None, "sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05,
-                "use_bias_correction_kl": False, "steps_per_generation": 1, **args}  # fmt: skip
-    trainer = SimpleNamespace(
-        _get_per_token_logps_and_entropies=lambda *a, **k: (logps, entropies, None),
-        top_entropy_quantile=settings.pop("top_entropy_quantile", 1.0),
-        entropy_coef=settings.get("entropy_coef", 0.0),
-        _entropy_bonus_enabled=settings.pop("entropy_coef", 0.0) != 0.0,
-        use_adaptive_entropy=False, off_policy_mask_threshold=None, importance_sampling_level="token",
-        beta=0.0, loss_type=loss_type, epsilon_low=settings.pop("epsilon", 0.2),
-        epsilon_high=settings.pop("epsilon_high", 0.2), use_vllm=False, aux_loss_enabled=False,
-        model=SimpleNamespace(training=True), current_gradient_accumulation_steps=1, accelerator=identity,
-        _metrics={"train": defaultdict(list)}, args=SimpleNamespace(**settings),
-    )  # fmt: skip
-    trainer.get_high_entropy_mask = lambda *a: grpo.GRPOTrainer.get_high_entropy_mask(trainer, *a)
-    width = logps.shape[1]
-    inputs = {
-        "prompt_ids": torch.zeros(logps.shape[0], 1, dtype=torch.long),
-        "prompt_mask": torch.ones(logps.shape[0], 1, dtype=torch.long),
-        "completion_ids": torch.zeros(logps.shape[0], width, dtype=torch.long),
-        "completion_mask": mask.long(),
-        "advantages": advantages,
-        "old_per_token_logps": old,
-        "num_items_in_batch": mask.sum().float(),
-    }
-    return grpo.GRPOTrainer._compute_loss(trainer, None, inputs)
-
-
 def _our_loss(parts: RLParts, logps, old, advantages, mask, entropies=None, token_mask=None) -> torch.Tensor:
     rollout = Rollout(None, 0, mask, advantages=advantages, old_logps=old, token_mask=token_mask)  # type: ignore[arg-type]
     entropies = torch.zeros_like(logps) if entropies is None else entropies
@@ -185,7 +148,7 @@ def test_loss_and_gradient_equal_trl(loss_type, policy_loss, agg, ours, theirs) 
     parts = RLParts.resolve("grpo", policy_loss, agg, dict(ours), {})
     loss = _our_loss(parts, logps, old, advantages, mask)
     (grad,) = torch.autograd.grad(loss, logps)
-    trl = _trl_loss(loss_type, logps, old, advantages, mask, **theirs)
+    trl = trl_grpo_loss(loss_type, logps, old, advantages, mask, **theirs)
     (trl_grad,) = torch.autograd.grad(trl, logps)
     assert_close(loss, trl)
     assert_close(grad, trl_grad)
@@ -199,7 +162,7 @@ def test_high_entropy_mask_and_entropy_bonus_equal_trl() -> None:
     settings = {"top_entropy_quantile": 0.2, "entropy_coef": 0.01}
     parts = RLParts.resolve("grpo", "ppo_clip", "grpo", dict(settings), {})
     loss = _our_loss(parts, logps, old, advantages, mask, entropies, token_mask)
-    trl = _trl_loss("grpo", logps, old, advantages, mask, entropies, **settings)
+    trl = trl_grpo_loss("grpo", logps, old, advantages, mask, entropies, **settings)
     assert_close(loss, trl)
     assert_close(torch.autograd.grad(loss, entropies)[0], torch.autograd.grad(trl, entropies)[0])
 
