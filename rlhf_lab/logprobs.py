@@ -37,6 +37,8 @@ class SequenceLogps:
         token_entropy: ``[N, T]`` entropy of the predictive distribution for token ``t``, likewise.
         top_k_logps: ``[N, T, k]`` log-probs of the ``k`` most likely tokens at each completion position.
         top_k_ids: ``[N, T, k]`` their token ids.
+        tail_logps: ``[N]`` ``logps`` past each row's first ``tail_after`` tokens (LD-DPO; when asked for).
+        log_sum_sq_probs: ``[N]`` summed ``log sum_v pi(v)^2`` (WPO; detached; when asked for).
     """
 
     logps: torch.Tensor
@@ -48,6 +50,8 @@ class SequenceLogps:
     token_entropy: torch.Tensor | None = None
     top_k_logps: torch.Tensor | None = None
     top_k_ids: torch.Tensor | None = None
+    tail_logps: torch.Tensor | None = None
+    log_sum_sq_probs: torch.Tensor | None = None
 
     def rows(self, part: slice) -> SequenceLogps:
         """The statistics of the rows ``part`` (e.g. the chosen block of a pair batch)."""
@@ -82,6 +86,7 @@ def _score_chunk(
     softcap: float | None,
     temperature: float,
     entropy: bool,
+    sum_sq: bool,
     top_k: int,
 ) -> tuple[torch.Tensor, ...]:
     logits = head(hidden).float()
@@ -97,6 +102,9 @@ def _score_chunk(
     if entropy:
         probs = torch.softmax(logits, dim=-1)
         outputs.append(normaliser - (probs * logits).sum(-1))
+    if sum_sq:
+        # log sum_v p_v^2 = logsumexp(2 log p): WPO's alignment of the sampled distribution (detached).
+        outputs.append(torch.logsumexp(2 * (logits - normaliser.unsqueeze(-1)), dim=-1).detach())
     if top_k:
         values, ids = logits.topk(top_k, dim=-1)
         outputs += [values - normaliser.unsqueeze(-1), ids]
@@ -109,7 +117,7 @@ def _score_chunks(
     head: nn.Module,
     chunk_size: int,
     recompute: bool,
-    options: tuple[float | None, float, bool, int],
+    options: tuple[float | None, float, bool, bool, int],
 ) -> list[torch.Tensor]:
     """`_score_chunk` over ``chunk_size`` scored positions at a time (checkpointed when ``recompute`` and
     autograd is on), its columns concatenated; empty when there is nothing to score."""
@@ -128,11 +136,15 @@ def _score_chunks(
     return [torch.cat(parts) for parts in zip(*chunks, strict=True)]
 
 
-def _empty_columns(hidden_states: torch.Tensor, entropy: bool, top_k: int) -> list[torch.Tensor]:
+def _empty_columns(
+    hidden_states: torch.Tensor, entropy: bool, sum_sq: bool, top_k: int
+) -> list[torch.Tensor]:
     """`_score_chunks`' columns when nothing is scored: empty, of the right kinds."""
     empty = hidden_states.new_zeros(0, dtype=torch.float32)
     columns = [empty, empty]
     if entropy:
+        columns.append(empty)
+    if sum_sq:
         columns.append(empty)
     if top_k:
         columns += [hidden_states.new_zeros(0, top_k), torch.zeros(0, top_k, dtype=torch.long)]
@@ -149,16 +161,16 @@ def _dense(
 
 def _sequence_statistics(
     columns: list[torch.Tensor],
-    rows: torch.Tensor,
-    is_completion: torch.Tensor,
+    positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     target_mask: torch.Tensor,
     prompt_scored: torch.Tensor | None,
-    num_sequences: int,
-    device: torch.device,
+    partial: tuple[torch.Tensor | None, torch.Tensor | None],
 ) -> SequenceLogps:
-    """Per-sequence sums of the scored tokens' columns (completion and, with ``prompt_scored``, prompt)."""
+    """Per-sequence sums of the scored tokens' columns (completion and, with ``prompt_scored``, prompt), and
+    the ``partial`` sums asked for: LD-DPO's tail past ``partial[0]`` tokens, WPO's column ``partial[1]``."""
+    rows, cols, is_completion = positions
     token_logps, token_mean_logits = columns[0], columns[1]
-    zeros = torch.zeros(num_sequences, device=device, dtype=torch.float32)
+    zeros = torch.zeros(target_mask.shape[0], device=target_mask.device, dtype=torch.float32)
     lengths = target_mask.sum(1)
     result = SequenceLogps(
         logps=zeros.index_add(0, rows, torch.where(is_completion, token_logps, 0.0)),
@@ -169,6 +181,13 @@ def _sequence_statistics(
     if prompt_scored is not None:
         result.prompt_logps = zeros.index_add(0, rows, torch.where(is_completion, 0.0, token_logps))
         result.prompt_lengths = prompt_scored.sum(1)
+    tail_after, sum_sq_column = partial
+    if tail_after is not None:
+        ordinal = target_mask.cumsum(1)[rows, cols]  # 1-based position of each token in its completion
+        in_tail = is_completion & (ordinal > tail_after.to(ordinal.device)[rows])
+        result.tail_logps = zeros.index_add(0, rows, torch.where(in_tail, token_logps, 0.0))
+    if sum_sq_column is not None:
+        result.log_sum_sq_probs = zeros.index_add(0, rows, torch.where(is_completion, sum_sq_column, 0.0))
     return result
 
 
@@ -209,6 +228,8 @@ def completion_logps(
     top_k: int = 0,
     temperature: float = 1.0,
     recompute: bool | str = "auto",
+    tail_after: torch.Tensor | None = None,
+    sum_sq: bool = False,
 ) -> SequenceLogps:
     """Log-probs of the completion tokens, computing the head only where needed.
 
@@ -223,13 +244,13 @@ def completion_logps(
         chunk_size: Tokens per head call; bounds the ``[chunk, vocab]`` logits alive at once.
         logit_softcap: Final logit soft-capping (Gemma 2), if the model uses it.
         prompt_mask: ``[N, T]`` bool, prompt tokens to score as well (summed apart, in ``prompt_logps``).
-        per_token: Also return ``token_logps`` ``[N, T]``.
-        entropy: Also return ``token_entropy`` ``[N, T]``.
-        top_k: Also return the top-``k`` log-probs and ids ``[N, T, k]`` (0: no).
+        per_token, entropy, top_k: Also return ``token_logps`` / ``token_entropy`` ``[N, T]`` / the top-``k``
+            log-probs and ids ``[N, T, k]`` (0: no).
         temperature: Divide the logits by this before the softmax (sampling temperature of online RL).
         recompute: True: checkpoint each chunk (its logits are recomputed in backward, never stored). False:
             keep them for backward (one head matmul and softmax fewer per token, ``[tokens, vocab]`` floats
             more memory). ``auto``: keep them when they fit in `STORED_LOGITS_BUDGET` bytes, else recompute.
+        tail_after, sum_sq: Also return ``tail_logps`` past ``tail_after[n]`` tokens / ``log_sum_sq_probs``.
 
     Returns:
         `SequenceLogps`.
@@ -243,14 +264,13 @@ def completion_logps(
     targets = input_ids[:, 1:][rows, cols]
     if recompute == "auto":
         recompute = stored_logits_bytes(targets.numel(), head) > STORED_LOGITS_BUDGET
-    options = (logit_softcap, temperature, entropy, top_k)
+    options = (logit_softcap, temperature, entropy, sum_sq, top_k)
     columns = _score_chunks(selected_hidden, targets, head, chunk_size, bool(recompute), options)
-    columns = columns or _empty_columns(hidden_states, entropy, top_k)
+    columns = columns or _empty_columns(hidden_states, entropy, sum_sq, top_k)
     prompt_scored = None if prompt_mask is None else scored_mask & ~target_mask
-    result = _sequence_statistics(
-        columns, rows, is_completion, target_mask, prompt_scored, num_sequences, hidden_states.device
-    )
     positions = (rows, cols, is_completion)
+    partial = (tail_after, columns[2 + int(entropy)] if sum_sq else None)
+    result = _sequence_statistics(columns, positions, target_mask, prompt_scored, partial)
     return _add_per_token(result, columns, positions, (num_sequences, length), per_token, entropy, top_k)
 
 

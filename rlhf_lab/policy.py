@@ -95,8 +95,11 @@ def sequence_logps(
     top_k: int = 0,
     temperature: float = 1.0,
     recompute: bool | str = "auto",
+    tail_after: torch.Tensor | None = None,
+    sum_sq: bool = False,
 ) -> SequenceLogps:
-    """Run the decoder once over ``sequences`` and score their completion (and, if asked, prompt) tokens."""
+    """Run the decoder once over ``sequences`` and score their completion (and, if asked, prompt) tokens
+    (`rlhf_lab.logprobs.completion_logps`'s options)."""
     decoder, head = decoder_and_head(model)
     return completion_logps(
         hidden_states(decoder, sequences),
@@ -111,6 +114,8 @@ def sequence_logps(
         top_k=top_k,
         temperature=temperature,
         recompute=recompute,
+        tail_after=tail_after,
+        sum_sq=sum_sq,
     )
 
 

@@ -12,25 +12,55 @@ checked in one place, `require_adapters`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from rlhf_lab.data.batches import Batch, Sequences
-from rlhf_lab.errors import ConfigError, check_choice
+from rlhf_lab.data.batches import Batch, PairBatch, Sequences
+from rlhf_lab.errors import ConfigError, check_choice, check_range
 from rlhf_lab.logprobs import SequenceLogps
+from rlhf_lab.losses.dpo import ld_logps
 from rlhf_lab.policy import FrozenModel, Policy, adapters_disabled, sequence_logps
 from rlhf_lab.progress import progress
 
 log = logging.getLogger(__name__)
 
 REFERENCE_MODES = ("copy", "adapter_off", "precomputed", "none")
+
+
+@dataclass(frozen=True)
+class RowScoring:
+    """How a batch's rows become per-row log-probs, for the policy and the reference alike: their summed
+    completion log-probs, or with ``ld_alpha`` LD-DPO's (`rlhf_lab.losses.ld_logps`: the tail past the pair's
+    shared length weighted by ``ld_alpha``; pair batches only)."""
+
+    ld_alpha: float | None = None
+
+    def options(self, batch: Batch) -> dict[str, Any]:
+        """The scoring options (`rlhf_lab.policy.sequence_logps`) these values need."""
+        if self.ld_alpha is None:
+            return {}
+        assert isinstance(batch, PairBatch), "LD-DPO weights pairs"
+        return {"tail_after": batch.shared_lengths()}
+
+    def value(self, stats: SequenceLogps) -> torch.Tensor:
+        """``[N]`` per-row values from statistics scored with `options`."""
+        if self.ld_alpha is None:
+            return stats.logps
+        assert stats.tail_logps is not None
+        return ld_logps(stats.logps, stats.tail_logps, self.ld_alpha)
+
+    def __call__(self, batch: Batch, score: Callable[..., SequenceLogps]) -> torch.Tensor:
+        """``[N]`` values of ``batch``'s rows under ``score`` (``score(sequences, **options)``)."""
+        return self.value(score(batch.sequences, **self.options(batch)))
 
 
 def require_adapters(setting: str, adapter: Any, instead: str) -> None:
@@ -80,6 +110,8 @@ class Reference(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.model: FrozenModel | None = None
+        #: How rows become values (`RowScoring`; the objective sets LD-DPO's).
+        self.scoring = RowScoring()
 
     @torch.no_grad()
     def run(self, sequences: Sequences, **options: Any) -> SequenceLogps:
@@ -95,8 +127,9 @@ class Reference(nn.Module):
         return self.run(sequences).logps
 
     def logps(self, batch: Batch, split: str) -> torch.Tensor | None:
-        """Reference log-probs ``[N]`` in the batch's row order, or None for ``none``."""
-        return self.compute(batch.sequences)
+        """Reference log-probs ``[N]`` in the batch's row order (`scoring`'s values), or None for ``none``."""
+        with torch.no_grad():
+            return self.scoring(batch, self.run)
 
     def precompute(
         self,
@@ -120,20 +153,105 @@ class Reference(nn.Module):
         """Take back what `state_for_checkpoint` returned."""
 
 
+@dataclass(frozen=True)
+class ReferenceSync:
+    """TR-DPO's schedule (``algo.reference_sync``): every ``steps`` optimiser steps the reference moves toward
+    the policy by ``alpha`` (``hard``: alpha 1, a copy), as TRL's ``sync_ref_model`` with
+    ``ref_model_mixup_alpha`` and ``ref_model_sync_steps``."""
+
+    alpha: float
+    steps: int
+
+    MODES: ClassVar[tuple[str, ...]] = ("soft", "hard")
+
+    @classmethod
+    def from_config(cls, mode: str | None, alpha: float, steps: int) -> ReferenceSync | None:
+        """The schedule ``algo.reference_sync`` names (None: the reference stays the initial policy)."""
+        if mode is None:
+            return None
+        check_choice("algo.reference_sync", mode, (None, *cls.MODES))
+        check_range("algo.reference_sync_steps", steps, 1)
+        if mode == "hard":
+            return cls(1.0, int(steps))
+        check_range("algo.reference_sync_alpha", alpha, 0.0, 1.0, low_inclusive=False)
+        return cls(float(alpha), int(steps))
+
+    def check(self, mode: str, needs_reference: bool) -> None:
+        """The reference must be its own full model: not a table, not the adapter-off view of the policy."""
+        if not needs_reference:
+            raise ConfigError("algo.reference_sync updates a reference, but this loss is reference-free")
+        if mode != "copy":
+            raise ConfigError(
+                f"algo.reference_sync needs algo.reference=copy (a model of its own to update), not {mode}: a "
+                "precomputed table cannot follow the policy, and under LoRA the reference is the policy's base"
+            )
+
+    @staticmethod
+    def check_strategy(strategy: Any) -> None:
+        from rlhf_lab.strategies import fsdp_options
+
+        if fsdp_options(strategy) is not None or getattr(strategy, "zero_stage_3", False):
+            raise ConfigError(
+                "algo.reference_sync mixes the policy's parameters into the reference's, which is validated for "
+                "single-device, ddp and zero2 runs only; use strategy=ddp or strategy=zero2"
+            )
+
+    def due(self, step: int, synced_at: int) -> bool:
+        """Whether the update after optimiser step ``step`` is still to do."""
+        return step > synced_at and step % self.steps == 0
+
+
 class CopyReference(Reference):
     """A frozen model loaded from the policy's spec (loaded, not deep-copied, so a sharding strategy
-    partitions it at init like the policy)."""
+    partitions it at init like the policy).
+
+    TR-DPO (`sync_toward`) moves it toward the policy; from then on checkpoints keep its weights and the
+    step of the last update, since the initial spec no longer gives them back.
+    """
 
     mode = "copy"
 
     def __init__(self, frozen: FrozenModel) -> None:
         super().__init__()
         self.model = frozen
+        #: The optimiser step of the last TR-DPO update (0: never updated: the initial policy).
+        self.synced_at = 0
 
     @torch.no_grad()
     def run(self, sequences: Sequences, **options: Any) -> SequenceLogps:
         assert self.model is not None
         return self.model(sequences, **options)  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def sync_toward(self, policy: nn.Module, alpha: float, step: int) -> None:
+        """TR-DPO's update (Gorbatovski et al., 2024, Eq. 5/6; TRL's ``SyncRefModelCallback``):
+        ``ref <- (1 - alpha) ref + alpha policy``, parameter by parameter (``alpha = 1``: a hard copy)."""
+        assert self.model is not None
+        mine = dict(self.model.model.named_parameters())
+        theirs = dict(policy.named_parameters())
+        if mine.keys() != theirs.keys():
+            raise RuntimeError(
+                "the reference and the policy hold different parameters; TR-DPO cannot mix them"
+            )
+        for name, target in mine.items():
+            target.mul_(1.0 - alpha).add_(theirs[name].detach().to(target.dtype), alpha=alpha)
+        self.synced_at = step
+
+    def state_for_checkpoint(self) -> dict[str, Any] | None:
+        if not self.synced_at:
+            return None
+        assert self.model is not None
+        weights = {
+            name: value.detach().cpu().clone() for name, value in self.model.model.state_dict().items()
+        }
+        return {"synced_at": self.synced_at, "weights": weights}
+
+    def restore(self, state: Mapping[str, Any] | None) -> None:
+        if state is None or "weights" not in state:
+            return
+        assert self.model is not None
+        self.model.model.load_state_dict(state["weights"])
+        self.synced_at = int(state["synced_at"])
 
 
 class AdapterOffReference(Reference):
@@ -188,15 +306,15 @@ class PrecomputedReference(Reference):
         return batch.per_row(table.to(batch.index.device)[batch.index]).to(torch.float32)
 
     @contextlib.contextmanager
-    def _initial_weights(self) -> Iterator[Callable[[Sequences], torch.Tensor]]:
+    def _initial_weights(self) -> Iterator[Callable[..., SequenceLogps]]:
         """A scorer running the initial weights, never the trained ones."""
         policy = self._policy[0]
         if policy.is_peft:
             with adapters_disabled(policy.model):
-                yield lambda sequences: policy(sequences).logps
+                yield policy
             return
         if policy.at_initial_weights:
-            yield lambda sequences: policy(sequences).logps
+            yield policy
             return
         if self._load_initial is None:
             raise RuntimeError(
@@ -205,7 +323,7 @@ class PrecomputedReference(Reference):
             )
         log.info("computing reference log-probs from a freshly loaded base model (the policy has trained)")
         base = self._load_initial()  # released when the caller's `with` block ends
-        yield lambda sequences: sequence_logps(base, sequences, policy.chunk_size).logps
+        yield lambda sequences, **options: sequence_logps(base, sequences, policy.chunk_size, **options)
 
     @torch.no_grad()
     def precompute(
@@ -262,7 +380,8 @@ class PrecomputedReference(Reference):
                 for split, loader in loaders.items():
                     table: torch.Tensor | None = None
                     for batch in progress(loader, f"reference log-probs ({split})"):
-                        values = score(batch.sequences.to(device)).float().cpu()
+                        on_device = dataclasses.replace(batch, sequences=batch.sequences.to(device))
+                        values = self.scoring(on_device, score).float().cpu()
                         if table is None:
                             table = torch.full((len(loader.dataset), batch.rows_per_example), float("nan"))
                         table[batch.index] = batch.per_example(values)

@@ -229,6 +229,12 @@ class PairBatch(Batch):
         """``[2B]`` per-row values -> ``([B] chosen, [B] rejected)``."""
         return values[: self.size], values[self.size :]
 
+    def shared_lengths(self) -> torch.Tensor:
+        """``[2B]`` each row's pair's shorter completion length ``min(|y_c|, |y_r|)`` (LD-DPO's shared part)."""
+        chosen, rejected = self.split(self.sequences.completion_mask.sum(1))
+        shared = torch.minimum(chosen, rejected)
+        return torch.cat([shared, shared])
+
 
 @dataclass
 class SingleBatch(Batch):

@@ -10,7 +10,7 @@ names and defaults, constrained with `hyperparameters` (checked once, when an ob
 from rlhf_lab.losses.cpo import cpo_loss
 from rlhf_lab.losses.distill import generalized_jsd, generalized_jsd_loss
 from rlhf_lab.losses.dpo import LOSS_TYPES as DPO_LOSS_TYPES
-from rlhf_lab.losses.dpo import PreferenceLossOutput, dpo_loss, sigmoid_loss
+from rlhf_lab.losses.dpo import PreferenceLossOutput, dpo_loss, ld_logps, sigmoid_loss
 from rlhf_lab.losses.hyperparameters import check_hyperparameters, hyperparameters
 from rlhf_lab.losses.kto import KTOLossOutput, clamp_kl, kto_kl_estimate, kto_loss
 from rlhf_lab.losses.orpo import log1mexp, orpo_loss
@@ -32,6 +32,7 @@ __all__ = [
     "hyperparameters",
     "kto_kl_estimate",
     "kto_loss",
+    "ld_logps",
     "log1mexp",
     "nll_loss",
     "orpo_loss",

@@ -21,6 +21,7 @@ import torch
 from rlhf_lab.data.batches import PairBatch
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.losses.hyperparameters import (
+    UNIT_INTERVAL,
     check_hyperparameters,
     config_name,
     hyperparameter_defaults,
@@ -28,6 +29,7 @@ from rlhf_lab.losses.hyperparameters import (
 )
 from rlhf_lab.losses.sft import nll_loss
 from rlhf_lab.objectives.base import AlignmentObjective, pairwise_metrics
+from rlhf_lab.reference import CopyReference, ReferenceSync, RowScoring
 
 #: The tensors a pairwise loss may take, by parameter name.
 PAIR_INPUTS = (
@@ -38,6 +40,8 @@ PAIR_INPUTS = (
     "chosen_lengths",  # [B] completion token counts
     "rejected_lengths",
     "chosen_nll",  # [B] per-token NLL of the chosen completion (prompt too with nll_on_prompt)
+    "chosen_wpo_logps",  # [B] WPO's per-token mean log pi(y_t) - log sum_v pi(v)^2 (detached; use_weighting)
+    "rejected_wpo_logps",
 )
 
 
@@ -81,10 +85,17 @@ class PairwiseLoss:
         nll_on_prompt: Score the prompt tokens too, so ``chosen_nll`` covers prompt + completion.
         optional: Hyperparameter names (of any loss) taken out of ``settings`` too, where null means unset:
             the loss's default, or nothing for a loss that does not take it (a value is an error).
+        ld_alpha: LD-DPO's weight of the log-probs past each pair's shared length (`RowScoring`), for the
+            policy here and, through `scoring`, the reference; None: summed log-probs.
     """
 
     def __init__(
-        self, loss: Any, settings: dict[str, Any], nll_on_prompt: bool = False, optional: Iterable[str] = ()
+        self,
+        loss: Any,
+        settings: dict[str, Any],
+        nll_on_prompt: bool = False,
+        optional: Iterable[str] = (),
+        ld_alpha: float | None = None,
     ) -> None:
         loss_fn = resolve_loss(loss)
         inputs = tensor_inputs(loss_fn)
@@ -109,10 +120,15 @@ class PairwiseLoss:
                     )
                 values[name] = value
         check_hyperparameters(loss_fn, values)
+        if ld_alpha is not None:
+            UNIT_INTERVAL.check("algo.ld_alpha", ld_alpha)
         self.function = loss_fn
         self.inputs = inputs
         self.kwargs = {**defaults, **values}
         self.nll_on_prompt = nll_on_prompt
+        self.scoring = RowScoring(ld_alpha)
+        #: WPO: the policy pass also returns log sum_v pi(v)^2 per token.
+        self.weighted = bool(self.kwargs.get("use_weighting")) and "chosen_wpo_logps" in inputs
 
     @staticmethod
     def schema_parameters(node: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -135,21 +151,29 @@ class PairwiseLoss:
         """``[B]`` per-pair losses of ``batch`` under ``policy`` and the DPO metrics (`pairwise_metrics`, the
         chosen NLL and the loss's own), given the reference's ``[2B]`` summed log-probs (None: none)."""
         size = batch.size
-        stats = policy(batch.sequences, score_prompt=self.nll_on_prompt)
+        options = self.scoring.options(batch)
+        stats = policy(batch.sequences, score_prompt=self.nll_on_prompt, sum_sq=self.weighted, **options)
+        values = self.scoring.value(stats)
         chosen, rejected = stats.rows(slice(None, size)), stats.rows(slice(size, None))
         if self.nll_on_prompt:
             assert chosen.prompt_logps is not None and chosen.prompt_lengths is not None
             nll = nll_loss(chosen.logps + chosen.prompt_logps, chosen.lengths + chosen.prompt_lengths)
         else:
             nll = nll_loss(chosen.logps, chosen.lengths)
+        wpo = None
+        if self.weighted:
+            assert stats.log_sum_sq_probs is not None
+            wpo = ((stats.logps - stats.log_sum_sq_probs) / stats.lengths.clamp(min=1)).detach()
         available = {
-            "policy_chosen_logps": chosen.logps,
-            "policy_rejected_logps": rejected.logps,
+            "policy_chosen_logps": values[:size],
+            "policy_rejected_logps": values[size:],
             "reference_chosen_logps": None if reference is None else reference[:size],
             "reference_rejected_logps": None if reference is None else reference[size:],
             "chosen_lengths": chosen.lengths,
             "rejected_lengths": rejected.lengths,
             "chosen_nll": nll,
+            "chosen_wpo_logps": None if wpo is None else wpo[:size],
+            "rejected_wpo_logps": None if wpo is None else wpo[size:],
         }
         out = self.function(**{name: available[name] for name in self.inputs}, **self.kwargs)
         metrics = pairwise_metrics(chosen, rejected, out.chosen_rewards, out.rejected_rewards)
@@ -165,13 +189,34 @@ class PairwiseObjective(AlignmentObjective):
         loss: The pairwise loss (import path or function; `PairwiseLoss`).
         nll_on_prompt: Score the prompt tokens too, so ``chosen_nll`` covers prompt + completion (the ORPO
             paper's released code).
+        ld_alpha: LD-DPO (Liu et al., 2024): weight of the log-probs past each pair's shared length, for the
+            policy and the reference (None: plain summed log-probs; 1 is the same).
+        reference_sync: TR-DPO (Gorbatovski et al., 2024): ``soft`` or ``hard`` updates of the reference
+            toward the policy every ``reference_sync_steps`` optimiser steps (None: the reference stays the
+            initial policy). The one setting under which the reference is not the initial policy.
+        reference_sync_alpha: ``soft``: ``ref <- (1 - alpha) ref + alpha policy`` (``hard`` is alpha 1).
+        reference_sync_steps: Optimiser steps between updates.
         **kwargs: The loss's hyperparameters (paper names: ``beta``, ``gamma``, ``lambda``...) and the
             `AlignmentObjective` arguments.
     """
 
-    def __init__(self, loss: Any = "???", nll_on_prompt: bool = False, **kwargs: Any) -> None:
-        self.pair_loss = PairwiseLoss(loss, kwargs, nll_on_prompt)
+    def __init__(
+        self,
+        loss: Any = "???",
+        nll_on_prompt: bool = False,
+        ld_alpha: float | None = None,
+        reference_sync: str | None = None,
+        reference_sync_alpha: float = 0.6,
+        reference_sync_steps: int = 512,
+        **kwargs: Any,
+    ) -> None:
+        self.pair_loss = PairwiseLoss(loss, kwargs, nll_on_prompt, ld_alpha=ld_alpha)
+        self.reference_sync = ReferenceSync.from_config(
+            reference_sync, reference_sync_alpha, reference_sync_steps
+        )
         super().__init__(**kwargs)
+        if self.reference_sync is not None:
+            self.reference_sync.check(self.reference_mode, self.needs_reference)
 
     @classmethod
     def schema_parameters(cls, node: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -197,7 +242,38 @@ class PairwiseObjective(AlignmentObjective):
         return self.pair_loss.nll_on_prompt
 
     def scoring_settings(self) -> dict[str, Any]:
-        return {"nll_on_prompt": self.nll_on_prompt}
+        settings: dict[str, Any] = {"nll_on_prompt": self.nll_on_prompt}
+        if self.pair_loss.scoring.ld_alpha is not None:
+            settings["ld_alpha"] = self.pair_loss.scoring.ld_alpha  # the tables hold LD-DPO's values
+        return settings
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        self.reference.scoring = self.pair_loss.scoring
+
+    def on_fit_start(self) -> None:
+        if self.reference_sync is not None:
+            self.reference_sync.check_strategy(self.trainer.strategy)
+        super().on_fit_start()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._sync_reference()
+        super().on_train_batch_start(batch, batch_idx)
+
+    def on_validation_start(self) -> None:
+        self._sync_reference()
+        super().on_validation_start()
+
+    def _sync_reference(self) -> None:
+        """TR-DPO: update the reference once the optimiser step it is due after has run (checked before each
+        batch and validation, so a run resumed from a checkpoint of that step updates it too)."""
+        if self.reference_sync is None:
+            return
+        step = self.trainer.global_step
+        reference = self.reference
+        assert isinstance(reference, CopyReference)
+        if self.reference_sync.due(step, reference.synced_at):
+            reference.sync_toward(self.policy.model, self.reference_sync.alpha, step)
 
     def compute(self, batch: PairBatch, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         losses, metrics = self.pair_loss(self.policy, batch, self.reference_logps(batch, split))
