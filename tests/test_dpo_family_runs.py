@@ -15,6 +15,7 @@ from torch.testing import assert_close
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.logprobs import naive_token_logps
 from rlhf_lab.losses import dpo_loss
+from rlhf_lab.losses.dpo import LOSS_TYPES
 from rlhf_lab.reference import CopyReference
 from rlhf_lab.train import build, run
 from tests.conftest import compose_config
@@ -190,3 +191,29 @@ def test_hard_sync_is_a_copy() -> None:
     assert sync is not None and sync.alpha == 1.0
     assert [step for step in range(10) if sync.due(step, 0)] == [3, 6, 9]
     assert not sync.due(6, 6) and math.isclose(ReferenceSync.from_config("soft", 0.6, 3).alpha, 0.6)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES.names())
+def test_every_loss_type_trains_from_zero_rewards(make_config, loss_type: str) -> None:
+    """Each loss type through the objective: at the first step (policy = reference) the rewards are 0, the
+    loss is the type's value at zero log-ratios, and one optimiser step changes it."""
+    extra = ["algo.label_smoothing=0.01"] if loss_type == "exo_pair" else []
+    objective, datamodule = built(make_config(f"algo.loss_type={loss_type}", "algo.beta=0.5", *extra))
+    batch = first_batch(datamodule)
+    loss, metrics = objective.compute(batch, "train")
+    assert float(metrics["rewards/chosen"]) == float(metrics["rewards/rejected"]) == 0.0
+    zero = torch.zeros(batch.size)
+    lengths = batch.sequences.completion_mask.sum(1)
+    at_zero = dpo_loss(
+        zero, zero, zero, zero, chosen_lengths=lengths[: batch.size], rejected_lengths=lengths[batch.size :],
+        chosen_nll=torch.as_tensor(metrics["nll_loss"]).expand(batch.size), beta=0.5, loss_type=loss_type,
+        label_smoothing=0.01 if loss_type == "exo_pair" else 0.0,
+    ).losses.mean()  # fmt: skip
+    if loss_type != "sft":  # sft's per-pair NLLs are not all equal to their mean
+        assert_close(loss.detach(), at_zero, rtol=1e-5, atol=1e-6)
+    optimiser = torch.optim.SGD(objective.policy.parameters(), lr=0.5)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in objective.policy.parameters() if p.grad is not None)
+    optimiser.step()
+    after, _ = objective.compute(batch, "train")
+    assert float(after) != float(loss)
