@@ -217,7 +217,7 @@ def test_dpo_accuracy_falls_with_the_flip_rate(tmp_path: Path) -> None:
     assert accuracies[0.4] <= accuracies[0.0] - 0.15, accuracies
 
 
-@pytest.mark.parametrize("experiment", ["suite", "suite_full", "suite_label_noise"])
+@pytest.mark.parametrize("experiment", ["suite", "suite_full", "suite_label_noise", "suite_dpo_family"])
 def test_every_run_a_suite_plans_composes(experiment: str, tmp_path: Path) -> None:
     """Each planned command line is a valid config (its task, grid keys and variants exist), before any run."""
     from rlhf_lab.leaderboard import plan
@@ -225,7 +225,10 @@ def test_every_run_a_suite_plans_composes(experiment: str, tmp_path: Path) -> No
     cfg = compose_config([f"experiment={experiment}"], tiny=False)
     jobs = plan(cfg, tmp_path, [])
     assert len({job.name for job in jobs}) == len(jobs)
-    for job in [job for job in jobs if job.seed == jobs[0].seed]:  # the seed changes no key
+    # The seed changes no key, and every task gets the same objectives: one task's runs, each task's first.
+    first_of_each_task = {job.task: job for job in reversed(jobs)}.values()
+    checked = [job for job in jobs if job.seed == jobs[0].seed and job.task == jobs[0].task]
+    for job in [*checked, *first_of_each_task]:
         overrides = [o for o in job.command[3:] if not o.startswith("hydra.")]
         run = compose_config(overrides, tiny=False)
         assert run.data.source._target_ == "rlhf_lab.data.SuiteTask"
