@@ -60,6 +60,7 @@ def _dtype(backbone: nn.Module) -> torch.dtype:
 
 
 _warned_unshared: set[str] = set()
+_told_shared: set[str] = set()
 
 
 def shares_prompts(backbone: nn.Module, width: int) -> bool:
@@ -68,13 +69,18 @@ def shares_prompts(backbone: nn.Module, width: int) -> bool:
     window); others fall back to unshared rows, saying so once."""
     implementation = _attention(backbone)
     window = getattr(backbone.config, "sliding_window", None)
+    name = f"{type(backbone).__name__}/{implementation}/window {window}"
     if (
         implementation in ("sdpa", "eager")
         and getattr(backbone.config, "vision_config", None) is None
         and (window is None or width <= window)
     ):
+        if name not in _told_shared:
+            _told_shared.add(name)
+            log.info(
+                "data.prefix_sharing: %s reads each pair's prompt once (chosen and rejected packed)", name
+            )
         return True
-    name = f"{type(backbone).__name__}/{implementation}/window {window}"
     if name not in _warned_unshared:
         _warned_unshared.add(name)
         log.info(

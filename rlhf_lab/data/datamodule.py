@@ -82,6 +82,10 @@ def check_sizes(batch_size: int, eval_batch_size: int | None, group_by_length: i
     check_range("data.group_by_length", group_by_length, 0)
 
 
+#: ``data.prefix_sharing`` values.
+PREFIX_SHARING = ("auto", True, False)
+
+
 class PreferenceDataModule(L.LightningDataModule):
     """Loads, validates, tokenises and batches preference (or SFT, or unpaired KTO) data.
 
@@ -107,7 +111,10 @@ class PreferenceDataModule(L.LightningDataModule):
         blank_images: Replace every image with a uniform grey one of the same size (same tokens, no visual
             information): the ablation that shows whether a run uses its images.
         prefix_sharing: Read each pair's prompt once: chosen and rejected packed in one row behind it, with an
-            attention mask that keeps them apart (same log-probs, less compute on prompt-heavy data).
+            attention mask that keeps them apart (same log-probs and gradients, less compute on prompt-heavy
+            data). ``auto`` (the default): for text pairs, wherever the model can take the packed rows (a
+            text decoder with sdpa or eager attention; others run unshared, saying why once); true: the
+            same; false: never.
         group_by_length: Training batches of similar lengths: each run of ``group_by_length`` batches of the
             epoch's shuffled order is sorted by length (0: off). The epoch's examples stay the same.
         eval_split: The source split the held-out loop (``val/...`` metrics) reads: ``val``, or ``test``
@@ -135,7 +142,7 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         blank_images: bool = False,
-        prefix_sharing: bool = False,
+        prefix_sharing: bool | str = "auto",
         group_by_length: int = 0,
         eval_split: str = "val",
         columns: dict[str, str] | None = None,
@@ -156,7 +163,10 @@ class PreferenceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.blank_images = blank_images
-        self.prefix_sharing = prefix_sharing
+        check_choice("data.prefix_sharing", prefix_sharing, PREFIX_SHARING)
+        # auto and true pack the same rows: whether the model can read them is decided at its forward
+        # (`rlhf_lab.policy.shares_prompts`), which falls back to unshared rows with a logged reason.
+        self.prefix_sharing = prefix_sharing in (True, "auto")
         self.group_by_length = group_by_length
         check_choice("data.eval_split", eval_split, EVAL_SPLITS)
         self.eval_split = eval_split
