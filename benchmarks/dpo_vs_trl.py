@@ -10,11 +10,12 @@ Reported per system: tokens/s (the non-pad prompt + completion tokens of chosen 
 unshared batch holds them, so any sharing shows up as speed rather than as fewer tokens), the median step
 time after warm-up, peak memory (RSS on CPU, ``torch.cuda.max_memory_allocated`` on a GPU) and the ratios to
 TRL with their spread over the repetitions. A second TRL row uses its own best setting here
-(``precompute_ref_log_probs=True``), so the comparison is not against a strawman, and ``rlhf_lab_shared``
-is rlhf_lab with ``data.prefix_sharing=true`` (each pair's prompt read once, by the policy and the reference),
-``rlhf_lab_grouped`` adds ``data.group_by_length=8`` (batches of similar lengths: less padding), and
-``rlhf_lab_recompute`` is the defaults with ``logps_recompute=true`` (the head's logits recomputed in backward
-rather than kept, which ``auto`` does here).
+(``precompute_ref_log_probs=True``), so the comparison is not against a strawman. ``rlhf_lab`` runs the
+defaults (``data.prefix_sharing=auto``: each pair's prompt read once, by the policy and the reference),
+``rlhf_lab_unshared`` turns sharing off, ``rlhf_lab_grouped`` adds ``data.group_by_length=8`` (batches of
+similar lengths: less padding), and ``rlhf_lab_recompute`` is the defaults with ``logps_recompute=true`` (the
+head's logits recomputed in backward rather than kept, which ``auto`` does here). ``--gpu`` runs both on
+CUDA in bf16 mixed precision (``benchmarks/gpu_check.sh``).
 
 Before timing anything, `check` runs both systems' own code on one batch and requires the same token ids,
 the same per-sequence log-probs and the same DPO loss (policy moved away from the reference so the loss is
@@ -40,10 +41,16 @@ from typing import Any
 #: rlhf_lab's variants: the data options each adds (the levers), then the peer's.
 RLHF_LAB_VARIANTS = {
     "rlhf_lab_recompute": ["logps_recompute=true"],
-    "rlhf_lab": [],
-    "rlhf_lab_shared": ["data.prefix_sharing=true"],
-    "rlhf_lab_grouped": ["data.prefix_sharing=true", "data.group_by_length=8"],
+    "rlhf_lab_unshared": ["data.prefix_sharing=false"],
+    "rlhf_lab": [],  # the defaults: data.prefix_sharing=auto (each pair's prompt read once here)
+    "rlhf_lab_grouped": ["data.group_by_length=8"],
 }
+#: Where both systems run: ``--gpu`` sets bf16 mixed precision on CUDA for both (`set_device`).
+DEVICE = {"gpu": False}
+
+
+def set_device(args: argparse.Namespace) -> None:
+    DEVICE["gpu"] = bool(getattr(args, "gpu", False))
 SYSTEMS = (*RLHF_LAB_VARIANTS, "trl", "trl_precompute")
 
 
@@ -125,7 +132,7 @@ def rlhf_lab_config(args: argparse.Namespace, workdir: Path, extra: list[str] | 
         f"optim.lr={args.lr}",
         "optim.scheduler=constant",
         "optim.warmup_ratio=0.0",
-        "trainer=cpu",
+        "trainer=gpu" if DEVICE["gpu"] else "trainer=cpu",
         "logger=csv",
         *extra,
     ]
@@ -159,8 +166,8 @@ def trl_trainer(
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not DEVICE["gpu"],
+        bf16=DEVICE["gpu"],
         fp16=False,
         gradient_checkpointing=False,
         precompute_ref_log_probs=precompute,
@@ -265,9 +272,9 @@ def _fit(objective: Any, datamodule: Any, callbacks: list[Any] | None = None, **
     import lightning as L
 
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator="gpu" if DEVICE["gpu"] else "cpu",
         devices=1,
-        precision="32-true",
+        precision="bf16-mixed" if DEVICE["gpu"] else "32-true",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -356,9 +363,9 @@ def child_argv(args: argparse.Namespace, workdir: Path) -> list[str]:
     """A measurement's command line: every setting of ``args``, and the directory its data and model are in."""
     modes = ("child", "workdir", "check_only", "sweep_cost", "scaling")
     settings = [
-        f"--{key.replace('_', '-')}={value}"
+        f"--{key.replace('_', '-')}" if value is True else f"--{key.replace('_', '-')}={value}"
         for key, value in vars(args).items()
-        if key not in modes and value is not None
+        if key not in modes and value is not None and value is not False
     ]
     return [*settings, "--workdir", str(workdir)]
 
@@ -406,8 +413,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="instead: the scaling sweep, written as CSV and PNG with this path prefix (e.g. docs/dpo_scaling)",
     )
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--gpu", action="store_true", help="both systems on CUDA in bf16 mixed precision")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    set_device(args)
     if args.child:
         child(args)
         return {}

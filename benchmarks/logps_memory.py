@@ -8,9 +8,12 @@ process, so peak RSS (``ru_maxrss``) is that variant's own. The model is a Llama
 
 Variants:
     decoder_only  the decoder pass without any output head (the floor every variant pays)
-    rlhf_lab   head only at completion positions, chunked, logsumexp per chunk under checkpointing
-    trl        full logits for every position, then TRL's ``selective_log_softmax`` (TRL 1.16's DPO path)
-    naive      full logits, full ``log_softmax``, gather
+    rlhf_lab      head only at completion positions, chunked, logsumexp per chunk under checkpointing
+    trl_fused     TRL 1.16's own path: ``add_fused_lm_head`` (its DPO, KTO and GRPO trainers call the model
+                  with ``fused_lm_head=True``: a tiled head on labelled positions only)
+    trl_full      full logits for every position, then TRL's ``selective_log_softmax`` (TRL's path before
+                  its fused head, and what its trainers without one still do)
+    naive         full logits, full ``log_softmax``, gather
 """
 
 from __future__ import annotations
@@ -58,10 +61,21 @@ def logps_of(variant: str, model, batch, args: argparse.Namespace):
 
         # recompute=True: the memory-lean path (logps_recompute=auto keeps logits that fit in 512 MiB instead).
         return sequence_logps(model, Sequences(**batch), chunk_size=args.chunk, recompute=True).logps
+    if variant == "trl_fused":
+        from trl.trainer.utils import add_fused_lm_head
+
+        if not getattr(model, "_fused_head_added", False):
+            add_fused_lm_head(model)
+            model._fused_head_added = True
+        labels = batch["input_ids"].masked_fill(~batch["completion_mask"], -100)
+        outputs = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, fused_lm_head=True
+        )
+        return outputs.log_probs.sum(-1)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["input_ids"][:, 1:]
     mask = batch["completion_mask"][:, 1:]
-    if variant == "trl":
+    if variant == "trl_full":
         from trl.trainer.utils import selective_log_softmax
 
         token_logps = selective_log_softmax(logits, targets)
@@ -114,7 +128,7 @@ def main() -> None:
 
     rows = []
     passthrough = [a for a in sys.argv[1:]]
-    for variant in ("decoder_only", "rlhf_lab", "trl", "naive"):
+    for variant in ("decoder_only", "rlhf_lab", "trl_fused", "trl_full", "naive"):
         try:
             out = (
                 subprocess.run(

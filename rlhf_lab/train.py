@@ -383,6 +383,8 @@ def final_summary(
         results = trainer.validate(objective, datamodule=datamodule, verbose=False)
         summary.update(metric_values(results[0] if results else {}, "val/"))
     summary["trainer/global_step"] = float(trainer.global_step)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        summary["gpu/max_memory_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     # A metric that went NaN/inf is kept (null in summary.json), and the run says it diverged.
     summary["run/diverged"] = 1.0 if non_finite(summary) else 0.0
     start = next(callback for callback in callbacks if isinstance(callback, StartValidation))

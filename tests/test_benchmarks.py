@@ -31,3 +31,20 @@ def test_dpo_vs_trl_computes_the_same_objective_as_trl(tmp_path: Path) -> None:
     assert check["logps_relative_error"] < 1e-5
     assert check["rlhf_lab_loss"] == pytest.approx(check["trl_loss"], abs=1e-4)
     assert abs(check["trl_loss"] - 0.6931472) > 1e-4  # an informative loss, not the policy == reference value
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_composes_every_run_and_trains_those_a_cpu_can(tmp_path: Path) -> None:
+    """`benchmarks/gpu_check.py --dry-run`: every run's config composes (the GPU-only strategies and QLoRA
+    too), DPO with Mistral-7B's real tokenizer and KD with a teacher train 2 steps on CPU and report their
+    tokens/s, so the script is ready when a GPU is lent."""
+    pytest.importorskip("mistral_common")
+    check = _load("gpu_check")
+    runs = "dpo_full,dpo_lora,dpo_zero2,dpo_zero3,dpo_fsdp2,dpo_qlora_nf4,grpo,kd"
+    results = check.main(["--dry-run", "--skip-trl", "--runs", runs, "--workdir", str(tmp_path)])
+    assert [r["run"] for r in results] == runs.split(",")
+    assert all(r["exit"] == 0 for r in results), [r.get("error") for r in results]
+    trained = {r["run"]: r for r in results if "tokens_per_s" in r}
+    assert set(trained) == {"dpo_full", "dpo_lora", "grpo", "kd"}
+    assert all(r["tokens_per_s"] > 0 for r in trained.values())
+    assert check.parameters(check.BODY["full"], 32000) == pytest.approx(0.42e9, rel=0.1)  # Qwen2.5-0.5B's body

@@ -24,9 +24,10 @@ from rlhf_lab.data.formats import (
     to_unpaired,
 )
 from rlhf_lab.data.images import ImageLookup, ImageProcessing, blank_like
+from rlhf_lab.data.options import check_sizes, prefix_sharing_on
 from rlhf_lab.data.report import SPLITS, data_report, log_report
 from rlhf_lab.data.tokenize import TokenizeSettings, field_limit, tokenize_examples
-from rlhf_lab.errors import ConfigError, check_choice, check_range
+from rlhf_lab.errors import ConfigError, check_choice
 from rlhf_lab.lightning_compat import batches_processed_this_epoch
 
 log = logging.getLogger(__name__)
@@ -71,21 +72,6 @@ def _blanked(example: PreferenceExample) -> PreferenceExample:
     return dataclasses.replace(example, images=blank, rejected_images=rejected)
 
 
-def check_sizes(batch_size: int, eval_batch_size: int | None, group_by_length: int) -> None:
-    """Fail naming the key when a batch size or the length-grouping window is out of range."""
-    if batch_size < 1:
-        raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
-    if eval_batch_size is not None and eval_batch_size < 1:
-        raise ConfigError(
-            f"data.eval_batch_size={eval_batch_size} must be at least 1 (or null: data.batch_size)"
-        )
-    check_range("data.group_by_length", group_by_length, 0)
-
-
-#: ``data.prefix_sharing`` values.
-PREFIX_SHARING = ("auto", True, False)
-
-
 class PreferenceDataModule(L.LightningDataModule):
     """Loads, validates, tokenises and batches preference (or SFT, or unpaired KTO) data.
 
@@ -112,9 +98,8 @@ class PreferenceDataModule(L.LightningDataModule):
             information): the ablation that shows whether a run uses its images.
         prefix_sharing: Read each pair's prompt once: chosen and rejected packed in one row behind it, with an
             attention mask that keeps them apart (same log-probs and gradients, less compute on prompt-heavy
-            data). ``auto`` (the default): for text pairs, wherever the model can take the packed rows (a
-            text decoder with sdpa or eager attention; others run unshared, saying why once); true: the
-            same; false: never.
+            data). ``auto`` (default) or true: text pairs, where the model takes the packed rows (sdpa or eager
+            text decoders; others run unshared, saying why once); false: never.
         group_by_length: Training batches of similar lengths: each run of ``group_by_length`` batches of the
             epoch's shuffled order is sorted by length (0: off). The epoch's examples stay the same.
         eval_split: The source split the held-out loop (``val/...`` metrics) reads: ``val``, or ``test``
@@ -163,10 +148,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.blank_images = blank_images
-        check_choice("data.prefix_sharing", prefix_sharing, PREFIX_SHARING)
-        # auto and true pack the same rows: whether the model can read them is decided at its forward
-        # (`rlhf_lab.policy.shares_prompts`), which falls back to unshared rows with a logged reason.
-        self.prefix_sharing = prefix_sharing in (True, "auto")
+        self.prefix_sharing = prefix_sharing_on(prefix_sharing)
         self.group_by_length = group_by_length
         check_choice("data.eval_split", eval_split, EVAL_SPLITS)
         self.eval_split = eval_split
