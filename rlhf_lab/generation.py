@@ -4,11 +4,13 @@
 position), so it can return, for every sampled token, its log-prob under the sampling distribution
 (``softmax(logits / temperature)``, before top-k/top-p filtering: the same quantity a teacher-forced pass
 at that temperature gives, which is what importance ratios in online RL compare). Stops at EOS; a row that
-reaches ``max_new_tokens`` without EOS is reported as truncated.
+reaches ``max_new_tokens`` without EOS is reported as truncated. Outputs and the attention mask are
+preallocated for the longest completion and written in place; once half the batch has finished, finished
+rows leave the batch and the KV cache (``compact_at``), so later steps compute only the rows still going.
 
 Under data parallelism every rank runs the loop until every rank is done: sharded models (FSDP2,
 DeepSpeed ZeRO-3) gather their parameters inside each forward, which is a collective, so no rank may stop
-early.
+early (a rank whose rows have all finished keeps one in its batch).
 """
 
 from __future__ import annotations
@@ -214,17 +216,57 @@ def _end_rows(
     return token, token_logp, ~finished, finished | torch.isin(token, eos)
 
 
-def _next_step_inputs(
-    token: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
-) -> dict[str, Any]:
-    """The inputs of the pass after a step: its token alone, the grown mask, positions advanced by one."""
-    # [..., -1:]: multimodal rotary positions are [3, B, T], text positions [B, T]; after the prompt's last
-    # (text) token every axis advances by one.
-    return {
-        "input_ids": token.unsqueeze(1),
-        "attention_mask": attention_mask,
-        "position_ids": positions[..., -1:] + 1,
-    }
+@dataclass
+class _Rows:
+    """The rows still in the decoding batch: their indices in the prompts' batch, the KV cache's rows, their
+    attention masks (preallocated to the longest completion, filled in place) and their positions."""
+
+    index: torch.Tensor
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    finished: torch.Tensor
+    width: int
+
+    @classmethod
+    def start(cls, prompts: Sequences, positions: torch.Tensor, length: int) -> _Rows:
+        """Every prompt's row, its mask preallocated for ``length`` more tokens."""
+        batch, width = prompts.input_ids.shape
+        mask = prompts.attention_mask.new_zeros(batch, width + length)
+        mask[:, :width] = prompts.attention_mask
+        device = prompts.input_ids.device
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        return cls(torch.arange(batch, device=device), mask, positions, finished, width)
+
+    def next_inputs(self, tokens: torch.Tensor, step: int) -> dict[str, Any]:
+        """The pass after step ``step``: each row's token alone, its mask so far, positions advanced by one
+        (``[..., -1:]``: after the prompt's last, text, token every multimodal rotary axis advances too)."""
+        self.positions = self.positions[..., -1:] + 1
+        return {
+            "input_ids": tokens[self.index, step].unsqueeze(1),
+            "attention_mask": self.attention_mask[:, : self.width + step + 1],
+            "position_ids": self.positions,
+        }
+
+    def keep(self, keep: torch.Tensor, cache: Any) -> None:
+        """Drop the rows not in ``keep`` (a bool mask) from the batch and from ``cache``."""
+        kept = keep.nonzero().squeeze(1)
+        cache.batch_select_indices(kept)
+        self.index, self.attention_mask = self.index[kept], self.attention_mask[kept]
+        # Multimodal rotary positions are [3, B, T]: the batch is the second-to-last axis either way.
+        self.positions = self.positions.index_select(-2, kept)
+        self.finished = self.finished[kept]
+
+
+def _compact(rows: _Rows, cache: Any, share: float) -> None:
+    """Drop finished rows once at least ``share`` of the batch has finished, keeping one row at least (the
+    loop runs on until every rank is done: a sharded model's forward is collective)."""
+    done = int(rows.finished.sum())
+    if not share or done == 0 or done < share * rows.finished.numel():
+        return
+    keep = ~rows.finished
+    if not keep.any():
+        keep[0] = True
+    rows.keep(keep, cache)
 
 
 @torch.no_grad()
@@ -237,6 +279,7 @@ def generate(
     pad_token_id: int,
     generator: torch.Generator | None = None,
     row_seeds: list[int] | None = None,
+    compact_at: float = 0.5,
 ) -> Generation:
     """Complete left-padded ``prompts`` with ``model`` (a causal LM, possibly peft-wrapped; a vision-language
     model reads the prompts' images in its first pass and never generates its image tokens).
@@ -252,6 +295,9 @@ def generate(
             alone, not on which rows share its batch or its process (online RL seeds by prompt and sample,
             so 2 processes sample what 1 process does). Sampling inverts the CDF at a uniform drawn from
             the row's own stream.
+        compact_at: Drop finished rows from the batch (and the KV cache) once this share of it has finished
+            (0: never); later steps compute only the rows still going. With ``generator`` (one stream for
+            the batch) rows are never dropped: which rows share a draw would change what each samples.
 
     Returns:
         `Generation`.
@@ -262,32 +308,70 @@ def generate(
     banned_ids = multimodal_token_ids(model)
     banned = torch.tensor(banned_ids, device=device) if banned_ids else None
     uniforms = _row_uniforms(row_seeds, batch, sampling, device)
-    attention_mask = prompts.attention_mask.clone()
-    # The first pass reads the prompts (and their images); each later one a single new token.
+    if sampling.do_sample and uniforms is None:
+        compact_at = 0.0
+    # The first pass reads the prompts (and their images) and makes the model's own cache; later ones a token.
     step_inputs, cache, cache_name = forward_inputs(decoder, prompts), None, cache_keyword(decoder)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, logps = [], []
+    rows = _Rows.start(prompts, step_inputs["position_ids"], sampling.max_new_tokens)
+    out = _Outputs.empty(batch, sampling.max_new_tokens, pad_token_id, device)
     with _eval_mode(model):
         for step in range(sampling.max_new_tokens):
             logits, cache = _next_token_logits(decoder, head, step_inputs, cache, banned, cache_name)
             if step < sampling.min_new_tokens:
                 logits[:, eos] = float("-inf")
-            token, token_logp = _sample(logits, sampling, step, generator, uniforms)
-            token, token_logp, alive, finished = _end_rows(token, token_logp, finished, eos, pad_token_id)
-            tokens.append(token)
-            logps.append(token_logp)
-            # The mask of this step's token: it is part of the completion unless the row had already ended.
-            attention_mask = torch.cat([attention_mask, alive.long().unsqueeze(1)], 1)
-            step_inputs = _next_step_inputs(token, attention_mask, step_inputs["position_ids"])
-            if _all_finished(finished):
+            row_uniforms = None if uniforms is None else uniforms[rows.index]
+            token, token_logp = _sample(logits, sampling, step, generator, row_uniforms)
+            token, token_logp, alive, rows.finished = _end_rows(
+                token, token_logp, rows.finished, eos, pad_token_id
+            )
+            out.write(rows, step, token, token_logp, alive)
+            if _all_finished(rows.finished):
                 break
-    return Generation(
-        prompts=prompts,
-        completion_ids=torch.stack(tokens, 1),
-        completion_mask=attention_mask[:, prompts.input_ids.shape[1] :].bool(),
-        logps=torch.stack(logps, 1),
-        truncated=~finished,
-    )
+            _compact(rows, cache, compact_at)
+            step_inputs = rows.next_inputs(out.tokens, step)
+    return out.generation(prompts)
+
+
+@dataclass
+class _Outputs:
+    """Every row's sampled tokens, log-probs, completion mask and whether it ended, preallocated for the
+    longest completion and written in place at each row's index in the prompts' batch."""
+
+    tokens: torch.Tensor
+    logps: torch.Tensor
+    completion_mask: torch.Tensor
+    ended: torch.Tensor
+    steps: int = 0
+
+    @classmethod
+    def empty(cls, batch: int, length: int, pad_token_id: int, device: torch.device) -> _Outputs:
+        return cls(
+            torch.full((batch, length), pad_token_id, dtype=torch.long, device=device),
+            torch.zeros(batch, length, device=device),
+            torch.zeros(batch, length, dtype=torch.bool, device=device),
+            torch.zeros(batch, dtype=torch.bool, device=device),
+        )
+
+    def write(
+        self, rows: _Rows, step: int, token: torch.Tensor, logp: torch.Tensor, alive: torch.Tensor
+    ) -> None:
+        """Step ``step``'s token of each row in the batch (part of the completion where ``alive``: the row
+        had not ended before it)."""
+        self.tokens[rows.index, step], self.logps[rows.index, step] = token, logp
+        self.completion_mask[rows.index, step] = alive
+        self.ended[rows.index] = rows.finished
+        rows.attention_mask[:, rows.width + step] = alive.long()
+        self.steps = step + 1
+
+    def generation(self, prompts: Sequences) -> Generation:
+        steps = self.steps
+        return Generation(
+            prompts=prompts,
+            completion_ids=self.tokens[:, :steps],
+            completion_mask=self.completion_mask[:, :steps],
+            logps=self.logps[:, :steps],
+            truncated=~self.ended,
+        )
 
 
 #: Config keys of the tokens that stand for images and videos in a vision-language model's input.

@@ -150,3 +150,42 @@ def test_a_lora_policy_generates_through_its_adapter() -> None:
         base = objective.policy.generate(prompts, sampling, **ids)
     assert not torch.allclose(before.logps, after.logps)  # the adapter is in the generating model
     assert torch.equal(before.completion_ids, base.completion_ids)  # LoRA B = 0 at init: the base
+
+
+@pytest.mark.parametrize("do_sample", [True, False], ids=["row-seeded", "greedy"])
+def test_dropping_finished_rows_changes_no_token_and_computes_fewer_rows(
+    policy_and_prompts, do_sample
+) -> None:
+    """With rows ending at different steps (several end tokens), dropping finished rows from the batch (the
+    default, ``compact_at=0.5``) gives the tokens, log-probs, masks and truncation flags of a loop that keeps
+    every row, while later decoder passes run fewer rows."""
+    policy, prompts, tokenizer = policy_and_prompts
+    sampling = SamplingConfig(max_new_tokens=16, temperature=1.0, do_sample=do_sample)
+    free = policy.generate(prompts, SamplingConfig(max_new_tokens=16, do_sample=False),
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    # End tokens: each row's third greedy token, so rows end early and at different steps.
+    ends = sorted({int(row[2]) for row in free.completion_ids} | {tokenizer.eos_token_id})
+    decoder = policy.model.get_decoder()
+    sizes: list[int] = []
+    hook = decoder.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]),
+                                             with_kwargs=True)  # fmt: skip
+    try:
+        results = {}
+        for compact_at in (0.0, 0.5):
+            sizes.clear()
+            results[compact_at] = policy.generate(
+                prompts, sampling, eos_token_id=ends, pad_token_id=tokenizer.pad_token_id,
+                row_seeds=list(range(10, 10 + prompts.num_rows)), compact_at=compact_at,
+            )  # fmt: skip
+            results[(compact_at, "sizes")] = list(sizes)
+    finally:
+        hook.remove()
+    kept, dropped = results[0.0], results[0.5]
+    assert torch.equal(kept.completion_ids, dropped.completion_ids)
+    assert torch.equal(kept.completion_mask, dropped.completion_mask)
+    assert torch.equal(kept.truncated, dropped.truncated)
+    assert_close(kept.logps, dropped.logps, atol=1e-5, rtol=0)
+    assert set(results[(0.0, "sizes")]) == {prompts.num_rows}
+    assert min(results[(0.5, "sizes")]) < prompts.num_rows  # finished rows left the batch
+    lengths = kept.lengths.tolist()
+    assert len(set(lengths)) > 1 and min(lengths) < 16  # rows did end at different steps
