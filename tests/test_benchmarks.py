@@ -31,3 +31,20 @@ def test_dpo_vs_trl_computes_the_same_objective_as_trl(tmp_path: Path) -> None:
     assert check["logps_relative_error"] < 1e-5
     assert check["rlhf_lab_loss"] == pytest.approx(check["trl_loss"], abs=1e-4)
     assert abs(check["trl_loss"] - 0.6931472) > 1e-4  # an informative loss, not the policy == reference value
+
+
+@pytest.mark.slow
+def test_vlm_dpo_vs_trl_trains_both_and_scores_them_with_one_evaluator(tmp_path: Path) -> None:
+    """Both systems train the same saved tiny VLM for 2 steps; the script's evaluator agrees with rlhf_lab's
+    own held-out accuracy on rlhf_lab's export, and blank images are scored too."""
+    pytest.importorskip("trl")
+    benchmark = _load("vlm_dpo_vs_trl")
+    small = ["--num-train=32", "--num-eval=8", "--steps=2", "--blank", "--workdir", str(tmp_path)]
+    rows = benchmark.main(small)
+    assert {(r["images"], r["system"]) for r in rows} == {
+        (images, system) for images in ("seen", "blank") for system in ("rlhf_lab", "trl")
+    }
+    for row in rows:
+        assert 0.0 <= row["accuracy"] <= 1.0
+        if row["system"] == "rlhf_lab":
+            assert row["accuracy"] == pytest.approx(row["rlhf_lab_val_accuracy"], abs=1e-6)

@@ -71,7 +71,7 @@ class TinyVisionLanguageModel(VisionLanguageModel, TinyModel):
 
     Why patch 16 and a trained tower by default: on the bundled spatial task (``data.source.task=spatial``: is
     the dot above or below the line?) DPO for one epoch reached held-out accuracy 0.57 with patch 4 and a frozen
-    tower and projector, 0.51 with patch 4 trained, 0.67 with patch 16 frozen, and 1.00 with patch 16 trained
+    tower and projector, 0.50 with patch 4 trained, 0.67 with patch 16 frozen, and 1.00 with patch 16 trained
     (seed 42; seeds 1 and 2 also 1.00; blank images 0.50). A linear probe on the frozen random tower's sixteen
     patch-4 image tokens side by side separates the held-out images perfectly, so the tower keeps the layout; but
     the language model tells those tokens apart only by their multimodal rotary positions, which at this size
