@@ -53,6 +53,9 @@ def test_layouts_keep_the_dot_clear_of_the_line_on_its_side() -> None:
             last_line_row = layout.line_row + layout.line_width - 1
             distance = layout.line_row - bottom if relation == "above" else top - last_line_row
             assert distance >= max(1, size // 10)
+            if size == 32:  # line rows 11-19; dots (radius 4) in rows 4-12 above, 19-27 below
+                assert 11 <= layout.line_row <= 19 and layout.radius == 4 and layout.line_width == 2
+                assert (4 <= layout.dot_row <= 12) if relation == "above" else (19 <= layout.dot_row <= 27)
 
 
 def test_the_label_is_recoverable_from_the_pixels() -> None:

@@ -1,17 +1,18 @@
 """Bundled image preference tasks that can only be solved by looking at the image.
 
-``task=colour`` (the default): each image is a noisy light-grey canvas with one shape (circle, square or triangle; random size and place)
-painted in one of six colours, with per-image jitter. The prompt asks for the colour of the shape; the
+``task=colour`` (the default): each image is a noisy light-grey canvas with one shape (circle, square or
+triangle; random size and place) painted in one of six colours, with per-image jitter. The prompt asks for the colour of the shape; the
 chosen answer names the true colour and the rejected one another colour drawn uniformly. The text of a
 prompt says nothing about the colour (the templates, and the shape they may name, are drawn independently
 of it) and every colour is chosen and rejected equally often, so a model that ignores the image stays at
 chance (0.5) on held-out pairs, and so does the same run with ``data.blank_images=true``.
 
 ``task=spatial``: each image is a noisy light-grey canvas crossed by a dark horizontal line at a random
-height, with a red dot above or below it (clear of the line, anywhere along it). The
-prompt asks whether the dot is above or below the line; the chosen answer names the true relation and the
-rejected one the other. The line's height varies, so no single image region answers it: the model has to
-relate where the dot is to where the line is (a relation, not a colour). Exactly half of each split's dots
+height, with a red dot above or below it (clear of the line, anywhere along it). The prompt asks whether
+the dot is above or below the line; the chosen answer names the true relation and the rejected one the
+other. A task of where, not what colour: at 32 pixels the line's top row is 11-19 and a dot's centre is in
+rows 4-12 when above and 19-27 when below, so the dot's height alone decides it (a model must see where the
+dot is; comparing it with the line is not needed). Exactly half of each split's dots
 are above (every answer is chosen and rejected equally often) and the templates, which name both relations
 in either order, are drawn independently of the label, so text alone, or blank images, give chance (0.5).
 
@@ -90,11 +91,11 @@ class SpatialLayout:
 
 
 def spatial_layout(rng: random.Random, relation: str, size: int) -> SpatialLayout:
-    """A line at a random height in the middle half and a dot ``relation`` of it, its edge ``size // 10``
-    pixels or more from the line (3 at 32 pixels: a gap even after resizing).
+    """A line at a random height and a dot ``relation`` of it, the dot's edge ``size // 10`` pixels or more
+    from the line (3 at 32 pixels: a gap even after resizing).
 
-    The line stays in the middle half so that there is room for a dot on either side; the dot's distance
-    from the line varies, so the dot's own height alone predicts the answer only in part.
+    The line stays far enough from both edges for a whole dot on either side (at 32 pixels: line rows 11-19,
+    dots of radius 4 centred in rows 4-12 above or 19-27 below, so the dot's height alone gives the answer).
     """
     radius = max(1, size // 8)
     width = max(1, size // 16)
