@@ -44,8 +44,10 @@ def test_lora_trains_only_language_model_adapters_and_the_export_reloads(
 
     from rlhf_lab.models.vision import load_processor, vision_parts
 
+    frozen = ("model.freeze_vision_tower=true", "model.freeze_projector=true")  # the tiny VLM trains them
     cfg = compose_config(
-        [*VLM, f"model.architecture={architecture}", "adapter=lora", "optim.lr=5e-3"], run_dir=tmp_path
+        [*VLM, *frozen, f"model.architecture={architecture}", "adapter=lora", "optim.lr=5e-3"],
+        run_dir=tmp_path,
     )
     result = run(cfg)
     peft_model = result.objective.policy.model
@@ -83,7 +85,7 @@ def test_lora_with_an_unfrozen_projector_trains_it_in_full(make_config) -> None:
     from rlhf_lab.objectives.base import AlignmentObjective  # noqa: F401 - the objective's type
     from rlhf_lab.train import build
 
-    objective, _, _ = build(make_config(*VLM, "adapter=lora", "model.freeze_projector=false"))
+    objective, _, _ = build(make_config(*VLM, "adapter=lora", "model.freeze_vision_tower=true"))
     objective.configure_model()
     trainable = [name for name, _ in objective.trainable_parameters()]
     assert any("merger" in name and "lora_" not in name for name in trainable)
@@ -158,7 +160,17 @@ def test_evaluate_generates_from_the_images(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ learning
-LEARN = (*VLM, "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "logger=csv")
+# The colour task's documented numbers (README) were measured with patch 4 and a frozen tower and projector,
+# the tiny VLM's former defaults (its defaults now, patch 16 and trained, give DPO 0.79 at seed 42).
+LEARN = (
+    *VLM,
+    "model.patch_size=4",
+    "model.freeze_vision_tower=true",
+    "model.freeze_projector=true",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+)
 
 
 def _held_out(tmp_path: Path, name: str, *overrides: str) -> dict[str, float]:
@@ -184,3 +196,22 @@ def test_simpo_and_orpo_learn_it_with_no_image_code(
 ) -> None:
     summary = _held_out(tmp_path, algo, f"algo={algo}", *extra)
     assert summary["val/rewards/accuracies"] >= 0.85, summary
+
+
+@pytest.mark.slow
+def test_dpo_learns_where_the_dot_is_at_the_tiny_vlms_defaults_and_blank_images_stay_at_chance(
+    tmp_path: Path,
+) -> None:
+    """The spatial task at model=tiny_vlm's defaults and the default budget (one epoch, 63 steps): measured
+    1.00 held out for seeds 42, 1 and 2 (0.57 with the former defaults: patch 4, frozen tower and projector),
+    and 0.50 on blank images."""
+    spatial = ("data.source.task=spatial", "trainer.enable_progress_bar=false", "logger=csv")
+    runs = {}
+    for name, extra in (("images", ()), ("blank", ("data.blank_images=true",))):
+        run_dir = tmp_path / name
+        result = python_module("rlhf_lab", *VLM, *spatial, *extra, f"hydra.run.dir={run_dir}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = json.loads((run_dir / "summary.json").read_text())
+    assert runs["images"]["val/rewards/accuracies"] >= 0.9, runs["images"]
+    assert abs(runs["blank"]["val/rewards/accuracies"] - 0.5) <= 0.05, runs["blank"]
+    assert runs["images"]["trainer/global_step"] == 63

@@ -66,6 +66,18 @@ class TinyVisionLanguageModel(VisionLanguageModel, TinyModel):
             image is ``(image_size / patch_size / 2)^2`` tokens; LLaVA uses one token per patch).
         vision_hidden_size: Width of the vision tower.
         vision_layers: Depth of the vision tower.
+        freeze_vision_tower: Keep the (random) vision tower fixed; false by default, unlike a hub model's.
+        freeze_projector: Keep the (random) projector fixed; false by default, unlike a hub model's.
+
+    Why patch 16 and a trained tower by default: on the bundled spatial task (``data.source.task=spatial``: is
+    the dot above or below the line?) DPO for one epoch reached held-out accuracy 0.57 with patch 4 and a frozen
+    tower and projector, 0.50 with patch 4 trained, 0.67 with patch 16 frozen, and 1.00 with patch 16 trained
+    (seed 42; seeds 1 and 2 also 1.00; blank images 0.50). A linear probe on the frozen random tower's sixteen
+    patch-4 image tokens side by side separates the held-out images perfectly, so the tower keeps the layout; but
+    the language model tells those tokens apart only by their multimodal rotary positions, which at this size
+    (rope_theta 1e6, 16-dim heads) turn by at most 0.03 rad per row: mean-pooled, the same features give 0.73.
+    At patch 16 an image is one token whose merger concatenates its four quadrants in order, so where the dot
+    is lies in the token's features, and a trained tower brings it out.
     """
 
     # TinyModel's defaults, which VisionLanguageModel's (HubModel's) would otherwise override.
@@ -73,9 +85,12 @@ class TinyVisionLanguageModel(VisionLanguageModel, TinyModel):
     dtype: str = "float32"
     architecture: str = "qwen2_vl"
     image_size: int = 32
-    patch_size: int = 4
+    patch_size: int = 16
     vision_hidden_size: int = 32
     vision_layers: int = 1
+    # A random tower is not a pretrained one: trained by default (hub VLMs keep theirs frozen); see the YAML.
+    freeze_vision_tower: bool = False
+    freeze_projector: bool = False
 
     architectures: ClassVar[tuple[str, ...]] = tuple(IMAGE_TEXT)
 
