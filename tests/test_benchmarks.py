@@ -47,11 +47,10 @@ def test_gpu_check_dry_run_composes_every_run_and_trains_those_a_cpu_can(tmp_pat
     trained = {r["run"]: r for r in results if "tokens_per_s" in r}
     assert set(trained) == {"dpo_full", "dpo_lora", "grpo", "kd"}
     assert all(r["tokens_per_s"] > 0 for r in trained.values())
-    assert check.parameters(check.BODY["full"], 32000) == pytest.approx(
-        0.42e9, rel=0.1
-    )  # Qwen2.5-0.5B's body
+    assert check.parameters(check.BODY["full"], 32000) == pytest.approx(0.42e9, rel=0.1)  # Qwen2.5-0.5B's
 
 
+@pytest.mark.slow
 def test_vlm_dpo_vs_trl_trains_both_and_scores_them_with_one_evaluator(tmp_path: Path) -> None:
     """Both systems train the same saved tiny VLM for 2 steps; the script's evaluator agrees with rlhf_lab's
     own held-out accuracy on rlhf_lab's export, and blank images are scored too."""
