@@ -157,7 +157,9 @@ def test_a_vision_language_export_replies_about_the_image(
         inputs["mm_token_type_ids"] = (inputs["input_ids"] == model.config.image_token_id).int()
         expected[name] = _greedy(model, processor.tokenizer, inputs, 8)
         main([str(tmp_path), "--prompt", QUESTION, "--image", str(path), "--max-new-tokens", "8"])
-    assert capsys.readouterr().out.splitlines() == [expected["red"], expected["blue"]]
+    # DeepSpeed logs "Setting accelerator to CPU" to stdout when a process first imports it (order-dependent).
+    replies = [line for line in capsys.readouterr().out.splitlines() if "[real_accelerator.py" not in line]
+    assert replies == [expected["red"], expected["blue"]]
     assert expected["red"] != expected["blue"]  # the reply depends on the pixels
 
 
