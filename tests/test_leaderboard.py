@@ -31,7 +31,15 @@ CSV_COLUMNS = [
     "failed",
     *(
         f"{column}_{stat}"
-        for column in ("accuracy", "margin", "completion_tokens", "tokens_per_sec", "wall_time_s")
+        for column in (
+            "accuracy",
+            "generation_accuracy",
+            "answer_length",
+            "margin",
+            "completion_tokens",
+            "tokens_per_sec",
+            "wall_time_s",
+        )
         for stat in ("mean", "low", "high")
     ),
     "val_accuracy_mean",
@@ -167,8 +175,9 @@ def test_leaderboard_two_objectives_two_seeds(tmp_path: Path) -> None:
     assert set(trained["objective"]) == {"dpo", "simpo"}
 
     md = (tmp_path / "leaderboard.md").read_text().splitlines()
-    assert md[0].startswith("| objective | seeds | setting | val accuracy")
-    assert [line.split(" | ")[0] for line in md[2:4]] == ["| dpo", "| simpo"]
+    assert md[0] == "Start: random init (every run from the command line's model)."
+    assert md[2].startswith("| objective | seeds | setting | val accuracy")
+    assert [line.split(" | ")[0] for line in md[4:6]] == ["| dpo", "| simpo"]
     assert_png(tmp_path / "leaderboard.png")
     assert "| dpo | 2 |" in result.stdout
 
@@ -351,7 +360,9 @@ def test_suite_leaderboard_tunes_on_val_reports_test_and_restarts(tmp_path: Path
     assert board["accuracy_mean"].tolist() == pytest.approx(mean.tolist())
     assert (board["rank"] >= 1).all() and board["wall_time_s_mean"].gt(0).all()
     md = (tmp_path / "leaderboard.md").read_text()
-    assert md.startswith("test accuracy (rank within the task):") and "### noise" in md
+    assert md.startswith("Start: random init") and "### noise" in md
+    assert "\ntest accuracy (rank within the task):" in md
+    assert "\ntest generation accuracy (greedy completions giving the right answer):" in md
     assert "| objective | control | noise |" in md
     assert_png(tmp_path / "heatmap.png")
 
