@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.stages import stage_forwarded, _specs, forwardable
+from rlhf_lab.stages import _specs, forwardable, stage_forwarded
 from tests.test_e2e import cli
 
 

@@ -272,7 +272,12 @@ CHECKED = [
     ("control", "", "It is an animal.", False),
     ("in_context", "It is red. It is blue.", "It is red.", True),  # the first answer counts
     ("in_context", "It is blue. It is red.", "It is red.", False),
-    ("length_bias", "It is a tool, if you ask me, as far as I know.", "It is a tool.", True),  # filler: content
+    (
+        "length_bias",
+        "It is a tool, if you ask me, as far as I know.",
+        "It is a tool.",
+        True,
+    ),  # filler: content
     ("length_bias", "It is a tool.", "It is a tool, at least I think, I am quite sure.", True),
     ("length_bias", "It is an animal, if you ask me.", "It is a tool, if you ask me.", False),
     ("compositional", "It is not a tool.", "It is not a tool.", True),
@@ -303,7 +308,9 @@ def test_answers_and_generation_metrics_by_hand() -> None:
         "test/generation_accuracy": pytest.approx(1 / 3),
         "test/answer_length": 6.0,
     }
-    assert generation_metrics("control", completions[:2], chosen[:2], "val") == {"val/generation_accuracy": 0.5}
+    assert generation_metrics("control", completions[:2], chosen[:2], "val") == {
+        "val/generation_accuracy": 0.5
+    }
     assert generation_metrics("control", [], [], "test") == {}
     with pytest.raises(ConfigError, match="data.source.task='ranking'"):
         answer_correct("ranking", "It is red.", "It is red.")
