@@ -328,7 +328,7 @@ def answer_metrics(cfg: DictConfig, samples: list[dict[str, Any]]) -> dict[str, 
     source = cfg.data.get("source") or {}
     if not str(source.get("_target_", "")).endswith("SuiteTask") or source.get("rows", "pairs") != "pairs":
         return {}
-    task, split = str(source.task), str(cfg.data.get("eval_split", "val"))
+    task, split = str(source.get("task")), str(cfg.data.get("eval_split", "val"))
     for record in samples:
         record["correct"] = answer_correct(task, record["completion"], record["chosen"])
     completions = [record["completion"] for record in samples]

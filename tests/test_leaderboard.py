@@ -638,11 +638,13 @@ def test_a_waiting_lock_waits_for_its_owner_then_takes_over(
 def test_suite_trains_one_sft_start_per_task_and_every_run_starts_from_and_is_referenced_to_it(
     tmp_path: Path,
 ) -> None:
-    """experiment=suite's supervised start on one task, 2 objectives (DPO and a named variant) x 2 seeds: one
-    SFT stage, every run from its export with it as the reference, greedy answers scored on the test split,
-    and the same board again reuses everything."""
+    """experiment=suite's supervised start (leaderboard.start=sft) on one task, 2 objectives (DPO and a named
+    variant) x 2 seeds: one SFT stage, every run from its export with it as the reference, greedy answers
+    scored on the test split, and the same board again reuses everything. (experiment=leaderboard: a tasks
+    override would merge into the suite's six.)"""
     overrides = [
-        "experiment=suite",
+        "experiment=leaderboard",
+        "leaderboard.start=sft",
         "leaderboard.objectives=[dpo,cdpo]",
         "leaderboard.variants={cdpo: ['algo=dpo', 'algo.label_smoothing=0.2']}",
         "leaderboard.seeds=[0,1]",
@@ -680,7 +682,8 @@ def test_suite_trains_one_sft_start_per_task_and_every_run_starts_from_and_is_re
         first = pd.read_csv(run / "metrics.csv").dropna(subset=["train/rewards/margins"]).iloc[0]
         for key in ("train/rewards/chosen", "train/rewards/rejected", "train/rewards/margins"):
             assert abs(first[key]) < 1e-6, (run.name, key, first[key])
-        # Its greedy test answers are scored: the accuracy is the share of samples marked correct.
+        # Its greedy test answers are scored (`rlhf_lab.evaluate.evaluate`, what python -m rlhf_lab.evaluate
+        # runs): the accuracy is the share of samples marked correct.
         metrics = json.loads((run / "eval" / "metrics.json").read_text())
         samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
         assert len(samples) == 4
