@@ -11,7 +11,9 @@ The objective is rebuilt from the run's resolved ``config.yaml`` (the same model
 reference: the base model the run started from), the trained weights are loaded, and Lightning validates
 on the held-out split: policies report their implicit-reward accuracy and margins, reward models their
 pairwise accuracy, all named as in training (``val/rewards/accuracies``). Greedy generations for the
-first ``samples`` held-out prompts are printed (reward models: the chosen and rejected scores instead).
+first ``samples`` held-out prompts are printed (reward models: the chosen and rejected scores instead). On a
+suite task (``data=suite``: verifiable answers) the completions are checked too: ``<split>/generation_accuracy``
+is the share giving the right answer (``length_bias``: also ``<split>/answer_length``; `answer_metrics`).
 Writes ``<run_dir>/eval/metrics.json`` and ``<run_dir>/eval/samples.jsonl``.
 
 Other ``key=value`` arguments override the run's config: ``group=option`` swaps a whole config group
