@@ -11,7 +11,9 @@ The objective is rebuilt from the run's resolved ``config.yaml`` (the same model
 reference: the base model the run started from), the trained weights are loaded, and Lightning validates
 on the held-out split: policies report their implicit-reward accuracy and margins, reward models their
 pairwise accuracy, all named as in training (``val/rewards/accuracies``). Greedy generations for the
-first ``samples`` held-out prompts are printed (reward models: the chosen and rejected scores instead).
+first ``samples`` held-out prompts are printed (reward models: the chosen and rejected scores instead). On a
+suite task (``data=suite``: verifiable answers) the completions are checked too: ``<split>/generation_accuracy``
+is the share giving the right answer (``length_bias``: also ``<split>/answer_length``; `answer_metrics`).
 Writes ``<run_dir>/eval/metrics.json`` and ``<run_dir>/eval/samples.jsonl``.
 
 Other ``key=value`` arguments override the run's config: ``group=option`` swaps a whole config group
@@ -319,11 +321,28 @@ def greedy_completions(
     return completions
 
 
+def answer_metrics(cfg: DictConfig, samples: list[dict[str, Any]]) -> dict[str, float]:
+    """On a suite task (``data=suite``, whose answers are verifiable): ``<split>/generation_accuracy``, the
+    share of the greedy ``samples`` giving the right answer, and for ``length_bias`` ``<split>/answer_length``
+    (`rlhf_lab.data.suite.generation_metrics`); each sample gets ``correct``. Empty on other data."""
+    from rlhf_lab.data.suite import answer_correct, generation_metrics
+
+    source = cfg.data.get("source") or {}
+    if not str(source.get("_target_", "")).endswith("SuiteTask") or source.get("rows", "pairs") != "pairs":
+        return {}
+    task, split = str(source.get("task")), str(cfg.data.get("eval_split", "val"))
+    for record in samples:
+        record["correct"] = answer_correct(task, record["completion"], record["chosen"])
+    completions = [record["completion"] for record in samples]
+    return generation_metrics(task, completions, [record["chosen"] for record in samples], split)
+
+
 def evaluate(options: EvalOptions) -> dict[str, Any]:
     """Validate and sample one run; writes ``metrics.json`` and ``samples.jsonl``; returns the metrics.
 
     Besides the ``val/`` metrics: ``generation/samples`` and ``generation/mean_new_tokens`` (mean length
-    in tokens of the greedy completions, EOS excluded; capped at ``max_new_tokens``) for policies.
+    in tokens of the greedy completions, EOS excluded; capped at ``max_new_tokens``) for policies, and on a
+    suite task the share of them giving the right answer (`answer_metrics`).
     """
     run_dir = Path(options.run_dir)
     run_cfg = load_config(run_dir)
@@ -338,6 +357,7 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     if samples and "new_tokens" in samples[0]:
         metrics["generation/samples"] = float(len(samples))
         metrics["generation/mean_new_tokens"] = sum(s["new_tokens"] for s in samples) / len(samples)
+        metrics.update(answer_metrics(cfg, samples))
 
     out_dir = Path(options.out_dir) if options.out_dir else run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)

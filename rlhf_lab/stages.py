@@ -33,7 +33,6 @@ only (later stages load the previous export with its dtype and attention impleme
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -111,7 +110,9 @@ def forwardable(overrides: list[str]) -> list[str]:
     return without(overrides, NOT_FORWARDED)
 
 
-def _for_stage(forwarded: list[str], first: bool, last: bool) -> list[str]:
+def stage_forwarded(forwarded: list[str], first: bool, last: bool) -> list[str]:
+    """The command line's overrides one stage gets: ``algo.*`` only the last, ``model=``/``model.*`` only the
+    first (a later one loads the previous export)."""
     kept = []
     for override in forwarded:
         key = override.lstrip("+~")
@@ -127,7 +128,7 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _initialised_from(previous: Stage) -> list[str]:
+def initialised_from(previous: Stage) -> list[str]:
     """The overrides that start a stage from ``previous``'s export (a text model); a sampling stage's: the
     model it sampled from when that was built from config (``model.json``'s ``built``), else nothing (the
     command's model, or the export before it, stays the source)."""
@@ -229,44 +230,78 @@ def _run_all(cfg: DictConfig, specs: list[StageSpec], forwarded: list[str], run_
         last = index == len(specs) - 1
         inputs = [*_stage_overrides(forwarded, spec, first=source is None, last=last), *spec.overrides]
         inputs = _with_stage_dirs(inputs, done)
-        from_previous = _initialised_from(source) if source is not None else []
+        from_previous = initialised_from(source) if source is not None else []
         inputs += from_previous
         if last:
-            stage_dir = run_dir
+            stage = _stage(spec.name, run_dir, inputs, spec.app)
         else:
-            key = _key(spec.name, inputs, done[-1].run_dir.name if done else None)
-            stage_dir = Path(cfg.paths.cache_dir) / "stages" / f"{spec.name}-{key}"
-        where = f"out_dir={stage_dir}" if spec.app is not None else f"hydra.run.dir={stage_dir}"
-        stage = Stage(spec.name, stage_dir, [*inputs, where], spec.app)
+            previous = done[-1].run_dir.name if done else None
+            stage = cached_stage(cfg.paths.cache_dir, spec.name, inputs, previous, spec.app)
         atomic_write_text(
             run_dir / "stages.json",
             json.dumps([{"name": s.name, "run_dir": str(s.run_dir)} for s in [*done, stage]], indent=2),
         )
-        # An earlier stage's directory is shared by every chain that reaches it with the same inputs (the jobs
-        # of a parallel --multirun): one trains it, the others wait for it and reuse it.
-        with directory_lock(stage_dir, "stage", wait=True) if not last else contextlib.nullcontext():
-            if not last and stage.finished:
-                print(
-                    f"stages: {spec.name} already {'done' if spec.app else 'trained'} in {stage_dir}, reused",
-                    flush=True,
-                )
-            else:
-                # An interrupted stage (checkpoints, not finished: its parent killed too) resumes; a finished
-                # last stage trains again, as any run started again in its directory, unless resume= is given.
-                # A sampling stage resumes by itself (its chunks).
-                interrupted = (stage_dir / "checkpoints").is_dir() and not run_finished(stage_dir)
-                _run(stage, resume=interrupted and not any(o.startswith("resume=") for o in inputs))
+        if last:
+            # A finished last stage trains again, as any run started again in its directory, unless resume=
+            # is given.
+            interrupted = (run_dir / "checkpoints").is_dir() and not run_finished(run_dir)
+            _run(stage, resume=interrupted and not any(o.startswith("resume=") for o in inputs))
+        else:
+            train_cached(stage)
         done.append(stage)
-        if spec.app is None or _initialised_from(stage):
+        if spec.app is None or initialised_from(stage):
             source = stage
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def _stage(name: str, run_dir: Path, inputs: list[str], app: str | None = None) -> Stage:
+    where = f"out_dir={run_dir}" if app is not None else f"hydra.run.dir={run_dir}"
+    return Stage(name, run_dir, [*inputs, where], app)
+
+
+def cached_stage(
+    cache_dir: str | Path, name: str, inputs: list[str], previous: str | None = None, app: str | None = None
+) -> Stage:
+    """The stage ``name`` with these overrides in ``<cache_dir>/stages/<name>-<key>``, the key hashing
+    everything that reaches it (``inputs``, the name, the directory name of the stage before it): the same
+    inputs, the same directory, whoever asks (a stage chain, a leaderboard's supervised start)."""
+    run_dir = Path(cache_dir) / "stages" / f"{name}-{_key(name, inputs, previous)}"
+    return _stage(name, run_dir, inputs, app)
+
+
+def train_cached(stage: Stage, log_file: Path | None = None, threads: int | None = None) -> bool:
+    """Train a cached stage unless it finished (then reuse it); an interrupted one resumes. Returns whether
+    it was reused.
+
+    Its directory is shared by everything that reaches it with the same inputs (the jobs of a parallel
+    --multirun, a leaderboard's tasks): one trains it, the others wait on its lock and reuse it.
+
+    Args:
+        stage: From `cached_stage`.
+        log_file: Where its output goes (None: this process's output).
+        threads: Cap its ``OMP_NUM_THREADS`` (several trained at a time).
+
+    Raises:
+        ChildFailed: It failed (one line naming it, its exit status and its log).
+    """
+    with directory_lock(stage.run_dir, "stage", wait=True):
+        if stage.finished:
+            done = "done" if stage.app else "trained"
+            print(f"stages: {stage.name} already {done} in {stage.run_dir}, reused", flush=True)
+            return True
+        # Checkpoints and no finished summary: interrupted (its parent killed too). A sampling stage resumes
+        # by itself (its chunks).
+        interrupted = (stage.run_dir / "checkpoints").is_dir() and not run_finished(stage.run_dir)
+        resume = interrupted and not any(o.startswith("resume=") for o in stage.overrides)
+        _run(stage, resume, log_file, threads)
+        return False
+
+
 def _stage_overrides(forwarded: list[str], spec: StageSpec, first: bool, last: bool) -> list[str]:
-    """The command line's overrides for ``spec`` (`_for_stage`); a stage that names its own ``data=`` gets
+    """The command line's overrides for ``spec`` (`stage_forwarded`); a stage that names its own ``data=`` gets
     none of the command's ``data`` overrides (they are the sampled prompts'); a sampling stage gets its
     options (as ``key=value``) after them."""
-    kept = _for_stage(forwarded, first, last)
+    kept = stage_forwarded(forwarded, first, last)
     if any(o.startswith("data=") for o in spec.overrides):
         kept = [o for o in kept if not o.lstrip("+~").startswith(("data=", "data."))]
     if spec.options:
@@ -274,8 +309,8 @@ def _stage_overrides(forwarded: list[str], spec: StageSpec, first: bool, last: b
     return kept
 
 
-def _run(stage: Stage, resume: bool) -> None:
-    """Train the stage; its output goes to this process's (it is the run's own log).
+def _run(stage: Stage, resume: bool, log_file: Path | None = None, threads: int | None = None) -> None:
+    """Train the stage; its output goes to this process's (it is the run's own log), or to ``log_file``.
 
     Raises:
         ChildFailed: It failed: one line naming it, its exit status and its log (its output is above).
@@ -288,10 +323,12 @@ def _run(stage: Stage, resume: bool) -> None:
         command = child_command([], module=f"rlhf_lab.{stage.app}")
         result = run_child(overrides, command=command, run_dir=stage.run_dir, env=child_env())
     else:
-        result = run_child(overrides, run_dir=stage.run_dir, env=child_env())
+        result = run_child(
+            overrides, run_dir=stage.run_dir, env=child_env(), log_file=log_file, threads=threads
+        )
     if not result.ok:
         # The child's log: Hydra's `<job name>.log` in its run directory (its console output is above).
-        logs = sorted(stage.run_dir.glob("*.log"))
+        logs = [log_file] if log_file is not None else sorted(stage.run_dir.glob("*.log"))
         shown = " ".join(o for o in stage.overrides if not o.startswith(("hydra.run.dir=", "out_dir=")))
         logged = f"; its log: {logs[0]} (its output is above)" if logs else "; its output is above"
         raise ChildFailed(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from rlhf_lab.evaluate import EvalOptions, evaluate, load_config, parse_args
+from rlhf_lab.evaluate import EvalOptions, answer_metrics, evaluate, load_config, parse_args
 from rlhf_lab.train import run
 from tests.conftest import compose_config
 
@@ -144,3 +144,21 @@ def test_group_overrides_compose_inside_another_hydra_app(tmp_path: Path) -> Non
         assert composed.algo.advantage_estimator == "grpo"
         assert OmegaConf.select(composed, "hydra.runtime.choices.data") in (None, "synthetic_rl")
         assert compose("app").option == 7
+
+
+def test_answer_metrics_score_greedy_answers_on_suite_tasks_only() -> None:
+    """On a suite task each greedy sample is checked against its (held-out, so right) chosen answer."""
+    suite = {"_target_": "rlhf_lab.data.SuiteTask", "task": "length_bias", "rows": "pairs"}
+    cfg = OmegaConf.create({"data": {"eval_split": "test", "source": suite}})
+    samples = [
+        {"completion": "It is a tool, if you ask me.", "chosen": "It is a tool."},
+        {"completion": "It is It is", "chosen": "It is an animal."},
+    ]
+    # Right, then degenerate (no answer); 8 and 4 words.
+    assert answer_metrics(cfg, samples) == {"test/generation_accuracy": 0.5, "test/answer_length": 6.0}
+    assert [sample["correct"] for sample in samples] == [True, False]
+    cfg.data.source.task, cfg.data.eval_split = "control", "val"
+    assert answer_metrics(cfg, samples[:1]) == {"val/generation_accuracy": 1.0}
+    # Other data has no verifiable answers.
+    synthetic = OmegaConf.create({"data": {"source": {"_target_": "rlhf_lab.data.SyntheticPreferences"}}})
+    assert answer_metrics(synthetic, samples) == {}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from rlhf_lab import analysis
 from rlhf_lab.errors import ConfigError
@@ -31,7 +32,15 @@ CSV_COLUMNS = [
     "failed",
     *(
         f"{column}_{stat}"
-        for column in ("accuracy", "margin", "completion_tokens", "tokens_per_sec", "wall_time_s")
+        for column in (
+            "accuracy",
+            "generation_accuracy",
+            "answer_length",
+            "margin",
+            "completion_tokens",
+            "tokens_per_sec",
+            "wall_time_s",
+        )
         for stat in ("mean", "low", "high")
     ),
     "val_accuracy_mean",
@@ -167,8 +176,9 @@ def test_leaderboard_two_objectives_two_seeds(tmp_path: Path) -> None:
     assert set(trained["objective"]) == {"dpo", "simpo"}
 
     md = (tmp_path / "leaderboard.md").read_text().splitlines()
-    assert md[0].startswith("| objective | seeds | setting | val accuracy")
-    assert [line.split(" | ")[0] for line in md[2:4]] == ["| dpo", "| simpo"]
+    assert md[0] == "Start: random init (every run from the command line's model)."
+    assert md[2].startswith("| objective | seeds | setting | val accuracy")
+    assert [line.split(" | ")[0] for line in md[4:6]] == ["| dpo", "| simpo"]
     assert_png(tmp_path / "leaderboard.png")
     assert "| dpo | 2 |" in result.stdout
 
@@ -351,7 +361,9 @@ def test_suite_leaderboard_tunes_on_val_reports_test_and_restarts(tmp_path: Path
     assert board["accuracy_mean"].tolist() == pytest.approx(mean.tolist())
     assert (board["rank"] >= 1).all() and board["wall_time_s_mean"].gt(0).all()
     md = (tmp_path / "leaderboard.md").read_text()
-    assert md.startswith("test accuracy (rank within the task):") and "### noise" in md
+    assert md.startswith("Start: random init") and "### noise" in md
+    assert "\ntest accuracy (rank within the task):" in md
+    assert "\ntest generation accuracy (greedy completions giving the right answer):" in md
     assert "| objective | control | noise |" in md
     assert_png(tmp_path / "heatmap.png")
 
@@ -620,3 +632,115 @@ def test_a_waiting_lock_waits_for_its_owner_then_takes_over(
         capsys.readouterr().out
         == f"stage: {tmp_path} is in use by process {owner.pid}: waiting for it to finish\n"
     )
+
+
+@pytest.mark.slow
+def test_suite_trains_one_sft_start_per_task_and_every_run_starts_from_and_is_referenced_to_it(
+    tmp_path: Path,
+) -> None:
+    """experiment=suite's supervised start (leaderboard.start=sft) on one task, 2 objectives (DPO and a named
+    variant) x 2 seeds: one SFT stage, every run from its export with it as the reference, greedy answers
+    scored on the test split, and the same board again reuses everything. (experiment=leaderboard: a tasks
+    override would merge into the suite's six.)"""
+    overrides = [
+        "experiment=leaderboard",
+        "leaderboard.start=sft",
+        "leaderboard.objectives=[dpo,cdpo]",
+        "leaderboard.variants={cdpo: ['algo=dpo', 'algo.label_smoothing=0.2']}",
+        "leaderboard.seeds=[0,1]",
+        "leaderboard.tasks={control: ['data=suite', 'data.source.task=control']}",
+        "leaderboard.grid=null",
+        "leaderboard.sft_overrides=['trainer.max_steps=6']",
+        "leaderboard.samples=4",
+        "leaderboard.max_new_tokens=8",
+        "leaderboard.max_parallel=2",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "data.source.num_train=64",
+        "data.source.num_eval=16",
+        "data=suite",
+        "data.source.num_test=16",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+    ]
+    board_dir = tmp_path / "board"
+    result = cli(*overrides, run_dir=board_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # One SFT stage for the task, trained once, in the stage cache.
+    (sft_dir,) = (tmp_path / "cache" / "stages").iterdir()
+    assert sft_dir.name.startswith("sft-") and (sft_dir / "summary.json").is_file()
+    assert result.stdout.count("stages: training sft") == 1
+    sft_config = OmegaConf.load(sft_dir / "config.yaml")
+    assert sft_config.algo._target_.endswith("SFT") and sft_config.trainer.max_steps == 6
+    # Every objective run (both objectives, both seeds) names its export and started from it: at the first
+    # step its policy is its reference, so every implicit reward is exactly 0.
+    runs = sorted((board_dir / "runs" / "control").glob("*_s?"))
+    assert [run.name for run in runs] == ["cdpo_s0", "cdpo_s1", "dpo_s0", "dpo_s1"]
+    for run in runs:
+        config = OmegaConf.load(run / "config.yaml")
+        assert config.model.name_or_path == str(sft_dir / "export"), run
+        first = pd.read_csv(run / "metrics.csv").dropna(subset=["train/rewards/margins"]).iloc[0]
+        for key in ("train/rewards/chosen", "train/rewards/rejected", "train/rewards/margins"):
+            assert abs(first[key]) < 1e-6, (run.name, key, first[key])
+        # Its greedy test answers are scored (`rlhf_lab.evaluate.evaluate`, what python -m rlhf_lab.evaluate
+        # runs): the accuracy is the share of samples marked correct.
+        metrics = json.loads((run / "eval" / "metrics.json").read_text())
+        samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
+        assert len(samples) == 4
+        assert metrics["test/generation_accuracy"] == sum(s["correct"] for s in samples) / 4
+    assert OmegaConf.load(runs[0] / "config.yaml").algo.label_smoothing == 0.2
+    board = pd.read_csv(board_dir / "leaderboard.csv")
+    assert board["generation_accuracy_mean"].between(0, 1).all() and board["seeds"].tolist() == [2, 2]
+    md = (board_dir / "leaderboard.md").read_text()
+    assert md.startswith("Start: supervised") and f"- control: `{sft_dir / 'export'}`; test generation" in md
+    assert "| generation accuracy |" in md
+
+    # The same board again: the SFT stage and every run are reused, nothing trains.
+    stamp = (sft_dir / "summary.json").stat().st_mtime
+    again = cli(*overrides, run_dir=board_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "leaderboard: training" not in again.stdout and "stages: training" not in again.stdout
+    assert f"stages: sft already trained in {sft_dir}, reused" in again.stdout
+    assert (sft_dir / "summary.json").stat().st_mtime == stamp
+
+
+def test_a_wrong_start_is_named_before_anything_runs(tmp_path: Path) -> None:
+    from rlhf_lab.leaderboard import run_leaderboard
+
+    cfg = compose_config(["experiment=suite", "leaderboard.start=pretrained"], run_dir=tmp_path, tiny=False)
+    with pytest.raises(
+        ConfigError, match=r"leaderboard.start='pretrained' is not supported; choose one of: sft, scratch"
+    ):
+        run_leaderboard(cfg)
+    cfg = compose_config(["experiment=suite", "leaderboard.sft_overrides=3"], run_dir=tmp_path, tiny=False)
+    with pytest.raises(ConfigError, match=r"leaderboard.sft_overrides=3: give a list of overrides"):
+        run_leaderboard(cfg)
+    assert not list(tmp_path.iterdir())
+
+
+def test_runs_of_a_supervised_start_take_its_model_not_the_command_lines() -> None:
+    cfg = compose_config(
+        ["experiment=leaderboard", "leaderboard.objectives=[dpo]", "leaderboard.seeds=[0]"], tiny=False
+    )
+    start = ["model=hub", "model.name_or_path=/cache/stages/sft-abc/export"]
+    forwarded = ["model.hidden_size=32", "trainer.max_steps=4"]
+    (job,) = plan(cfg, Path("out"), forwarded, starts={"": start})
+    assert "model.hidden_size=32" not in job.command and "trainer.max_steps=4" in job.command
+    assert all(o in job.command for o in start)
+    (scratch,) = plan(cfg, Path("out"), forwarded)
+    assert "model.hidden_size=32" in scratch.command and "model=hub" not in scratch.command
+
+
+def test_separated_pairs_are_the_non_overlapping_intervals() -> None:
+    from rlhf_lab.leaderboard.stats import separated_pairs
+
+    board = pd.DataFrame(
+        {
+            "task": ["a", "a", "a", "b", "b"],
+            "objective": ["dpo", "ipo", "cpo", "dpo", "ipo"],
+            # a: dpo [0.8, 0.9] lies above cpo [0.5, 0.7], ipo [0.6, 0.85] overlaps both; b: one seed (no CI).
+            "accuracy_low": [0.8, 0.6, 0.5, math.nan, 0.2],
+            "accuracy_high": [0.9, 0.85, 0.7, math.nan, 0.3],
+        }
+    )
+    assert separated_pairs(board) == [("a", "dpo", "cpo")]

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.stages import _for_stage, _specs, forwardable
+from rlhf_lab.stages import _specs, forwardable, stage_forwarded
 from tests.test_e2e import cli
 
 
@@ -22,9 +22,9 @@ def test_overrides_reach_the_stages_they_belong_to() -> None:
     forwarded = forwardable(given)
     assert forwarded == given[2:]
     # algo.* only to the last stage; model=/model.* only to the first (later ones load the previous export).
-    assert _for_stage(forwarded, first=True, last=False) == ["model=tiny", "model.hidden_size=32",
+    assert stage_forwarded(forwarded, first=True, last=False) == ["model=tiny", "model.hidden_size=32",
                                                              "trainer.max_steps=4", "data=suite"]  # fmt: skip
-    assert _for_stage(forwarded, first=False, last=True) == [
+    assert stage_forwarded(forwarded, first=False, last=True) == [
         "algo.beta=0.2",
         "trainer.max_steps=4",
         "data=suite",
@@ -95,7 +95,7 @@ def test_run_stages_reuses_finished_stages_resumes_interrupted_ones_and_chains_e
 
     started: list[tuple[str, list[str], bool]] = []
 
-    def fake_run(stage: stages.Stage, resume: bool) -> None:
+    def fake_run(stage: stages.Stage, resume: bool, *_: object) -> None:
         started.append((stage.name, stage.command, resume))
         stage.run_dir.mkdir(parents=True, exist_ok=True)
         (stage.run_dir / "export").mkdir(exist_ok=True)
@@ -193,7 +193,7 @@ def test_a_failed_stage_is_named_in_one_line_with_its_status_and_log(
 
     seen: list[dict[str, str]] = []
 
-    def failing_child(overrides: list[str], run_dir: Path, env: dict[str, str]) -> ChildResult:
+    def failing_child(overrides: list[str], run_dir: Path, env: dict[str, str], **_: object) -> ChildResult:
         seen.append(env)
         (run_dir / "__main__.log").write_text("Traceback ...\n")
         return ChildResult(returncode=1, run_dir=run_dir, summary=None, stderr_tail="Traceback ...")

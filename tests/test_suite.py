@@ -12,7 +12,15 @@ from omegaconf import OmegaConf
 
 from rlhf_lab.data import PreferenceDataModule, SuiteTask, SyntheticPreferences
 from rlhf_lab.data.formats import convert_rows
-from rlhf_lab.data.suite import FILLERS, KNOWLEDGE, TASKS
+from rlhf_lab.data.suite import (
+    FILLERS,
+    KNOWLEDGE,
+    TASKS,
+    answer_correct,
+    answer_of,
+    answer_words,
+    generation_metrics,
+)
 from rlhf_lab.data.synthetic import NAMES
 from rlhf_lab.errors import ConfigError
 from tests.conftest import compose_config
@@ -217,13 +225,24 @@ def test_dpo_accuracy_falls_with_the_flip_rate(tmp_path: Path) -> None:
     assert accuracies[0.4] <= accuracies[0.0] - 0.15, accuracies
 
 
-@pytest.mark.parametrize("experiment", ["suite", "suite_full", "suite_label_noise", "suite_dpo_family"])
+@pytest.mark.parametrize(
+    "experiment", ["suite", "suite_full", "suite_label_noise", "suite_scratch", "suite_dpo_family"]
+)
 def test_every_run_a_suite_plans_composes(experiment: str, tmp_path: Path) -> None:
-    """Each planned command line is a valid config (its task, grid keys and variants exist), before any run."""
-    from rlhf_lab.leaderboard import plan
+    """Each planned command line is a valid config (its task, grid keys and variants exist), before any run;
+    so is each task's SFT start, and every run of a task starts from that task's export."""
+    from rlhf_lab.leaderboard import plan, plan_starts
 
     cfg = compose_config([f"experiment={experiment}"], tiny=False)
-    jobs = plan(cfg, tmp_path, [])
+    starts = plan_starts(cfg, [])
+    supervised = experiment != "suite_scratch"
+    assert all((start.stage is not None) == supervised for start in starts.values())
+    # Not trained: the overrides its export would give (`Start.overrides` reads the trained stage's config).
+    from_export = {
+        task: ["model=hub", f"model.name_or_path={start.export}"] if start.stage is not None else []
+        for task, start in starts.items()
+    }
+    jobs = plan(cfg, tmp_path, [], starts=from_export)
     assert len({job.name for job in jobs}) == len(jobs)
     # The seed changes no key, and every task gets the same objectives: one task's runs, each task's first.
     first_of_each_task = {job.task: job for job in reversed(jobs)}.values()
@@ -234,8 +253,95 @@ def test_every_run_a_suite_plans_composes(experiment: str, tmp_path: Path) -> No
         assert run.data.source._target_ == "rlhf_lab.data.SuiteTask"
         for key, value in job.setting.items():
             assert OmegaConf.select(run, key) == value
+        if supervised:
+            assert run.model.name_or_path == str(starts[job.task].export)
+        else:
+            assert run.model._target_.endswith("TinyModel")
+    for start in starts.values():
+        if start.stage is not None:
+            sft = compose_config([o for o in start.stage.overrides if not o.startswith("hydra.")], tiny=False)
+            assert sft.algo._target_.endswith("SFT") and sft.data.source._target_.endswith("SuiteTask")
+    # One start per task, each in its own cached stage directory.
+    if supervised:
+        assert len({str(start.export) for start in starts.values()}) == len(starts)
     tasks = {job.task for job in jobs}
     assert len(tasks) >= 4
+
+
+# Hand-worked rows: (task, greedy completion, the test row's chosen answer, right?).
+CHECKED = [
+    ("control", "It is an animal.", "It is an animal.", True),
+    ("control", "It is a tool.", "It is an animal.", False),  # the other category
+    ("control", "It is an animal or a tool.", "It is an animal.", False),  # hedging names no one answer
+    ("control", "It is It is It is It is", "It is an animal.", False),  # degenerate: no answer at all
+    ("control", "", "It is an animal.", False),
+    ("in_context", "It is red. It is blue.", "It is red.", True),  # the first answer counts
+    ("in_context", "It is blue. It is red.", "It is red.", False),
+    (
+        "length_bias",
+        "It is a tool, if you ask me, as far as I know.",
+        "It is a tool.",
+        True,
+    ),  # filler: content
+    ("length_bias", "It is a tool.", "It is a tool, at least I think, I am quite sure.", True),
+    ("length_bias", "It is an animal, if you ask me.", "It is a tool, if you ask me.", False),
+    ("compositional", "It is not a tool.", "It is not a tool.", True),
+    ("compositional", "It is a tool.", "It is not a tool.", False),  # the polarity is the answer's half
+    ("compositional", "It is not an animal.", "It is not a tool.", False),
+    ("two_hop", "It is green.", "It is green.", True),
+    ("two_hop", "green", "It is green.", False),  # not in the answer's form
+]
+
+
+@pytest.mark.parametrize(("task", "completion", "chosen", "right"), CHECKED)
+def test_answer_checkers_on_hand_worked_rows(task: str, completion: str, chosen: str, right: bool) -> None:
+    assert answer_correct(task, completion, chosen) is right
+
+
+def test_answers_and_generation_metrics_by_hand() -> None:
+    assert answer_of("It is an animal, if you ask me.") == (False, "an animal")
+    assert answer_of("<|assistant|>It is not a tool.</s>") == (True, "a tool")
+    assert answer_of("It is It is") is None
+    # Words up to the first full stop: a bare answer is 4, then "if you ask me" 4 and "as far as I know" 5.
+    assert answer_words("It is a tool.") == 4
+    assert answer_words("It is a tool, if you ask me, as far as I know. It is") == 13
+    assert answer_words("It is It is It is") == 6
+    completions = ["It is a tool, if you ask me.", "It is an animal.", "It is It is It is"]
+    chosen = ["It is a tool.", "It is a tool.", "It is an animal, at least I think."]
+    # 1 of 3 right; lengths 8, 4, 6 -> 6.
+    assert generation_metrics("length_bias", completions, chosen, "test") == {
+        "test/generation_accuracy": pytest.approx(1 / 3),
+        "test/answer_length": 6.0,
+    }
+    assert generation_metrics("control", completions[:2], chosen[:2], "val") == {
+        "val/generation_accuracy": 0.5
+    }
+    assert generation_metrics("control", [], [], "test") == {}
+    with pytest.raises(ConfigError, match="data.source.task='ranking'"):
+        answer_correct("ranking", "It is red.", "It is red.")
+
+
+def test_every_held_out_chosen_answer_is_right_and_every_rejected_wrong() -> None:
+    """The checker agrees with the labels on every task's test rows: it scores answers, not the phrasing."""
+    for name in TASKS:
+        for row in rows(SuiteTask(task=name, num_train=40, num_eval=8, num_test=40), "test"):
+            chosen, rejected = text(row["chosen"]), text(row["rejected"])
+            assert answer_correct(name, chosen, chosen), (name, chosen)
+            assert not answer_correct(name, rejected, chosen), (name, rejected, chosen)
+
+
+def test_two_hop_answers_follow_the_link_to_a_fact() -> None:
+    task = SuiteTask(task="two_hop", num_train=500, num_eval=10, num_test=10, num_facts=3)
+    for row in rows(task, "train"):
+        prompt = text(row["prompt"])
+        (friend, owner) = re.search(r"(\w+) sits next to (\w+)\.", prompt).groups()  # type: ignore[union-attr]
+        assert prompt.endswith(f"of the one {friend} sits next to?")
+        chosen, rejected = answer(row["chosen"]), answer(row["rejected"])
+        # The chosen colour is the owner's; the rejected one is another fact's (both in the prompt).
+        assert re.search(rf"{owner} has a {chosen} |The \w+ of {owner} is {chosen}\.", prompt), prompt
+        assert rejected != chosen and re.search(rf"\b{rejected}\b", prompt)
+    with pytest.raises(ConfigError, match="data.source.num_facts"):
+        SuiteTask(task="two_hop", num_facts=1)
 
 
 @pytest.mark.parametrize("objective", ["dpo", "ipo", "simpo"])

@@ -23,12 +23,17 @@ plain rendering:
   a quarter of them are also asked negated in training and validation, and the test split negates only
   the others: it combines a seen object with a seen operation, never together. A model that memorised each
   object's answer words scores below chance there.
+- ``two_hop``: ``in_context`` with one more step: the prompt lists ``num_facts`` facts and who sits next to
+  whom ("Cy sits next to Ada."), and asks about the thing of the one someone sits next to; the rejected
+  colour is always another fact's, so only following both steps decides. The hard one: an SFT start leaves
+  room on it (docs/leaderboard.md).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,7 +41,7 @@ from rlhf_lab.data.sources import RowBlock, Splits
 from rlhf_lab.data.synthetic import CATEGORIES, NAMES, PLACES, TEMPLATES
 from rlhf_lab.errors import ConfigError, check_choice, check_range
 
-TASKS = ("control", "in_context", "label_noise", "length_bias", "compositional")
+TASKS = ("control", "in_context", "label_noise", "length_bias", "compositional", "two_hop")
 RENDERINGS = ("conversational", "plain")
 ROW_LAYOUTS = ("pairs", "prompts")
 LONG_SIDES = ("rejected", "chosen")
@@ -93,6 +98,62 @@ NEGATED = [
 NOT_ANSWER = "It is not {value}."
 
 
+# The answer a completion gives: "It is [not] <value>" up to the first comma or full stop (filler clauses come
+# after a comma, so they never change it). Values are lower case ("an animal", "red"): a degenerate "It is It
+# is ..." gives none.
+ANSWER_PATTERN = re.compile(r"It is (not )?([a-z][a-z ]*?)\s*[,.]")
+
+
+def answer_of(text: str) -> tuple[bool, str] | None:
+    """The first answer ``text`` gives: (negated, value), or None when it gives none.
+
+    ``answer_of("It is an animal, if you ask me.") == (False, "an animal")``;
+    ``answer_of("It is not a tool.") == (True, "a tool")``; ``answer_of("It is It is") is None``.
+    """
+    match = ANSWER_PATTERN.search(text)
+    return None if match is None else (match.group(1) is not None, match.group(2))
+
+
+def _same_answer(completion: str, chosen: str) -> bool:
+    """The completion's first answer is the chosen one's: value and polarity, filler ignored."""
+    given, right = answer_of(completion), answer_of(chosen)
+    return given is not None and given == right
+
+
+#: Task -> checker(completion, chosen) -> whether the completion gives the right answer. On held-out splits
+#: the chosen answer is always the right one (only training labels are ever flipped); every task answers
+#: "It is [not] <value>.", so one checker serves them all, keyed by task so a new task can bring its own.
+CHECKERS: dict[str, Callable[[str, str], bool]] = {task: _same_answer for task in TASKS}
+
+
+def answer_correct(task: str, completion: str, chosen: str) -> bool:
+    """Whether a greedy ``completion`` of a held-out ``task`` prompt gives the right answer (``chosen``)."""
+    check_choice("data.source.task", task, TASKS)
+    return CHECKERS[task](completion, chosen)
+
+
+def answer_words(completion: str) -> int:
+    """The completion's length in words, up to and including its first full stop (length_bias: 3 or 4 for
+    a bare answer, 4 more per filler clause); the whole completion when it has none."""
+    sentence = completion.split(".", 1)[0]
+    return len(sentence.split())
+
+
+def generation_metrics(
+    task: str, completions: Sequence[str], chosen: Sequence[str], split: str
+) -> dict[str, float]:
+    """``<split>/generation_accuracy``: the share of ``completions`` giving the right answer; with
+    ``length_bias`` also ``<split>/answer_length``: their mean length in words (`answer_words`). Empty for
+    no completions."""
+    if not completions:
+        return {}
+    right = [answer_correct(task, c, r) for c, r in zip(completions, chosen, strict=True)]
+    metrics = {f"{split}/generation_accuracy": sum(right) / len(right)}
+    if task == "length_bias":
+        metrics[f"{split}/answer_length"] = sum(map(answer_words, completions)) / len(completions)
+    return metrics
+
+
 @dataclass
 class Pair:
     """One generated pair before rendering; ``question`` identifies the prompt (splits never share one)."""
@@ -133,7 +194,7 @@ class SuiteTask:
             online RL with `rlhf_lab.rewards.exact_match`).
         flip_rate: Share of training pairs with chosen and rejected swapped (held-out labels stay clean);
             ``None``: the task's own (0.2 for ``label_noise``, else 0).
-        num_facts: ``in_context``: facts per prompt (more is harder).
+        num_facts: ``in_context`` and ``two_hop``: facts per prompt (more is harder; ``two_hop`` needs 2).
         context_distractors: ``in_context``: share of pairs whose rejected colour is another fact's (the
             asked name decides: harder); the others reject a colour the prompt does not mention.
         long_side: ``length_bias``: which answer carries the filler in training and validation.
@@ -162,6 +223,9 @@ class SuiteTask:
         if self.flip_rate is not None:
             check_range("data.source.flip_rate", self.flip_rate, 0.0, 0.5, high_inclusive=False)
         check_range("data.source.num_facts", self.num_facts, 1, len(COLOURS) - 1)
+        if self.task == "two_hop":
+            # Another fact's colour is the rejected answer, and the names (facts + the friend) must be distinct.
+            check_range("data.source.num_facts", self.num_facts, 2, len(NAMES) - 1)
         check_range("data.source.context_distractors", self.context_distractors, 0.0, 1.0)
         for key in ("num_train", "num_eval", "num_test"):
             check_range(f"data.source.{key}", getattr(self, key), 0)
@@ -188,6 +252,21 @@ class SuiteTask:
         in_context = mentioned and rng.random() < self.context_distractors
         distractor = rng.choice(mentioned if in_context else unmentioned)
         question = f"{facts} {rng.choice(QUESTIONS).format(name=names[asked], thing=thing)}"
+        return Pair(question, ANSWER.format(value=colours[asked]), ANSWER.format(value=distractor))
+
+    def _two_hop(self, rng: random.Random, split: str) -> Pair:
+        *owners, friend = rng.sample(NAMES, self.num_facts + 1)
+        colours = rng.sample(COLOURS, self.num_facts)
+        thing = rng.choice(THINGS)
+        sentences = [
+            rng.choice(FACT_TEMPLATES).format(name=name, colour=colour, thing=thing)
+            for name, colour in zip(owners, colours, strict=True)
+        ]
+        asked = rng.randrange(self.num_facts)
+        # The link sits anywhere among the facts: its position says nothing about the answer.
+        sentences.insert(rng.randrange(len(sentences) + 1), f"{friend} sits next to {owners[asked]}.")
+        question = f"{' '.join(sentences)} What colour is the {thing} of the one {friend} sits next to?"
+        distractor = rng.choice([c for i, c in enumerate(colours) if i != asked])
         return Pair(question, ANSWER.format(value=colours[asked]), ANSWER.format(value=distractor))
 
     def _control(self, rng: random.Random, split: str) -> Pair:

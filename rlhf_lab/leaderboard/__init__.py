@@ -22,8 +22,13 @@ Written to the run directory: ``leaderboard.md``, ``leaderboard.csv`` (one row p
 ``runs.csv`` (one row per run, tuning runs included), ``heatmap.png`` (objective x task) and, for one task,
 ``leaderboard.png`` (a bar per objective). `rlhf_lab.analysis.load_leaderboard` reads them back.
 
-The parts: `plan` (which runs, their command lines), `run` (training and evaluating them), `stats` (the
-numbers), `report` (the tables and files). ``python -m rlhf_lab.leaderboard [overrides]`` is
+Where the runs start (``leaderboard.start``): the command line's model (``scratch``), or per task one SFT
+model trained on the task's chosen answers (``sft``, experiment=suite), from whose export every objective run
+on the task starts and which is its reference (`rlhf_lab.leaderboard.start`). On suite tasks (verifiable
+answers) the greedy completions are also scored: the share giving the right answer, ``generation accuracy``.
+
+The parts: `plan` (which runs, their command lines), `start` (the SFT starts), `run` (training and evaluating
+them), `stats` (the numbers), `report` (the tables and files). ``python -m rlhf_lab.leaderboard [overrides]`` is
 ``python -m rlhf_lab experiment=leaderboard [overrides]``.
 """
 
@@ -58,6 +63,15 @@ from rlhf_lab.leaderboard.run import (
     train_all,
     train_one,
 )
+from rlhf_lab.leaderboard.start import (
+    STARTS,
+    Start,
+    describe_starts,
+    evaluate_starts,
+    plan_starts,
+    start_mode,
+    train_starts,
+)
 from rlhf_lab.leaderboard.stats import (
     BASELINE,
     COLUMNS,
@@ -72,15 +86,19 @@ __all__ = [
     "BASELINE",
     "COLUMNS",
     "NOT_FORWARDED",
+    "STARTS",
     "TIMING_FILE",
     "ChildFailed",
     "DirectoryInUse",
     "Job",
+    "Start",
     "choose_settings",
     "collect",
+    "describe_starts",
     "directory_lock",
     "diverged",
     "evaluate_all",
+    "evaluate_starts",
     "failures",
     "forwardable",
     "grid_settings",
@@ -89,16 +107,19 @@ __all__ = [
     "overview",
     "paired_p_value",
     "plan",
+    "plan_starts",
     "ranks",
     "report_split",
     "run_finished",
     "run_leaderboard",
     "setting_label",
+    "start_mode",
     "succeeded",
     "table",
     "tasks",
     "train_all",
     "train_one",
+    "train_starts",
     "tune_seeds",
     "write_report",
 ]
@@ -112,6 +133,7 @@ def run_leaderboard(cfg: DictConfig) -> pd.DataFrame:
     error (exit status 2): running the same command again retrains only what did not finish.
     """
     out_dir = Path(cfg.paths.run_dir)
+    start_mode(cfg.leaderboard)  # a wrong start named before anything trains
     with directory_lock(out_dir, "leaderboard"):
         result, failed = _run_leaderboard(cfg, out_dir)
     if failed:
@@ -130,18 +152,24 @@ def _run_leaderboard(cfg: DictConfig, out_dir: Path) -> tuple[pd.DataFrame, list
     forwarded = command_line_overrides(NOT_FORWARDED)
     parallel, rerun = int(board.get("max_parallel", 1)), bool(board.get("rerun", False))
     select, mode = str(board.get("select", "val/rewards/accuracies")), str(board.get("mode", "max"))
-    tuning = plan(cfg, out_dir, forwarded)
+    starts = plan_starts(cfg, forwarded)
+    train_starts(starts, out_dir, parallel)
+    start_overrides = {task: start.overrides for task, start in starts.items()}
+    tuning = plan(cfg, out_dir, forwarded, starts=start_overrides)
     codes = train_all(tuning, parallel, rerun, select)
-    jobs = plan(cfg, out_dir, forwarded, choose_settings(tuning, codes, select, mode))
+    jobs = plan(cfg, out_dir, forwarded, choose_settings(tuning, codes, select, mode), start_overrides)
     codes.update(train_all([job for job in jobs if job.name not in codes], parallel, rerun, select))
     evaluate_all(jobs, codes, int(board.samples), int(board.max_new_tokens))
     finished = [job for job in jobs if succeeded(job, codes)]
     split = report_split(finished[0]) if finished else "val"
+    evaluate_starts(starts, out_dir, int(board.samples), int(board.max_new_tokens), split)
     # Every run once (a tuning run of the chosen point is also a reported one); the reported ones are chosen.
     everything = collect(list({job.name: job for job in [*tuning, *jobs]}.values()), codes, split)
     everything["chosen"] = everything["run_dir"].isin([str(job.run_dir) for job in jobs])
     confidence = float(board.get("confidence", 0.95))
     result = table(everything[everything["chosen"]], jobs, codes, confidence, split)
-    text = write_report(out_dir, result, everything, confidence, int(board.samples), split)
+    text = write_report(
+        out_dir, result, everything, confidence, int(board.samples), split, describe_starts(starts, split)
+    )
     print(f"leaderboard: {out_dir.resolve()}\n{text}", flush=True)
     return result, failures(list({job.name: job for job in [*tuning, *jobs]}.values()), codes)

@@ -121,11 +121,14 @@ def plan(
     out_dir: Path,
     forwarded: list[str],
     chosen: dict[tuple[str, str], dict[str, Any]] | None = None,
+    starts: dict[str, list[str]] | None = None,
 ) -> list[Job]:
     """The jobs, objectives in the configured order within each task.
 
     Without ``chosen``: every grid point on the tuning seeds, and (objectives without a grid) every seed.
-    With ``chosen`` (``(task, objective) -> setting``): the chosen setting on every seed.
+    With ``chosen`` (``(task, objective) -> setting``): the chosen setting on every seed. ``starts``: task
+    -> the overrides that start its runs from its SFT model (`rlhf_lab.leaderboard.start`); the command
+    line's ``model`` overrides then went to that model, not to the runs.
     """
     board = cfg.leaderboard
     entries = _entries(board)
@@ -140,7 +143,10 @@ def plan(
                 if chosen is None and len(settings) > 1 and seed not in tuning:
                     continue
                 run_dir = out_dir / "runs" / job_name(task, objective, setting, seed)
-                overrides = _overrides(board, task, objective, entries[objective], forwarded, setting, seed)
+                start = (starts or {}).get(task) or []
+                overrides = _overrides(
+                    board, task, objective, entries[objective], forwarded, setting, seed, start
+                )
                 command = child_command([*overrides, f"hydra.run.dir={run_dir}"])
                 jobs.append(Job(objective, seed, run_dir, command, task, dict(setting)))
     return jobs
@@ -154,16 +160,20 @@ def _overrides(
     forwarded: list[str],
     setting: dict[str, Any],
     seed: int,
+    start: list[str] | None = None,
 ) -> list[str]:
-    """One run's overrides: its objective and seed, the command line's, the task's, the shared ones, the
-    objective's recipe, the grid point."""
+    """One run's overrides: its objective and seed, the command line's, the task's, the shared ones, its
+    start (the task's SFT export), the objective's recipe, the grid point."""
     per_objective = board.get("overrides") or {}
+    if start:
+        forwarded = [o for o in forwarded if not o.lstrip("+~").startswith(("model=", "model."))]
     return [
         *picks,
         f"seed={seed}",
         *forwarded,
         *tasks(board)[task],
         *[str(o) for o in board.get("shared_overrides") or []],
+        *(start or []),
         *[str(o) for o in per_objective.get(objective) or []],
         *[f"{key}={value}" for key, value in setting.items()],
     ]

@@ -16,9 +16,12 @@ from rlhf_lab.leaderboard.resumable import read_json_object
 from rlhf_lab.leaderboard.run import TIMING_FILE, diverged, succeeded
 
 #: Table columns: CSV name -> (metric in the per-run frame, markdown header, digits). ``{split}`` is the
-#: report split.
+#: report split. Generation accuracy (the share of greedy completions giving the right answer) and answer
+#: length exist on suite tasks only (`rlhf_lab.data.suite.generation_metrics`).
 COLUMNS: dict[str, tuple[str, str, int]] = {
     "accuracy": ("{split}/rewards/accuracies", "{split} accuracy", 3),
+    "generation_accuracy": ("{split}/generation_accuracy", "generation accuracy", 3),
+    "answer_length": ("{split}/answer_length", "answer length (words)", 1),
     "margin": ("{split}/rewards/margins", "reward margin", 3),
     "completion_tokens": ("generation/mean_new_tokens", "completion length (tokens)", 1),
     "tokens_per_sec": ("tokens_per_sec", "tokens/s", 0),
@@ -59,6 +62,8 @@ def _run_row(job: Job, run: pd.Series, throughput: pd.Series, split: str) -> dic
         "val/rewards/margins": run.get("val/rewards/margins", math.nan),
         f"{split}/rewards/accuracies": on_split("rewards/accuracies"),
         f"{split}/rewards/margins": on_split("rewards/margins"),
+        f"{split}/generation_accuracy": evaluated.get(f"{split}/generation_accuracy", math.nan),
+        f"{split}/answer_length": evaluated.get(f"{split}/answer_length", math.nan),
         "generation/mean_new_tokens": evaluated.get("generation/mean_new_tokens", math.nan),
         "tokens_per_sec": throughput.get(run["run_dir"], run.get("train/tokens_per_sec", math.nan)),
         "wall_time_s": _read_json(job.run_dir / TIMING_FILE).get("wall_time_s", math.nan),
@@ -127,6 +132,21 @@ def ranks(means: list[float], lows: list[float], highs: list[float]) -> list[int
             continue
         result.append(1 + sum(low > high for other, low in enumerate(lows) if other != index))
     return result
+
+
+def separated_pairs(board: pd.DataFrame, column: str = "accuracy") -> list[tuple[str, str, str]]:
+    """``(task, better, worse)`` for every pair of objectives on a task whose intervals of ``column`` do not
+    overlap (``better``'s low end above ``worse``'s high end); an entry without an interval (one seed)
+    separates nothing."""
+    pairs = []
+    for task in dict.fromkeys(board["task"]):
+        rows = board[board["task"] == task]
+        for _, better in rows.iterrows():
+            for _, worse in rows.iterrows():
+                low, high = better[f"{column}_low"], worse[f"{column}_high"]
+                if not (math.isnan(low) or math.isnan(high)) and low > high:
+                    pairs.append((str(task), str(better["objective"]), str(worse["objective"])))
+    return pairs
 
 
 def table(
