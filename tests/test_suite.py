@@ -265,7 +265,10 @@ def test_every_run_a_suite_plans_composes(experiment: str, tmp_path: Path) -> No
     if supervised:
         assert len({str(start.export) for start in starts.values()}) == len(starts)
     tasks = {job.task for job in jobs}
-    assert len(tasks) >= 4
+    if experiment == "suite_dpo_family":  # the suite's tasks set to null are left out
+        assert tasks == {"in_context", "two_hop"} and len({job.objective for job in jobs}) == 19
+    else:
+        assert len(tasks) >= 4
 
 
 # Hand-worked rows: (task, greedy completion, the test row's chosen answer, right?).

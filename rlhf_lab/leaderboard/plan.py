@@ -102,9 +102,14 @@ def grid_settings(board: DictConfig, objective: str) -> list[dict[str, Any]]:
 
 
 def tasks(board: DictConfig) -> dict[str, list[str]]:
-    """Task name -> its overrides; ``{"": []}`` (the command line's data) without ``leaderboard.tasks``."""
+    """Task name -> its overrides; ``{"": []}`` (the command line's data) without ``leaderboard.tasks``. A task
+    set to null is left out (a config that inherits the suite's tasks drops some: ``two_hop: null``)."""
     configured = board.get("tasks") or {}
-    named = {str(name): [str(o) for o in overrides or []] for name, overrides in configured.items()}
+    named = {
+        str(name): [str(o) for o in overrides]
+        for name, overrides in configured.items()
+        if overrides is not None
+    }
     return named or {"": []}
 
 
