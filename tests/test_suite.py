@@ -225,9 +225,7 @@ def test_dpo_accuracy_falls_with_the_flip_rate(tmp_path: Path) -> None:
     assert accuracies[0.4] <= accuracies[0.0] - 0.15, accuracies
 
 
-@pytest.mark.parametrize(
-    "experiment", ["suite", "suite_full", "suite_label_noise", "suite_scratch", "suite_dpo_family"]
-)
+@pytest.mark.parametrize("experiment", ["suite", "suite_full", "suite_label_noise", "suite_dpo_family"])
 def test_every_run_a_suite_plans_composes(experiment: str, tmp_path: Path) -> None:
     """Each planned command line is a valid config (its task, grid keys and variants exist), before any run;
     so is each task's SFT start, and every run of a task starts from that task's export."""
@@ -269,6 +267,19 @@ def test_every_run_a_suite_plans_composes(experiment: str, tmp_path: Path) -> No
         assert tasks == {"in_context", "two_hop"} and len({job.objective for job in jobs}) == 19
     else:
         assert len(tasks) >= 4
+
+
+def test_suite_scratch_is_the_suite_from_random_init() -> None:
+    from rlhf_lab.leaderboard import plan_starts
+
+    scratch = compose_config(["experiment=suite_scratch"], tiny=False).leaderboard
+    suite = compose_config(["experiment=suite"], tiny=False).leaderboard
+    assert scratch.start == "scratch" and suite.start == "sft"
+    cfg = compose_config(["experiment=suite_scratch"], tiny=False)
+    assert all(start.stage is None and not start.overrides for start in plan_starts(cfg, []).values())
+    # Everything else is the suite's: the same objectives, tasks, grid, budget and seeds.
+    for key in ("objectives", "tasks", "grid", "seeds", "shared_overrides", "samples"):
+        assert scratch[key] == suite[key], key
 
 
 # Hand-worked rows: (task, greedy completion, the test row's chosen answer, right?).
