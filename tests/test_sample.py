@@ -330,7 +330,7 @@ def test_rejection_sampling_chain_passes_the_samples_and_the_model_along(
     started: list[tuple[str, list[str]]] = []
     tiny_dir = tmp_path / "cache" / "tiny" / "abc"
 
-    def fake_run(stage: stages.Stage, resume: bool) -> None:
+    def fake_run(stage: stages.Stage, resume: bool, *_: object) -> None:
         started.append((stage.name, stage.command))
         stage.run_dir.mkdir(parents=True, exist_ok=True)
         if stage.app == "sample":
