@@ -51,6 +51,8 @@ DEVICE = {"gpu": False}
 
 def set_device(args: argparse.Namespace) -> None:
     DEVICE["gpu"] = bool(getattr(args, "gpu", False))
+
+
 SYSTEMS = (*RLHF_LAB_VARIANTS, "trl", "trl_precompute")
 
 

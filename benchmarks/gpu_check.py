@@ -45,7 +45,13 @@ FLOPS_PER_TOKEN = {"dpo_lora": 6, "dpo_qlora_nf4": 6, "kd": 8, "grpo": 8}
 PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 BODY = {
-    "full": {"hidden_size": 896, "num_layers": 24, "num_heads": 14, "num_kv_heads": 2, "intermediate_size": 4864},
+    "full": {
+        "hidden_size": 896,
+        "num_layers": 24,
+        "num_heads": 14,
+        "num_kv_heads": 2,
+        "intermediate_size": 4864,
+    },
     "dry": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128},
 }
 
@@ -73,25 +79,50 @@ def model_overrides(tokenizer: Path, dry_run: bool) -> list[str]:
     overrides = ["model=tiny", f"model.tokenizer={tokenizer}", f"model.chat_template={mistral_template()}"]
     overrides += [f"model.{k}={v}" for k, v in body.items()]
     if dry_run:
-        return [*overrides, "trainer=cpu", "trainer.max_steps=2", "data.batch_size=2", "trainer.limit_val_batches=1"]
-    return [*overrides, "model.dtype=bfloat16", "trainer=gpu", "trainer.max_steps=12", "trainer.limit_val_batches=2"]
+        return [
+            *overrides,
+            "trainer=cpu",
+            "trainer.max_steps=2",
+            "data.batch_size=2",
+            "trainer.limit_val_batches=1",
+        ]
+    return [
+        *overrides,
+        "model.dtype=bfloat16",
+        "trainer=gpu",
+        "trainer.max_steps=12",
+        "trainer.limit_val_batches=2",
+    ]
 
 
 def teacher_overrides(tokenizer: Path, dry_run: bool) -> list[str]:
     """KD's teacher: the same body and tokenizer, its own seed (a teacher twice as wide would not fit the
     window's budget; KD's cost is the student's pass plus one frozen forward either way)."""
     body = BODY["dry" if dry_run else "full"]
-    overrides = [f"teacher.tokenizer={tokenizer}", f"teacher.chat_template={mistral_template()}", "teacher.seed=1"]
+    overrides = [
+        f"teacher.tokenizer={tokenizer}",
+        f"teacher.chat_template={mistral_template()}",
+        "teacher.seed=1",
+    ]
     overrides += [f"teacher.{k}={v}" for k, v in body.items()]
     return overrides if dry_run else [*overrides, "teacher.dtype=bfloat16"]
 
 
 def parameters(body: dict[str, int], vocab: int) -> int:
     """A Llama body's parameter count (untied embeddings)."""
-    hidden, layers, heads, kv = body["hidden_size"], body["num_layers"], body["num_heads"], body["num_kv_heads"]
+    hidden, layers, heads, kv = (
+        body["hidden_size"],
+        body["num_layers"],
+        body["num_heads"],
+        body["num_kv_heads"],
+    )
     head_dim = hidden // heads
     attention = hidden * hidden * 2 + 2 * hidden * kv * head_dim
-    return 2 * vocab * hidden + layers * (attention + 3 * hidden * body["intermediate_size"] + 2 * hidden) + hidden
+    return (
+        2 * vocab * hidden
+        + layers * (attention + 3 * hidden * body["intermediate_size"] + 2 * hidden)
+        + hidden
+    )
 
 
 def peak_flops() -> float | None:
@@ -121,7 +152,9 @@ def one_run(name: str, overrides: list[str], workdir: Path, compose_only: bool) 
         return result
     summary = json.loads((run_dir / "summary.json").read_text())
     result["peak_mib"] = summary.get("gpu/max_memory_allocated_mib")
-    result["tokens_per_s"] = median_metric(run_dir, "train/tokens_per_sec") or summary.get("train/tokens_per_sec")
+    result["tokens_per_s"] = median_metric(run_dir, "train/tokens_per_sec") or summary.get(
+        "train/tokens_per_sec"
+    )
     return result
 
 
@@ -137,7 +170,9 @@ def median_metric(run_dir: Path, key: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, 2 steps")
     parser.add_argument("--workdir", default="gpu_check_runs")
     parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated, from " + ", ".join(RUNS))
@@ -153,7 +188,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results = []
     for name in [run for run in args.runs.split(",") if run]:
         extra = teacher_overrides(tokenizer, args.dry_run) if name == "kd" else []
-        result = one_run(name, [*overrides, *extra], workdir, compose_only=args.dry_run and name not in CPU_RUNS)
+        result = one_run(
+            name, [*overrides, *extra], workdir, compose_only=args.dry_run and name not in CPU_RUNS
+        )
         if peak and result.get("tokens_per_s"):
             result["mfu"] = FLOPS_PER_TOKEN.get(name, 8) * count * result["tokens_per_s"] / peak
         results.append(result)

@@ -69,7 +69,10 @@ def logps_of(variant: str, model, batch, args: argparse.Namespace):
             model._fused_head_added = True
         labels = batch["input_ids"].masked_fill(~batch["completion_mask"], -100)
         outputs = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, fused_lm_head=True
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=labels,
+            fused_lm_head=True,
         )
         return outputs.log_probs.sum(-1)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
