@@ -53,6 +53,7 @@ bench: install-dev
 	$(PY) benchmarks/logps_memory.py
 	$(PY) benchmarks/kd_memory.py
 	$(PY) benchmarks/dpo_vs_trl.py
+	$(PY) benchmarks/online_vs_trl.py
 	$(PY) benchmarks/generation_vs_hf.py
 	$(PY) benchmarks/decoder_levers.py
 	$(PY) benchmarks/startup.py --repo .

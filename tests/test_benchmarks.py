@@ -65,3 +65,22 @@ def test_vlm_dpo_vs_trl_trains_both_and_scores_them_with_one_evaluator(tmp_path:
         assert 0.0 <= row["accuracy"] <= 1.0
         if row["system"] == "rlhf_lab":
             assert row["accuracy"] == pytest.approx(row["rlhf_lab_val_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_online_vs_trl_gives_every_system_the_same_work(tmp_path: Path) -> None:
+    """`benchmarks/online_vs_trl.py --check-only`: rlhf_lab's GRPO and GKD and TRL's GRPOTrainer,
+    DistillationTrainer and GKDTrainer read the same prompt ids and generate the same number of tokens at every
+    step (the script raises otherwise), and each step's time splits into shares that add up to one."""
+    pytest.importorskip("trl")
+    benchmark = _load("online_vs_trl")
+    small = ["--hidden=32", "--layers=1", "--tokens=4", "--steps=1", "--check-only"]
+    report = benchmark.main([*small, "--workdir", str(tmp_path)])
+    assert set(report) == {"grpo", "gkd"}
+    for work, systems in report.items():
+        assert set(systems) == set(benchmark.SYSTEMS[work])
+        for (result,) in systems.values():
+            prompts, generations = benchmark.SHAPE[work]
+            assert result["work"][0][1] == prompts * generations * 4  # every row 4 tokens, EOS banned before
+            shares = [result[phase] for phase in ("generation", "reference", "training")]
+            assert all(0 < share < 1 for share in shares) and sum(shares) == pytest.approx(1)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_lab.data.batches import Sequences
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.train import build, run
 from tests.conftest import compose_config
@@ -100,6 +101,7 @@ def test_a_teacher_with_another_vocabulary_fails_before_training_naming_both() -
         (("algo=dpo", "teacher=tiny"), r"a teacher is set .* does not distil"),
         (("algo=kd", "teacher=tiny", "algo.beta=1.5"), r"algo.beta"),
         (("algo=gkd", "teacher=tiny", "algo.lmbda=2"), r"algo.lmbda"),
+        (("algo=gkd", "teacher=tiny", "algo.min_new_tokens=32"), r"algo.min_new_tokens"),
     ],
 )
 def test_bad_distillation_config_fails_before_any_model_loads(
@@ -162,6 +164,26 @@ def test_gkd_on_policy_batches_are_generated_by_the_student(
     assert ("train/completions/mean_length" in result.summary) == (fraction == 1.0)
     if fraction:
         assert 1 <= result.summary["train/completions/mean_length"] <= 6
+
+
+def test_gkd_min_new_tokens_bans_eos_until_then() -> None:
+    """``algo.min_new_tokens``: no on-policy completion ends before that many tokens (as transformers'
+    ``min_new_tokens``, which TRL's trainers take through ``generation_kwargs``)."""
+    objective, _, _ = build(compose_config(["algo=gkd", "teacher=tiny", "algo.min_new_tokens=5"]))
+    assert objective.sampling.min_new_tokens == 5
+    objective.configure_model()
+    model, eos = objective.policy.model, objective.tokenizer.eos_token_id
+    ids = torch.tensor([[5, 6, 7]] * 8)
+    prompts = Sequences(ids, torch.ones_like(ids), torch.zeros_like(ids, dtype=torch.bool))
+
+    def eos_likeliest(module: torch.nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.clone()
+        logits[..., eos] += 1e4  # only the ban keeps a row going
+        return logits
+
+    model.get_output_embeddings().register_forward_hook(eos_likeliest)
+    generation = objective.generate_with(model, prompts, objective.sampling, seeds=list(range(8)))
+    assert generation.lengths.tolist() == [6] * 8  # 5 banned steps, then EOS
 
 
 def test_gkd_coin_is_seeded_by_step() -> None:

@@ -359,6 +359,7 @@ class GKD(Distillation):
         seq_kd: Off-policy batches are teacher completions instead of the dataset's.
         max_new_tokens: Longest generated completion.
         generation_temperature: Sampling temperature of generation.
+        min_new_tokens: No EOS before this many generated tokens (transformers' ``min_new_tokens``).
         **kwargs: `Distillation` arguments (``beta`` 0.5, ``temperature`` 0.9 as in TRL's GKD).
     """
 
@@ -368,14 +369,18 @@ class GKD(Distillation):
         seq_kd: bool = False,
         max_new_tokens: int = 32,
         generation_temperature: float = 0.9,
+        min_new_tokens: int = 0,
         beta: float = 0.5,
         temperature: float = 0.9,
         **kwargs: Any,
     ) -> None:
         UNIT_INTERVAL.check("algo.lmbda", lmbda)
+        check_range("algo.min_new_tokens", min_new_tokens, 0, max_new_tokens - 1)
         super().__init__(beta=beta, temperature=temperature, **kwargs)
         self.lmbda, self.seq_kd = lmbda, seq_kd
-        self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=generation_temperature)
+        self.sampling = SamplingConfig(
+            max_new_tokens=max_new_tokens, temperature=generation_temperature, min_new_tokens=min_new_tokens
+        )
 
     def _coin(self, step: int) -> float:
         return (self.derived_seed("gkd", step) % 2**53) / 2**53
