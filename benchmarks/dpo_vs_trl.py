@@ -343,6 +343,63 @@ def time_sweep_run(args: argparse.Namespace, workdir: Path, reference: str, beta
     return {"wall_s": time.perf_counter() - start}
 
 
+# ------------------------------------------------------------------------------------------- ceiling
+def _matmul_rate(rows: int, inner: int, cols: int, repeats: int = 5) -> float:
+    """FLOP/s of ``[rows, inner] @ [inner, cols]`` forward and both backward products (best of ``repeats``)."""
+    import torch
+
+    a, b = torch.randn(rows, inner, requires_grad=True), torch.randn(inner, cols, requires_grad=True)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        (a @ b).backward(torch.ones(rows, cols))
+        best = min(best, time.perf_counter() - start)
+    return 3 * 2 * rows * inner * cols / best
+
+
+def ceiling(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    """The fastest a default DPO step could run here: its useful FLOPs (real tokens only, the policy's
+    forward and backward and the reference's forward) at this machine's measured matmul rates.
+
+    Per real decoder position (prefix-shared: each pair's prompt once) the decoder's matmuls cost
+    ``2 * decoder weights`` forward, attention ``4 * hidden`` per layer per attended position; the head
+    ``2 * hidden * vocab`` per completion token (the only positions it runs on). Backward costs twice the
+    forward. Each part is priced at the rate of a matmul of its own shape on these threads.
+    """
+    import itertools
+
+    from rlhf_lab.train import build
+
+    config = json.loads((workdir / "model" / "config.json").read_text())
+    hidden, vocab, layers = config["hidden_size"], config["vocab_size"], config["num_hidden_layers"]
+    decoder_weights = layers * (4 * hidden * hidden + 3 * hidden * config["intermediate_size"])
+    _, datamodule, _ = build(rlhf_lab_config(args, workdir))
+    datamodule.setup("fit")
+    positions = attended = completions = counted = 0
+    for batch in itertools.islice(datamodule.train_dataloader(), args.steps):
+        shared = batch.sequences.shared
+        if shared is None:
+            raise RuntimeError("the default DPO batch is expected to be prefix-shared here")
+        real = shared.segments >= 0
+        positions += int(real.sum())
+        attended += int((shared.attention()[:, 0] & real[:, :, None]).sum())
+        completions += int(batch.sequences.completion_mask.sum())
+        counted += _tokens(batch.sequences.attention_mask)
+    decoder_flops = 2 * decoder_weights * positions + 4 * hidden * layers * attended
+    head_flops = 2 * hidden * vocab * completions
+    # Policy: forward + backward (3x the forward); reference: forward (1x).
+    decoder_rate = _matmul_rate(positions // args.steps, hidden, config["intermediate_size"])
+    head_rate = _matmul_rate(completions // args.steps, hidden, vocab)
+    seconds = (4 / 3) * (decoder_flops / decoder_rate + head_flops / head_rate)
+    return {
+        "tokens_per_s": counted / seconds,
+        "gflop_per_step": 4 * (decoder_flops + head_flops) / args.steps / 1e9,
+        "decoder_gflops": decoder_rate / 1e9,
+        "head_gflops": head_rate / 1e9,
+        "head_share": head_flops / (decoder_flops + head_flops),
+    }
+
+
 # --------------------------------------------------------------------------------------------- main
 def child(args: argparse.Namespace) -> None:
     import torch
@@ -351,6 +408,8 @@ def child(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir)
     if args.child == "check":
         result = check(args, workdir)
+    elif args.child == "ceiling":
+        result = ceiling(args, workdir)
     elif args.child.startswith("sweep_"):
         _, reference, beta = args.child.split("_", 2)
         result = time_sweep_run(args, workdir, reference, float(beta))
@@ -465,7 +524,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             memory_ratio = [run["peak_mib"] / ref["peak_mib"] for run, ref in zip(runs, base, strict=True)]
             line += f"{_spread(speed_ratio):>22}{_spread(memory_ratio):>22}"
         print(line)
-    return {"check": checked, "results": results}
+    bound = run_child("ceiling", common)
+    line = (
+        f"ceiling: {bound['gflop_per_step']:.1f} GFLOP of useful work per default step "
+        f"({bound['head_share']:.0%} of it the head); matmul rates here {bound['decoder_gflops']:.0f} GFLOP/s "
+        f"(decoder shapes), {bound['head_gflops']:.0f} GFLOP/s (head shape): at most "
+        f"{bound['tokens_per_s']:.0f} tokens/s"
+    )
+    if base:
+        line += f" = {bound['tokens_per_s'] / statistics.median(r['tokens_per_s'] for r in base):.1f}x trl"
+    print(line)
+    return {"check": checked, "results": results, "ceiling": bound}
 
 
 #: (max_length, vocabulary) of the scaling sweep: max_length at a 32k vocabulary, the vocabulary at 512.
