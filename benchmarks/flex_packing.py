@@ -25,7 +25,7 @@ to 1.5e-6 relative), but flex_attention cannot train on CPU: its backward raises
 FlexAttention does not support backward on CPU`` (`torch.nn.attention.flex_attention._validate_device`),
 so the policy's step, the bulk of a DPO step, cannot use it. For the no-grad forward (the reference's part)
 it was faster at 1 thread (0.63x-0.96x of padded sharing's time, three invocations) but slower at 2 threads
-(1.47x, one run), after a cold inductor compile of 15-22 s per process (a new packed length may recompile).
+(1.47x, one run) and even at 1 thread on batch 1 (1.02x; rows [4, 400], packed 1419), after a cold inductor compile of 15-22 s per process (a new packed length may recompile).
 Dense packing is slower than padded sharing in every case (1.10x-1.39x: its attention is quadratic in the
 whole batch's length). Rerun when torch supports flex_attention's backward on CPU, or on a GPU.
 
