@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rlhf_lab.data.batches import Sequences
@@ -185,21 +186,62 @@ def _sample(
     generator: torch.Generator | None,
     uniforms: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B]`` next tokens from ``[B, V]`` logits, and their log-probs under ``softmax(logits / temperature)``
-    (before top-k/top-p filtering)."""
-    if sampling.do_sample:
-        scaled = logits / sampling.temperature
-        filtered = _filter_logits(scaled, sampling.top_k, sampling.top_p)
-        if uniforms is None:
-            token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
-        else:
-            cdf = filtered.softmax(-1).double().cumsum(-1)
-            target = (uniforms[:, step] * cdf[:, -1]).unsqueeze(-1)
-            token = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
-    else:
-        scaled = logits
+    """``[B]`` next tokens from ``[B, V]`` logits (scaled in place), and their log-probs under
+    ``softmax(logits / temperature)`` (before top-k/top-p filtering)."""
+    if not sampling.do_sample:
         token = logits.argmax(-1)
-    return token, scaled.log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
+        return token, _token_logps(logits, token)
+    scaled = logits if sampling.temperature == 1.0 else logits.div_(sampling.temperature)
+    filtered = _filter_logits(scaled, sampling.top_k, sampling.top_p)
+    if uniforms is None:
+        token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+        return token, _token_logps(scaled, token)
+    token, log_normalizer = _invert_cdf(filtered, uniforms[:, step])
+    if filtered is not scaled:
+        return token, _token_logps(scaled, token)
+    chosen = scaled.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+    return token, (chosen.double() - log_normalizer).float()
+
+
+def _token_logps(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    return logits.log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
+
+
+#: Tokens per block of `_invert_cdf`'s two-level CDF.
+_CDF_BLOCK = 256
+
+
+def _invert_cdf(logits: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B]`` tokens drawn from ``softmax(logits)`` by inverting each row's CDF at its ``[B]`` float64
+    uniform, and the rows' float64 log-normalizers (logsumexp).
+
+    The CDF is summed in two levels, over blocks of `_CDF_BLOCK` tokens and then within the block the
+    uniform lands in, instead of a cumulative sum over the vocabulary (a sequential scan, once the loop's
+    costliest op). Every reduction is within one row, so a row draws the same token in any batch.
+    """
+    batch, vocab = logits.shape
+    peak = logits.amax(-1, keepdim=True)
+    weights = (logits - peak).exp_()
+    if vocab % _CDF_BLOCK:
+        weights = F.pad(weights, (0, -vocab % _CDF_BLOCK))
+    blocks = weights.view(batch, -1, _CDF_BLOCK)
+    # Block sums in fp32 (a pairwise sum, as exact as the fp32 weights; casting them all to fp64 cost more
+    # than the rest of the draw), accumulated over the blocks in fp64.
+    cdf = blocks.sum(-1).double().cumsum(-1)
+    total = cdf[:, -1:]
+    target = uniform.unsqueeze(-1) * total
+    block = _first_above(cdf, target)
+    target = target - F.pad(cdf, (1, 0)).gather(-1, block)  # the mass of the blocks before it
+    within = blocks.gather(1, block.unsqueeze(-1).expand(-1, -1, _CDF_BLOCK)).squeeze(1)
+    token = block * _CDF_BLOCK + _first_above(within.cumsum(-1, dtype=torch.float64), target)
+    return token.squeeze(-1), (peak.double() + total.log()).squeeze(-1)
+
+
+def _first_above(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[B, 1]`` index of each row's first ``cdf`` entry above ``target``, never past the row's last entry
+    with mass (a target rounded up to the total would land on the zero-mass tail)."""
+    last = (cdf < cdf[:, -1:]).sum(-1, keepdim=True)
+    return torch.minimum(torch.searchsorted(cdf, target, right=True), last)
 
 
 def _end_rows(
