@@ -211,13 +211,9 @@ def _sample(
     filtered = _filter_logits(scaled, sampling.top_k, sampling.top_p)
     if uniforms is None:
         token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
-        return token, _token_logps(scaled, token)
-    token, log_normalizer = _invert_cdf(filtered, uniforms[:, step])
-    if filtered is not scaled:
-        return token, _token_logps(scaled, token)
-    # Unfiltered, the draw's normalizer is the log-prob's (and ``scaled`` is now shifted by its max).
-    chosen = scaled.gather(-1, token.unsqueeze(-1)).squeeze(-1)
-    return token, (chosen.double() - log_normalizer).float()
+    else:
+        token = _invert_cdf(filtered, uniforms[:, step])
+    return token, _token_logps(scaled, token)
 
 
 def _token_logps(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
@@ -228,17 +224,16 @@ def _token_logps(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
 _CDF_BLOCK = 256
 
 
-def _invert_cdf(logits: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _invert_cdf(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """``[B]`` tokens drawn from ``softmax(logits)`` by inverting each row's CDF at its ``[B]`` float64
-    uniform, and the rows' float64 log-normalizers (logsumexp) after ``logits`` were shifted in place by
-    their rows' maxima.
+    uniform.
 
     The CDF is summed in two levels, over blocks of `_CDF_BLOCK` tokens and then within the block the
     uniform lands in, instead of a cumulative sum over the vocabulary (a sequential scan, once the loop's
     costliest op). Every reduction is within one row, so a row draws the same token in any batch.
     """
     batch, vocab = logits.shape
-    weights = logits.sub_(logits.amax(-1, keepdim=True)).exp()
+    weights = (logits - logits.amax(-1, keepdim=True)).exp_()
     if vocab % _CDF_BLOCK:
         weights = F.pad(weights, (0, -vocab % _CDF_BLOCK))
     blocks = weights.view(batch, -1, _CDF_BLOCK)
@@ -251,7 +246,7 @@ def _invert_cdf(logits: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tens
     target = target - F.pad(cdf, (1, 0)).gather(-1, block)  # the mass of the blocks before it
     within = blocks.gather(1, block.unsqueeze(-1).expand(-1, -1, _CDF_BLOCK)).squeeze(1)
     token = block * _CDF_BLOCK + _first_above(within.cumsum(-1, dtype=torch.float64), target)
-    return token.squeeze(-1), total.log().squeeze(-1)
+    return token.squeeze(-1)
 
 
 def _first_above(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
