@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,7 +156,7 @@ def _row_uniforms(
     ).to(device)
 
 
-def _fast_head(head: nn.Module, device: torch.device) -> Any:
+def _fast_head(head: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """The output head as the loop applies it: on CPU, a plain linear head multiplies by a contiguous copy
     of its transposed weight (made once per `generate`: MKL's GEMM runs the ``[B, H] x [H, V]`` product
     about a third faster that way than with the transposed ``[V, H]`` weight). The module itself elsewhere,
@@ -174,7 +174,7 @@ def _fast_head(head: nn.Module, device: torch.device) -> Any:
 
 def _next_token_logits(
     decoder: nn.Module,
-    head: Any,
+    head: Callable[[torch.Tensor], torch.Tensor],
     step_inputs: dict[str, Any],
     cache: Any,
     banned: torch.Tensor | None,
@@ -392,9 +392,9 @@ def generate(
     Returns:
         `Generation`.
     """
-    decoder, head = decoder_and_head(model)
+    decoder, head_module = decoder_and_head(model)
     device, batch = prompts.input_ids.device, prompts.input_ids.shape[0]
-    head = _fast_head(head, device)
+    head = _fast_head(head_module, device)
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
     banned_ids = multimodal_token_ids(model)
     banned = torch.tensor(banned_ids, device=device) if banned_ids else None
