@@ -160,8 +160,11 @@ def _fast_head(head: nn.Module, device: torch.device) -> Callable[[torch.Tensor]
     """The output head as the loop applies it: on CPU, a plain linear head multiplies by a contiguous copy
     of its transposed weight (made once per `generate`: MKL's GEMM runs the ``[B, H] x [H, V]`` product
     about a third faster that way than with the transposed ``[V, H]`` weight). The module itself elsewhere,
-    and always for a sharded (DTensor) or adapted head."""
+    and always for an adapted or a sharded head (FSDP2's DTensor, ZeRO-3's empty partition outside the
+    forward that gathers it)."""
     if device.type != "cpu" or type(head) is not nn.Linear or type(head.weight) is not nn.Parameter:
+        return head
+    if head.weight.shape != (head.out_features, head.in_features):
         return head
     weight = head.weight.t().contiguous()
     bias = head.bias
