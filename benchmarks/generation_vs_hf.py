@@ -17,6 +17,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+# This checkout's rlhf_lab, not the installed one (an editable install may point at another checkout).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def measure(args: argparse.Namespace) -> dict[str, float]:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rlhf_lab.data.batches import Sequences
@@ -155,9 +156,28 @@ def _row_uniforms(
     ).to(device)
 
 
+def _fast_head(head: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The output head as the loop applies it: on CPU, a plain linear head multiplies by a contiguous copy
+    of its transposed weight (made once per `generate`: MKL's GEMM runs the ``[B, H] x [H, V]`` product
+    about a third faster that way than with the transposed ``[V, H]`` weight). The module itself elsewhere,
+    and always for an adapted or a sharded head (FSDP2's DTensor, ZeRO-3's empty partition outside the
+    forward that gathers it)."""
+    if device.type != "cpu" or type(head) is not nn.Linear or type(head.weight) is not nn.Parameter:
+        return head
+    if head.weight.shape != (head.out_features, head.in_features):
+        return head
+    weight = head.weight.t().contiguous()
+    bias = head.bias
+    return (
+        (lambda hidden: hidden @ weight)
+        if bias is None
+        else (lambda hidden: torch.addmm(bias, hidden, weight))
+    )
+
+
 def _next_token_logits(
     decoder: nn.Module,
-    head: nn.Module,
+    head: Callable[[torch.Tensor], torch.Tensor],
     step_inputs: dict[str, Any],
     cache: Any,
     banned: torch.Tensor | None,
@@ -185,21 +205,58 @@ def _sample(
     generator: torch.Generator | None,
     uniforms: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B]`` next tokens from ``[B, V]`` logits, and their log-probs under ``softmax(logits / temperature)``
-    (before top-k/top-p filtering)."""
-    if sampling.do_sample:
-        scaled = logits / sampling.temperature
-        filtered = _filter_logits(scaled, sampling.top_k, sampling.top_p)
-        if uniforms is None:
-            token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
-        else:
-            cdf = filtered.softmax(-1).double().cumsum(-1)
-            target = (uniforms[:, step] * cdf[:, -1]).unsqueeze(-1)
-            token = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
-    else:
-        scaled = logits
+    """``[B]`` next tokens from ``[B, V]`` logits (scaled in place), and their log-probs under
+    ``softmax(logits / temperature)`` (before top-k/top-p filtering)."""
+    if not sampling.do_sample:
         token = logits.argmax(-1)
-    return token, scaled.log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
+        return token, _token_logps(logits, token)
+    scaled = logits if sampling.temperature == 1.0 else logits.div_(sampling.temperature)
+    filtered = _filter_logits(scaled, sampling.top_k, sampling.top_p)
+    if uniforms is None:
+        token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+    else:
+        token = _invert_cdf(filtered, uniforms[:, step])
+    return token, _token_logps(scaled, token)
+
+
+def _token_logps(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    return logits.log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
+
+
+#: Tokens per block of `_invert_cdf`'s two-level CDF.
+_CDF_BLOCK = 256
+
+
+def _invert_cdf(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """``[B]`` tokens drawn from ``softmax(logits)`` by inverting each row's CDF at its ``[B]`` float64
+    uniform.
+
+    The CDF is summed in two levels, over blocks of `_CDF_BLOCK` tokens and then within the block the
+    uniform lands in, instead of a cumulative sum over the vocabulary (a sequential scan, once the loop's
+    costliest op). Every reduction is within one row, so a row draws the same token in any batch.
+    """
+    batch, vocab = logits.shape
+    weights = (logits - logits.amax(-1, keepdim=True)).exp_()
+    if vocab % _CDF_BLOCK:
+        weights = F.pad(weights, (0, -vocab % _CDF_BLOCK))
+    blocks = weights.view(batch, -1, _CDF_BLOCK)
+    # Block sums in fp32 (a pairwise sum, as exact as the fp32 weights; casting them all to fp64 cost more
+    # than the rest of the draw), accumulated over the blocks in fp64.
+    cdf = blocks.sum(-1).double().cumsum(-1)
+    total = cdf[:, -1:]
+    target = uniform.unsqueeze(-1) * total
+    block = _first_above(cdf, target)
+    target = target - F.pad(cdf, (1, 0)).gather(-1, block)  # the mass of the blocks before it
+    within = blocks.gather(1, block.unsqueeze(-1).expand(-1, -1, _CDF_BLOCK)).squeeze(1)
+    token = block * _CDF_BLOCK + _first_above(within.cumsum(-1, dtype=torch.float64), target)
+    return token.squeeze(-1)
+
+
+def _first_above(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[B, 1]`` index of each row's first ``cdf`` entry above ``target``, never past the row's last entry
+    with mass (a target rounded up to the total would land on the zero-mass tail)."""
+    last = (cdf < cdf[:, -1:]).sum(-1, keepdim=True)
+    return torch.minimum(torch.searchsorted(cdf, target, right=True), last)
 
 
 def _end_rows(
@@ -226,16 +283,22 @@ class _Rows:
     positions: torch.Tensor
     finished: torch.Tensor
     width: int
+    static: bool
 
     @classmethod
-    def start(cls, prompts: Sequences, positions: torch.Tensor, length: int) -> _Rows:
-        """Every prompt's row, its mask preallocated for ``length`` more tokens."""
+    def start(cls, prompts: Sequences, positions: torch.Tensor, length: int, static: bool) -> _Rows:
+        """Every prompt's row, its mask preallocated for ``length`` more tokens (``static``: for a static KV
+        cache, which every pass attends over whole, so every pass gets the whole mask)."""
         batch, width = prompts.input_ids.shape
         mask = prompts.attention_mask.new_zeros(batch, width + length)
         mask[:, :width] = prompts.attention_mask
         device = prompts.input_ids.device
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        return cls(torch.arange(batch, device=device), mask, positions, finished, width)
+        return cls(torch.arange(batch, device=device), mask, positions, finished, width, static)
+
+    def mask(self, step: int) -> torch.Tensor:
+        """The attention mask of the pass at step ``step`` (its columns up to that token's)."""
+        return self.attention_mask if self.static else self.attention_mask[:, : self.width + step]
 
     def next_inputs(self, tokens: torch.Tensor, step: int) -> dict[str, Any]:
         """The pass after step ``step``: each row's token alone, its mask so far, positions advanced by one
@@ -243,18 +306,40 @@ class _Rows:
         self.positions = self.positions[..., -1:] + 1
         return {
             "input_ids": tokens[self.index, step].unsqueeze(1),
-            "attention_mask": self.attention_mask[:, : self.width + step + 1],
+            "attention_mask": self.mask(step + 1),
             "position_ids": self.positions,
         }
 
     def keep(self, keep: torch.Tensor, cache: Any) -> None:
         """Drop the rows not in ``keep`` (a bool mask) from the batch and from ``cache``."""
         kept = keep.nonzero().squeeze(1)
-        cache.batch_select_indices(kept)
+        if self.static:
+            _select_static_rows(cache, kept)
+        else:
+            cache.batch_select_indices(kept)
         self.index, self.attention_mask = self.index[kept], self.attention_mask[kept]
         # Multimodal rotary positions are [3, B, T]: the batch is the second-to-last axis either way.
         self.positions = self.positions.index_select(-2, kept)
         self.finished = self.finished[kept]
+
+
+def _static_cache(model: nn.Module, length: int) -> Any:
+    """A transformers ``StaticCache`` for ``length`` positions: keys and values preallocated on the first
+    pass and written in place at each step after (no per-step concatenation)."""
+    from transformers import StaticCache
+
+    causal_lm: Any = unwrap_model(model)
+    return StaticCache(config=causal_lm.config, max_cache_len=length)
+
+
+def _select_static_rows(cache: Any, kept: torch.Tensor) -> None:
+    """Keep the rows ``kept`` of a ``StaticCache`` (whose layers have no ``batch_select_indices``): one copy
+    per compaction, the new tensors' addresses static again for CUDA graphs."""
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[kept], layer.values[kept]
+        layer.batch_size = len(kept)
+        torch._dynamo.mark_static_address(layer.keys)
+        torch._dynamo.mark_static_address(layer.values)
 
 
 def _compact(rows: _Rows, cache: Any, share: float) -> None:
@@ -280,6 +365,8 @@ def generate(
     generator: torch.Generator | None = None,
     row_seeds: list[int] | None = None,
     compact_at: float = 0.5,
+    static_cache: bool = False,
+    compile: bool = False,
 ) -> Generation:
     """Complete left-padded ``prompts`` with ``model`` (a causal LM, possibly peft-wrapped; a vision-language
     model reads the prompts' images in its first pass and never generates its image tokens).
@@ -298,25 +385,38 @@ def generate(
         compact_at: Drop finished rows from the batch (and the KV cache) once this share of it has finished
             (0: never); later steps compute only the rows still going. With ``generator`` (one stream for
             the batch) rows are never dropped: which rows share a draw would change what each samples.
+        static_cache: Keep the KV cache in transformers' ``StaticCache``, preallocated for the prompts and
+            the longest completion and written in place, instead of growing it by concatenation. Same
+            tokens and log-probs.
+        compile: Run each one-token pass (over a static cache, which it implies) through
+            ``torch.compile(mode="reduce-overhead")``: CUDA graphs on a GPU, where the loop is otherwise
+            bound by kernel launches. The first call compiles.
 
     Returns:
         `Generation`.
     """
-    decoder, head = decoder_and_head(model)
+    decoder, head_module = decoder_and_head(model)
     device, batch = prompts.input_ids.device, prompts.input_ids.shape[0]
+    head = _fast_head(head_module, device)
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
     banned_ids = multimodal_token_ids(model)
     banned = torch.tensor(banned_ids, device=device) if banned_ids else None
     uniforms = _row_uniforms(row_seeds, batch, sampling, device)
     if sampling.do_sample and uniforms is None:
         compact_at = 0.0
-    # The first pass reads the prompts (and their images) and makes the model's own cache; later ones a token.
-    step_inputs, cache, cache_name = forward_inputs(decoder, prompts), None, cache_keyword(decoder)
-    rows = _Rows.start(prompts, step_inputs["position_ids"], sampling.max_new_tokens)
+    static_cache = static_cache or compile
+    # The first pass reads the prompts (and their images) and fills the cache (without a static one, the
+    # model makes its own); later ones a token.
+    step_inputs, cache_name = forward_inputs(decoder, prompts), cache_keyword(decoder)
+    rows = _Rows.start(prompts, step_inputs["position_ids"], sampling.max_new_tokens, static_cache)
+    step_inputs["attention_mask"] = rows.mask(0)
+    cache = _static_cache(model, rows.attention_mask.shape[1]) if static_cache else None
+    decode = torch.compile(_next_token_logits, mode="reduce-overhead") if compile else _next_token_logits
     out = _Outputs.empty(batch, sampling.max_new_tokens, pad_token_id, device)
     with _eval_mode(model):
         for step in range(sampling.max_new_tokens):
-            logits, cache = _next_token_logits(decoder, head, step_inputs, cache, banned, cache_name)
+            forward = decode if step else _next_token_logits  # the prompts' pass has its own shapes
+            logits, cache = forward(decoder, head, step_inputs, cache, banned, cache_name)
             if step < sampling.min_new_tokens:
                 logits[:, eos] = float("-inf")
             row_uniforms = None if uniforms is None else uniforms[rows.index]

@@ -189,3 +189,71 @@ def test_dropping_finished_rows_changes_no_token_and_computes_fewer_rows(
     assert min(results[(0.5, "sizes")]) < prompts.num_rows  # finished rows left the batch
     lengths = kept.lengths.tolist()
     assert len(set(lengths)) > 1 and min(lengths) < 16  # rows did end at different steps
+
+
+def test_row_seeded_draws_invert_each_rows_cdf() -> None:
+    """The two-level CDF inversion draws the token a cumulative sum over the whole vocabulary does, the same
+    for a row alone as in a batch, and never a masked (-inf) or padding token, even for a target rounded up
+    to the row's total."""
+    from rlhf_lab.generation import _first_above, _invert_cdf
+
+    generator = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(64, 1000, generator=generator)  # not a whole number of blocks
+    logits[:, 900:] = float("-inf")  # filtered out, as top-k/top-p leave them
+    uniforms = torch.rand(64, generator=generator, dtype=torch.float64)
+    uniforms[0] = 1 - 2**-53
+    cdf = logits.softmax(-1).double().cumsum(-1)
+    expected = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    tokens = _invert_cdf(logits, uniforms)
+    assert torch.equal(tokens, expected)
+    alone = torch.cat([_invert_cdf(logits[row : row + 1], uniforms[row : row + 1]) for row in range(64)])
+    assert torch.equal(alone, tokens)
+    cdf = torch.tensor([[0.5, 1.0, 1.0]], dtype=torch.float64)
+    assert _first_above(cdf, torch.tensor([[1.0]], dtype=torch.float64)).item() == 1
+
+
+@pytest.mark.parametrize("do_sample", [True, False], ids=["row-seeded", "greedy"])
+def test_a_static_kv_cache_gives_the_same_tokens_and_log_probs(policy_and_prompts, do_sample) -> None:
+    """transformers' ``StaticCache``, written in place (``static_cache=True``), against the default cache:
+    rows ending at different steps (several end tokens), finished rows dropped from both."""
+    policy, prompts, tokenizer = policy_and_prompts
+    free = policy.generate(prompts, SamplingConfig(max_new_tokens=16, do_sample=False),
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    ends = sorted({int(row[3]) for row in free.completion_ids} | {tokenizer.eos_token_id})
+    sampling = SamplingConfig(max_new_tokens=16, temperature=0.8, do_sample=do_sample)
+    ids = dict(
+        eos_token_id=ends, pad_token_id=tokenizer.pad_token_id, row_seeds=list(range(prompts.num_rows))
+    )
+    default, static = (
+        policy.generate(prompts, sampling, **ids, static_cache=static) for static in (False, True)
+    )
+    assert torch.equal(default.completion_ids, static.completion_ids)
+    assert torch.equal(default.completion_mask, static.completion_mask)
+    assert torch.equal(default.truncated, static.truncated)
+    assert_close(default.logps, static.logps, atol=1e-5, rtol=0)
+    assert len(set(default.lengths.tolist())) > 1  # rows ended at different steps: the batch was compacted
+
+
+@pytest.mark.slow
+def test_a_compiled_decoding_step_gives_the_same_tokens_and_log_probs() -> None:
+    """``compile=True`` (the one-token pass through ``torch.compile``, over a static cache; CUDA graphs only
+    on a GPU) samples what the eager loop does. Compiling takes about 20 s on CPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhf_lab.data.batches import Sequences
+    from rlhf_lab.generation import generate
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    tokens = torch.randint(3, 1000, (4, 8))
+    attention = torch.ones_like(tokens)
+    attention[1, :3] = 0
+    prompts = Sequences(tokens, attention, torch.zeros_like(tokens, dtype=torch.bool))
+    sampling = SamplingConfig(max_new_tokens=12)
+    ids = dict(eos_token_id=list(range(3, 60)), pad_token_id=0, row_seeds=[0, 1, 2, 3])
+    eager, compiled = (generate(model, prompts, sampling, **ids, compile=flag) for flag in (False, True))
+    assert torch.equal(eager.completion_ids, compiled.completion_ids)
+    assert torch.equal(eager.completion_mask, compiled.completion_mask)
+    assert_close(eager.logps, compiled.logps, atol=1e-5, rtol=0)
