@@ -174,7 +174,7 @@ class Policy(nn.Module):
 
     def generate(self, prompts: Sequences, sampling: SamplingConfig, **ids: Any) -> Generation:
         """Sample completions of left-padded ``prompts``: `rlhf_lab.generation.generate` on the policy
-        (``eos_token_id``, ``pad_token_id``, ``generator``; KV cache, EOS stop)."""
+        (``eos_token_id``, ``pad_token_id``, ``generator``, ``row_seeds``, ``static_cache``, ``compile``)."""
         return generate(self.model, prompts, sampling, **ids)
 
     @contextlib.contextmanager

@@ -176,12 +176,12 @@ def test_gkd_min_new_tokens_bans_eos_until_then() -> None:
     ids = torch.tensor([[5, 6, 7]] * 8)
     prompts = Sequences(ids, torch.ones_like(ids), torch.zeros_like(ids, dtype=torch.bool))
 
-    def eos_likeliest(module: torch.nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.clone()
-        logits[..., eos] += 1e4  # only the ban keeps a row going
-        return logits
-
-    model.get_output_embeddings().register_forward_hook(eos_likeliest)
+    # Every final hidden state is all ones and EOS's head row is large: EOS is the likeliest token
+    # everywhere, so only the ban keeps a row going.
+    decoder = model.get_decoder()
+    decoder.norm.register_forward_hook(lambda module, inputs, hidden: torch.ones_like(hidden))
+    with torch.no_grad():
+        model.get_output_embeddings().weight[eos] = 100.0
     generation = objective.generate_with(model, prompts, objective.sampling, seeds=list(range(8)))
     assert generation.lengths.tolist() == [6] * 8  # 5 banned steps, then EOS
 

@@ -367,7 +367,10 @@ def test_corrected_runs_are_exact_under_accumulation(tmp_path: Path) -> None:
         "algo.importance_sampling_correction=sequence_truncate",
         "algo.sampler_temperature=0.7",
     ]
+    # Unshared rows: packing a micro-batch's prompts changes its float rounding with the micro-batch
+    # (`test_shared_and_unshared_rollouts_train_alike` bounds that), and this equality is exact.
     common += ["algo.importance_sampling_cap=1.1", "trainer.max_steps=2", "optim.eps=1e-5"]
+    common.append("data.prefix_sharing=false")
     whole = trained(tmp_path, "whole", *common, "trainer.accumulate_grad_batches=1")
     split = trained(tmp_path, "split", *common, "trainer.accumulate_grad_batches=2")
     initial = build(compose_config([*SMALL, *common]))[0]

@@ -13,6 +13,7 @@ from torch.testing import assert_close
 
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.objectives.online import Rollout, completion_metrics, reward_metrics
+from rlhf_lab.rl.rollout import share_completions
 from rlhf_lab.train import build, run
 from tests.conftest import compose_config
 from tests.naive import full_logits
@@ -92,9 +93,13 @@ def _naive_token_logps(model, rollout: Rollout, temperature: float) -> torch.Ten
     return logps[:, rollout.prompt_width - 1 :] * rollout.mask
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
-def test_grpo_loss_and_metrics_equal_the_naive_computation(loss_type: str) -> None:
-    """One micro-batch: loss, policy_loss, kl, clip ratios and entropy against full-softmax arithmetic."""
+@pytest.mark.parametrize(
+    ("loss_type", "share_prompts"),
+    [("grpo", False), ("grpo", True), ("dr_grpo", False), ("dapo", True), ("bnpo", False)],
+)
+def test_grpo_loss_and_metrics_equal_the_naive_computation(loss_type: str, share_prompts: bool) -> None:
+    """One micro-batch: loss, policy_loss, kl, clip ratios and entropy against full-softmax arithmetic (the
+    teacher-forced passes reading each prompt once for its completions, or once per row)."""
     objective, rollout = _objective_and_rollout(
         "algo=grpo",
         f"algo.loss_type={loss_type}",
@@ -102,6 +107,9 @@ def test_grpo_loss_and_metrics_equal_the_naive_computation(loss_type: str) -> No
         "algo.temperature=0.7",
         "algo.epsilon_high=0.3",
     )
+    objective.share_prompts = share_prompts
+    if share_prompts:  # the passes below do read packed rows
+        assert objective._forwarded(rollout).shared is not None
     mask = rollout.mask.float()
     naive = _naive_token_logps(objective.policy.model, rollout, 0.7)
     reference = _naive_token_logps(objective.reference.model.model, rollout, 0.7)
@@ -220,7 +228,8 @@ def test_batch_8_accumulation_1_equals_4_x_2(tmp_path: Path, overrides: tuple[st
     """One rollout of 8 completions, two passes over it: splitting each optimiser step into 2 micro-batches
     gives the same weights (policy and value model) as one micro-batch of 8."""
     # Adam's eps above float noise: a gradient that is 0 up to rounding would otherwise step by +-lr.
-    common = [*overrides, "trainer.max_steps=2", "optim.eps=1e-5"]
+    # Unshared rows: a micro-batch's packed prompts round with its own width (bounded separately below).
+    common = [*overrides, "trainer.max_steps=2", "optim.eps=1e-5", "data.prefix_sharing=false"]
     if overrides[0] != "algo=ppo":
         common.append("algo.num_iterations=2")
     whole = trained(tmp_path, "whole", *common, "trainer.accumulate_grad_batches=1")
@@ -241,6 +250,19 @@ def test_batch_8_accumulation_1_equals_4_x_2(tmp_path: Path, overrides: tuple[st
         assert (
             whole.summary["train/is_ratio/clipped_frac"] == split.summary["train/is_ratio/clipped_frac"] > 0
         )
+
+
+def test_shared_and_unshared_rollouts_train_alike(tmp_path: Path) -> None:
+    """``data.prefix_sharing`` (on by default) packs each prompt's completions for the teacher-forced passes:
+    training with it, with gradient accumulation, ends where unshared rows end, up to float rounding."""
+    common = ["algo=grpo", "algo.beta=0.1", "trainer.max_steps=2", "optim.eps=1e-5", "algo.num_iterations=2"]
+    shared = trained(tmp_path, "shared", *common, "trainer.accumulate_grad_batches=2")
+    assert shared.objective.share_prompts
+    unshared = trained(tmp_path, "unshared", *common, "data.prefix_sharing=false")
+    assert not unshared.objective.share_prompts
+    for name, value in weights(unshared).items():
+        assert_close(weights(shared)[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert shared.summary["train/kl"] == pytest.approx(unshared.summary["train/kl"], rel=1e-3, abs=1e-7)
 
 
 def test_rollouts_are_seeded_by_prompt_and_sample_not_by_batch_layout() -> None:
@@ -307,6 +329,10 @@ def test_samples_are_written_every_n_rollouts(tmp_path: Path) -> None:
             r"algo.min_new_tokens=12 must be below algo.max_new_tokens=12",
         ),
         (("algo=grpo", "algo.overlong_buffer_len=20"), r"algo.overlong_buffer_len=20 must be below"),
+        (
+            ("algo=grpo", "algo.cache_implementation=paged"),
+            r"algo.cache_implementation='paged' is not supported; choose one of: dynamic, static",
+        ),
         (("algo=grpo", "algo.top_entropy_quantile=1.5"), r"algo.top_entropy_quantile"),
         (
             ("algo=grpo", "algo.advantage_estimator=reinforce_pp_baseline", "algo.num_generations=1"),
@@ -477,6 +503,52 @@ def test_top_entropy_quantile_masks_the_low_entropy_tokens_of_the_rollout() -> N
     kept, dropped = entropies[token_mask], entropies[rollout.mask & ~token_mask]
     assert float(kept.min()) >= float(dropped.max())
     assert abs(float(token_mask.sum()) / float(rollout.mask.sum()) - 0.25) < 0.1
+
+
+def test_a_static_cache_engine_samples_what_the_default_one_samples() -> None:
+    """``algo.cache_implementation=static``: the engine decodes over a preallocated cache, and every row gets
+    the same tokens and sampler log-probs as under the default growing cache."""
+    samples = {}
+    for cache in ("dynamic", "static"):
+        overrides = [*SMALL, "algo=grpo", f"algo.cache_implementation={cache}", "data.eval_batch_size=4"]
+        objective, datamodule, _ = build(compose_config(overrides))
+        objective.configure_model()
+        assert objective.engine.decoding == {"static_cache": cache == "static", "compile": False}
+        samples[cache] = objective.sample(
+            next(iter(datamodule.val_dataloader())), objective.sampling, 3, 0, 1
+        )
+    dynamic, static = samples["dynamic"], samples["static"]
+    assert torch.equal(dynamic.completion_ids, static.completion_ids)
+    assert torch.equal(dynamic.completion_mask, static.completion_mask)
+    torch.testing.assert_close(dynamic.logps, static.logps, rtol=0, atol=1e-5)
+
+
+def test_completions_of_one_prompt_read_it_once_with_the_same_values_and_gradients() -> None:
+    """`share_completions`: a rollout's completions packed behind their prompt give each row's per-token
+    log-probs and their gradients as the unshared rows do (prompts and completions of different lengths)."""
+    objective, rollout = _objective_and_rollout("algo=grpo")
+    shared = share_completions(rollout.sequences, rollout.prompt_width)
+    assert shared.shared is not None and shared.shared.input_ids.shape[0] == rollout.size // 2
+    # Every real unshared position reads the packed position that holds its token.
+    packed = shared.shared.input_ids[shared.shared.source_rows, shared.shared.source_positions]
+    real = rollout.sequences.attention_mask.bool()
+    assert torch.equal(packed[real], rollout.sequences.input_ids[real])
+    results = []
+    for share in (False, True):
+        objective.share_prompts = share
+        objective.policy.zero_grad()
+        logps, _ = objective.token_stats(rollout)
+        (logps * rollout.mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in objective.policy.named_parameters() if p.grad is not None}
+        results.append((logps.detach() * rollout.mask, grads))
+    (unshared, unshared_grads), (packed_logps, packed_grads) = results
+    assert_close(packed_logps, unshared, rtol=1e-5, atol=1e-5)
+    assert unshared_grads.keys() == packed_grads.keys()
+    for name, grad in unshared_grads.items():
+        assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # A rollout whose adjacent rows never share a prompt is left as it is.
+    alone = rollout.rows(torch.arange(0, rollout.size, 2))
+    assert share_completions(alone.sequences, alone.prompt_width) is alone.sequences
 
 
 def test_min_new_tokens_holds_back_eos() -> None:

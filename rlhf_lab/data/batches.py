@@ -76,7 +76,8 @@ class ImageInputs:
 
 @dataclass
 class SharedPrompts:
-    """Pairs packed one row each, ``[prompt | chosen | rejected]``, so the decoder reads each prompt once.
+    """Pairs packed one row each, ``[prompt | chosen | rejected]``, so the decoder reads each prompt once
+    (and, for a rollout, ``[prompt | completion 1 | ... | completion G]``: `share_completions`).
 
     The rejected block attends to the prompt and to itself, never to the chosen block, and its positions
     restart where the chosen block's start, so each block sees exactly what it sees in its own row.
@@ -86,8 +87,8 @@ class SharedPrompts:
     Attributes:
         input_ids: ``[B, L]`` packed token ids (right-padded).
         position_ids: ``[B, L]``.
-        segments: ``[B, L]`` 0 prompt, 1 chosen, 2 rejected, -1 padding.
-        source_rows: ``[2B, T]`` the packed row of each unshared position.
+        segments: ``[B, L]`` 0 prompt, 1 chosen, 2 rejected (``k``: the ``k``-th completion), -1 padding.
+        source_rows: ``[2B, T]`` the packed row of each unshared position (``[N, T]`` for a rollout).
         source_positions: ``[2B, T]`` its position in that row (0 at padding).
     """
 
@@ -103,7 +104,9 @@ class SharedPrompts:
         length = segments.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
         allowed = causal[None] & (segments >= 0)[:, None, :]
-        allowed &= ~((segments[:, :, None] == 2) & (segments[:, None, :] == 1))
+        # A completion block sees the prompt and itself, never another completion block.
+        query, key = segments[:, :, None], segments[:, None, :]
+        allowed &= ~((query >= 1) & (key >= 1) & (query != key))
         # A padding query sees itself: a row with nothing to attend to would be NaN, and NaN times a zero
         # attention weight is still NaN in the next layer.
         allowed |= torch.eye(length, dtype=torch.bool, device=segments.device)[None]

@@ -159,6 +159,7 @@ class OnlineObjective(RolloutObjective):
 
     def check_data(self, datamodule: Any) -> None:
         self.keep_prompt_data(datamodule)
+        self.share_prompts = bool(getattr(datamodule, "prefix_sharing", False))
         rows = datamodule.batch_size * self.num_generations
         accumulate = self.runtime.accumulate_grad_batches
         if rows % (self.num_mini_batches * accumulate):

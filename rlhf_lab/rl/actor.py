@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 
-from rlhf_lab.data.batches import PromptBatch
+from rlhf_lab.data.batches import PromptBatch, Sequences
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.generation import Generation, SamplingConfig, stop_and_pad_ids
 from rlhf_lab.rl.controls import high_entropy_mask
@@ -20,7 +20,7 @@ from rlhf_lab.rl.engine import ENGINES, RolloutEngine
 from rlhf_lab.rl.failures import RewardFailures
 from rlhf_lab.rl.metrics import completion_metrics
 from rlhf_lab.rl.parts import RLParts
-from rlhf_lab.rl.rollout import Completions, Rollout, ScoredSamples
+from rlhf_lab.rl.rollout import Completions, Rollout, ScoredSamples, share_completions
 from rlhf_lab.rl.samples import sample_rows, write_samples
 from rlhf_lab.rl.scoring import RewardScorer, Scores
 from rlhf_lab.rl.update import correct_sampler, estimate_advantages, shape_rewards
@@ -53,6 +53,8 @@ class RolloutActor(RewardFailures):
     _rollout_tokens: int
     #: The data module the objective was built with (`prompt_data` when no trainer holds one).
     _prompt_data: Any = None
+    #: Teacher-forced passes read each prompt once for its completions (``data.prefix_sharing``).
+    share_prompts: bool = False
 
     if TYPE_CHECKING:  # for type checking only: a definition here would shadow the real ones
 
@@ -302,13 +304,22 @@ class RolloutActor(RewardFailures):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[n, L]`` policy log-probs of the sampled tokens at the sampling temperature (and entropies)."""
         stats = self.policy(
-            rollout.sequences, per_token=True, entropy=entropy, temperature=self.sampling.temperature
+            self._forwarded(rollout), per_token=True, entropy=entropy, temperature=self.sampling.temperature
         )
         width = rollout.prompt_width
         return stats.token_logps[:, width:], stats.token_entropy[:, width:] if entropy else None
 
+    def _forwarded(self, rollout: Rollout) -> Sequences:
+        """The rows a teacher-forced pass reads: with ``share_prompts``, each prompt once for its completions
+        (`share_completions`; the same values and gradients as the unshared rows)."""
+        if not self.share_prompts:
+            return rollout.sequences
+        return share_completions(rollout.sequences, rollout.prompt_width)
+
     def _reference_token_logps(self, rollout: Rollout) -> torch.Tensor:
-        stats = self.reference.run(rollout.sequences, per_token=True, temperature=self.sampling.temperature)
+        stats = self.reference.run(
+            self._forwarded(rollout), per_token=True, temperature=self.sampling.temperature
+        )
         return stats.token_logps[:, rollout.prompt_width :].float()
 
     def _values(self, rollout: Rollout) -> torch.Tensor:

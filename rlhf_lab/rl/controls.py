@@ -21,6 +21,10 @@
 - ``sampler_temperature``: the in-process engine samples, and reports log-probs, at this temperature while
   the trainer scores at ``temperature``: a sampler that disagrees with the trainer, standing in for vLLM's
   numerics in tests and debugging (None: ``temperature``).
+- ``cache_implementation`` / ``compile_generation``: how the in-process engine decodes. ``static`` keeps the KV
+  cache preallocated and written in place (transformers' ``StaticCache``; TRL's ``cache_implementation``);
+  ``compile_generation`` runs each one-token pass through ``torch.compile(mode="reduce-overhead")`` over a
+  static cache (CUDA graphs on a GPU). Both sample exactly what the default (a growing cache) samples.
 """
 
 from __future__ import annotations
@@ -47,7 +51,11 @@ CONTROL_SETTINGS: dict[str, tuple[Any, Any]] = {
     "importance_sampling_correction": (Optional[str], None),  # noqa: UP045
     "importance_sampling_cap": (float, 3.0),
     "sampler_temperature": (Optional[float], None),  # noqa: UP045
+    "cache_implementation": (str, "dynamic"),
+    "compile_generation": (bool, False),
 }
+#: ``algo.cache_implementation``'s choices: transformers' growing cache, or a preallocated one.
+CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,8 @@ class Controls:
     importance_sampling_correction: str | None = None
     importance_sampling_cap: float = 3.0
     sampler_temperature: float | None = None
+    cache_implementation: str = "dynamic"
+    compile_generation: bool = False
 
     @classmethod
     def take(cls, values: dict[str, Any]) -> Controls:
@@ -90,6 +100,7 @@ class Controls:
         check_range("algo.importance_sampling_cap", controls.importance_sampling_cap, 1.0)
         if controls.sampler_temperature is not None:
             check_range("algo.sampler_temperature", controls.sampler_temperature, 0.0, low_inclusive=False)
+        check_choice("algo.cache_implementation", controls.cache_implementation, CACHE_IMPLEMENTATIONS)
         return controls
 
     def check(self, *, beta: float, max_new_tokens: int) -> None:
@@ -132,8 +143,14 @@ class Controls:
         return self.importance_sampling_correction is not None
 
     def engine_kwargs(self) -> dict[str, Any]:
-        """What the controls add to the rollout engine's constructor (``sampler_temperature``)."""
-        return {} if self.sampler_temperature is None else {"temperature": self.sampler_temperature}
+        """What the controls add to the rollout engine's constructor (``sampler_temperature``, the cache)."""
+        kwargs: dict[str, Any] = {
+            "static_cache": self.cache_implementation == "static",
+            "compile": self.compile_generation,
+        }
+        if self.sampler_temperature is not None:
+            kwargs["temperature"] = self.sampler_temperature
+        return kwargs
 
     def reward_kl(self) -> str:
         """The estimator of the KL penalty in the reward."""

@@ -40,19 +40,29 @@ class InProcessEngine:
         temperature: Sample, and report log-probs, at this temperature instead of the trainer's
             (``algo.sampler_temperature``): a sampler whose log-probs differ from teacher forcing, a stand-in
             for vLLM's in tests and debugging of the importance-sampling correction. None: the trainer's.
+        static_cache: Decode over a preallocated KV cache written in place (``algo.cache_implementation``).
+        compile: Compile the one-token pass (``algo.compile_generation``; CUDA graphs on a GPU).
     """
 
     def __init__(
-        self, policy: Any, token_ids: Callable[[], dict[str, Any]], temperature: float | None = None
+        self,
+        policy: Any,
+        token_ids: Callable[[], dict[str, Any]],
+        temperature: float | None = None,
+        static_cache: bool = False,
+        compile: bool = False,
     ) -> None:
         self.policy = policy
         self.token_ids = token_ids
         self.temperature = temperature
+        self.decoding = {"static_cache": static_cache, "compile": compile}
 
     def generate(self, prompts: Sequences, sampling: SamplingConfig, row_seeds: list[int]) -> Generation:
         if self.temperature is not None and sampling.do_sample:
             sampling = dataclasses.replace(sampling, temperature=self.temperature)
-        return self.policy.generate(prompts, sampling, row_seeds=row_seeds, **self.token_ids())
+        return self.policy.generate(
+            prompts, sampling, row_seeds=row_seeds, **self.token_ids(), **self.decoding
+        )
 
     def update_weights(self, model: nn.Module) -> None:
         """Nothing to do: the engine reads the live weights."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rlhf_lab.data.batches import Sequences
+from rlhf_lab.data.batches import Sequences, SharedPrompts
 from rlhf_lab.generation import Generation
 
 
@@ -127,3 +127,46 @@ class ScoredSamples:
     rewards: torch.Tensor
     kept: torch.Tensor | None
     metrics: dict[str, torch.Tensor]
+
+
+def share_completions(sequences: Sequences, prompt_width: int) -> Sequences:
+    """``sequences`` (rollout rows: prompts left-padded to ``prompt_width``, completions after) with each run
+    of adjacent rows that share a prompt also packed as one row, ``[prompt | completion 1 | ... | completion
+    G]`` (`SharedPrompts`): the decoder reads a prompt once for its ``G`` completions, and every position's
+    hidden state is the one the unshared rows give. Returned unchanged when no two adjacent rows share one.
+    """
+    ids, mask = sequences.input_ids, sequences.attention_mask
+    same = (ids[1:, :prompt_width] == ids[:-1, :prompt_width]).all(1)
+    same &= (mask[1:, :prompt_width] == mask[:-1, :prompt_width]).all(1)
+    starts = [0, *(row + 1 for row, shared in enumerate(same.tolist()) if not shared)]
+    if len(starts) == sequences.num_rows or sequences.images is not None:
+        return sequences
+    groups = [range(start, end) for start, end in zip(starts, [*starts[1:], sequences.num_rows], strict=True)]
+    ids_cpu, mask_cpu = ids.cpu(), mask.cpu()
+    prompt_lengths = mask_cpu[:, :prompt_width].sum(1).tolist()
+    completion_lengths = mask_cpu[:, prompt_width:].sum(1).tolist()
+    width = max(prompt_lengths[g[0]] + sum(completion_lengths[r] for r in g) for g in groups)
+    packed = torch.zeros(len(groups), width, dtype=torch.long)
+    positions = torch.zeros(len(groups), width, dtype=torch.long)
+    segments = torch.full((len(groups), width), -1, dtype=torch.long)
+    source_rows = torch.zeros(ids.shape, dtype=torch.long)
+    source_positions = torch.zeros(ids.shape, dtype=torch.long)
+    for g, rows in enumerate(groups):
+        prompt = prompt_lengths[rows[0]]
+        packed[g, :prompt] = ids_cpu[rows[0], prompt_width - prompt : prompt_width]
+        positions[g, :prompt] = torch.arange(prompt)
+        segments[g, :prompt] = 0
+        offset = prompt
+        for k, row in enumerate(rows, start=1):
+            length = completion_lengths[row]
+            packed[g, offset : offset + length] = ids_cpu[row, prompt_width : prompt_width + length]
+            positions[g, offset : offset + length] = torch.arange(prompt, prompt + length)
+            segments[g, offset : offset + length] = k
+            source_rows[row] = g
+            source_positions[row, prompt_width - prompt : prompt_width] = torch.arange(prompt)
+            source_positions[row, prompt_width : prompt_width + length] = torch.arange(
+                offset, offset + length
+            )
+            offset += length
+    shared = SharedPrompts(packed, positions, segments, source_rows, source_positions).to(ids.device)
+    return dataclasses.replace(sequences, shared=shared)
