@@ -387,10 +387,10 @@ def ceiling(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         counted += _tokens(batch.sequences.attention_mask)
     decoder_flops = 2 * decoder_weights * positions + 4 * hidden * layers * attended
     head_flops = 2 * hidden * vocab * completions
-    # Policy: forward + backward (3x the forward); reference: forward (1x).
+    # Policy: forward + backward (3x the forward); reference: forward (1x). The rates are FLOP/s.
     decoder_rate = _matmul_rate(positions // args.steps, hidden, config["intermediate_size"])
     head_rate = _matmul_rate(completions // args.steps, hidden, vocab)
-    seconds = (4 / 3) * (decoder_flops / decoder_rate + head_flops / head_rate)
+    seconds = 4 * (decoder_flops / decoder_rate + head_flops / head_rate)
     return {
         "tokens_per_s": counted / seconds,
         "gflop_per_step": 4 * (decoder_flops + head_flops) / args.steps / 1e9,
