@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rlhf_lab.data.batches import Sequences
+from rlhf_lab.draws import draw, row_uniforms
 from rlhf_lab.errors import check_range
 from rlhf_lab.logprobs import decoder_and_head, forward_inputs, last_hidden_state, unwrap_model
 
@@ -103,20 +103,6 @@ class Generation:
         )
 
 
-def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Mask all but the top-k / nucleus tokens with -inf (HF's TopK and TopP warpers)."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        # Drop tokens once the mass before them reaches top_p (the most likely token always stays).
-        drop = (cumulative - sorted_logits.softmax(-1)) >= top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
-
-
 def _all_finished(finished: torch.Tensor) -> bool:
     done = finished.all().to(torch.int32)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -133,27 +119,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
-
-
-def _row_uniforms(
-    row_seeds: list[int] | None, batch: int, sampling: SamplingConfig, device: torch.device
-) -> torch.Tensor | None:
-    """``[B, max_new_tokens]`` float64 uniforms, row ``b``'s drawn from its own seed (None: sample with the
-    shared generator, or decode greedily)."""
-    if row_seeds is None or not sampling.do_sample:
-        return None
-    if len(row_seeds) != batch:
-        raise ValueError(f"{len(row_seeds)} row seeds for {batch} rows")
-    return torch.stack(
-        [
-            torch.rand(
-                sampling.max_new_tokens,
-                generator=torch.Generator().manual_seed(seed),
-                dtype=torch.float64,
-            )
-            for seed in row_seeds
-        ]
-    ).to(device)
 
 
 def _fast_head(head: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -180,14 +145,14 @@ def _next_token_logits(
     head: Callable[[torch.Tensor], torch.Tensor],
     step_inputs: dict[str, Any],
     cache: Any,
-    banned: torch.Tensor | None,
+    banned: torch.Tensor,
     cache_name: str = "past_key_values",
 ) -> tuple[torch.Tensor, Any]:
     """One decoder pass (the prompts, or the last sampled token against the cache): ``[B, V]`` fp32 logits of
     the next token, the multimodal tokens masked, and the updated cache (named ``cache_name``)."""
     outputs = decoder(**step_inputs, **{cache_name: cache}, use_cache=True)
     logits = head(last_hidden_state(outputs)[:, -1]).float()
-    if banned is not None:
+    if banned.numel():
         logits[:, banned] = float("-inf")
     return logits, getattr(outputs, cache_name)
 
@@ -196,67 +161,6 @@ def cache_keyword(decoder: nn.Module) -> str:
     """The KV cache's name in a decoder's ``forward`` and outputs: ``cache`` from transformers 5.x (which
     warns on every call that still passes ``past_key_values``), ``past_key_values`` before."""
     return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-
-
-def _sample(
-    logits: torch.Tensor,
-    sampling: SamplingConfig,
-    step: int,
-    generator: torch.Generator | None,
-    uniforms: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B]`` next tokens from ``[B, V]`` logits (scaled in place), and their log-probs under
-    ``softmax(logits / temperature)`` (before top-k/top-p filtering)."""
-    if not sampling.do_sample:
-        token = logits.argmax(-1)
-        return token, _token_logps(logits, token)
-    scaled = logits if sampling.temperature == 1.0 else logits.div_(sampling.temperature)
-    filtered = _filter_logits(scaled, sampling.top_k, sampling.top_p)
-    if uniforms is None:
-        token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
-    else:
-        token = _invert_cdf(filtered, uniforms[:, step])
-    return token, _token_logps(scaled, token)
-
-
-def _token_logps(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
-    return logits.log_softmax(-1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
-
-
-#: Tokens per block of `_invert_cdf`'s two-level CDF.
-_CDF_BLOCK = 256
-
-
-def _invert_cdf(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """``[B]`` tokens drawn from ``softmax(logits)`` by inverting each row's CDF at its ``[B]`` float64
-    uniform.
-
-    The CDF is summed in two levels, over blocks of `_CDF_BLOCK` tokens and then within the block the
-    uniform lands in, instead of a cumulative sum over the vocabulary (a sequential scan, once the loop's
-    costliest op). Every reduction is within one row, so a row draws the same token in any batch.
-    """
-    batch, vocab = logits.shape
-    weights = (logits - logits.amax(-1, keepdim=True)).exp_()
-    if vocab % _CDF_BLOCK:
-        weights = F.pad(weights, (0, -vocab % _CDF_BLOCK))
-    blocks = weights.view(batch, -1, _CDF_BLOCK)
-    # Block sums in fp32 (a pairwise sum, as exact as the fp32 weights; casting them all to fp64 cost more
-    # than the rest of the draw), accumulated over the blocks in fp64.
-    cdf = blocks.sum(-1).double().cumsum(-1)
-    total = cdf[:, -1:]
-    target = uniform.unsqueeze(-1) * total
-    block = _first_above(cdf, target)
-    target = target - F.pad(cdf, (1, 0)).gather(-1, block)  # the mass of the blocks before it
-    within = blocks.gather(1, block.unsqueeze(-1).expand(-1, -1, _CDF_BLOCK)).squeeze(1)
-    token = block * _CDF_BLOCK + _first_above(within.cumsum(-1, dtype=torch.float64), target)
-    return token.squeeze(-1)
-
-
-def _first_above(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``[B, 1]`` index of each row's first ``cdf`` entry above ``target``, never past the row's last entry
-    with mass (a target rounded up to the total would land on the zero-mass tail)."""
-    last = (cdf < cdf[:, -1:]).sum(-1, keepdim=True)
-    return torch.minimum(torch.searchsorted(cdf, target, right=True), last)
 
 
 def _end_rows(
@@ -342,6 +246,22 @@ def _select_static_rows(cache: Any, kept: torch.Tensor) -> None:
         torch._dynamo.mark_static_address(layer.values)
 
 
+def _next_tokens(
+    logits: torch.Tensor,
+    step: int,
+    sampling: SamplingConfig,
+    eos: torch.Tensor,
+    generator: torch.Generator | None,
+    uniforms: torch.Tensor | None,
+    rows: _Rows,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows' next tokens and log-probs (`rlhf_lab.draws.draw`): EOS banned before ``min_new_tokens``,
+    each row drawing at its own uniforms when seeded."""
+    if step < sampling.min_new_tokens:
+        logits[:, eos] = float("-inf")
+    return draw(logits, sampling, step, generator, None if uniforms is None else uniforms[rows.index])
+
+
 def _compact(rows: _Rows, cache: Any, share: float) -> None:
     """Drop finished rows once at least ``share`` of the batch has finished, keeping one row at least (the
     loop runs on until every rank is done: a sharded model's forward is collective)."""
@@ -378,49 +298,34 @@ def generate(
         eos_token_id: Token id(s) that end a completion.
         pad_token_id: Written after a completion's end.
         generator: Random generator for sampling (on the model's device), for reproducible rollouts.
-        row_seeds: One seed per row instead of ``generator``: row ``b``'s samples then depend on its seed
-            alone, not on which rows share its batch or its process (online RL seeds by prompt and sample,
-            so 2 processes sample what 1 process does). Sampling inverts the CDF at a uniform drawn from
-            the row's own stream.
-        compact_at: Drop finished rows from the batch (and the KV cache) once this share of it has finished
-            (0: never); later steps compute only the rows still going. With ``generator`` (one stream for
-            the batch) rows are never dropped: which rows share a draw would change what each samples.
-        static_cache: Keep the KV cache in transformers' ``StaticCache``, preallocated for the prompts and
-            the longest completion and written in place, instead of growing it by concatenation. Same
-            tokens and log-probs.
-        compile: Run each one-token pass (over a static cache, which it implies) through
-            ``torch.compile(mode="reduce-overhead")``: CUDA graphs on a GPU, where the loop is otherwise
-            bound by kernel launches. The first call compiles.
-
-    Returns:
-        `Generation`.
+        row_seeds: One seed per row instead of ``generator``: row ``b``'s samples depend on its seed alone,
+            not on its batch or process (`rlhf_lab.draws`; online RL seeds by prompt and sample).
+        compact_at: Drop finished rows from the batch and the KV cache once this share of it has finished
+            (0: never). Never with ``generator``: which rows share a draw would change what each samples.
+        static_cache: A KV cache preallocated and written in place (transformers' ``StaticCache``).
+        compile: Each one-token pass through ``torch.compile(mode="reduce-overhead")`` over a static cache
+            (CUDA graphs on a GPU). The first call compiles.
     """
     decoder, head_module = decoder_and_head(model)
     device, batch = prompts.input_ids.device, prompts.input_ids.shape[0]
     head = _fast_head(head_module, device)
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
-    banned_ids = multimodal_token_ids(model)
-    banned = torch.tensor(banned_ids, device=device) if banned_ids else None
-    uniforms = _row_uniforms(row_seeds, batch, sampling, device)
+    banned = torch.tensor(multimodal_token_ids(model) or [], dtype=torch.long, device=device)
+    uniforms = row_uniforms(row_seeds, batch, sampling, device)
     if sampling.do_sample and uniforms is None:
         compact_at = 0.0
-    static_cache = static_cache or compile
-    # The first pass reads the prompts (and their images) and fills the cache (without a static one, the
-    # model makes its own); later ones a token.
+    # The first pass reads the prompts (and images) and fills the cache (the model's own, if not static).
     step_inputs, cache_name = forward_inputs(decoder, prompts), cache_keyword(decoder)
-    rows = _Rows.start(prompts, step_inputs["position_ids"], sampling.max_new_tokens, static_cache)
+    rows = _Rows.start(prompts, step_inputs["position_ids"], sampling.max_new_tokens, static_cache or compile)
     step_inputs["attention_mask"] = rows.mask(0)
-    cache = _static_cache(model, rows.attention_mask.shape[1]) if static_cache else None
+    cache = _static_cache(model, rows.attention_mask.shape[1]) if rows.static else None
     decode = torch.compile(_next_token_logits, mode="reduce-overhead") if compile else _next_token_logits
     out = _Outputs.empty(batch, sampling.max_new_tokens, pad_token_id, device)
     with _eval_mode(model):
         for step in range(sampling.max_new_tokens):
             forward = decode if step else _next_token_logits  # the prompts' pass has its own shapes
             logits, cache = forward(decoder, head, step_inputs, cache, banned, cache_name)
-            if step < sampling.min_new_tokens:
-                logits[:, eos] = float("-inf")
-            row_uniforms = None if uniforms is None else uniforms[rows.index]
-            token, token_logp = _sample(logits, sampling, step, generator, row_uniforms)
+            token, token_logp = _next_tokens(logits, step, sampling, eos, generator, uniforms, rows)
             token, token_logp, alive, rows.finished = _end_rows(
                 token, token_logp, rows.finished, eos, pad_token_id
             )

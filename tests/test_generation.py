@@ -195,7 +195,7 @@ def test_row_seeded_draws_invert_each_rows_cdf() -> None:
     """The two-level CDF inversion draws the token a cumulative sum over the whole vocabulary does, the same
     for a row alone as in a batch, and never a masked (-inf) or padding token, even for a target rounded up
     to the row's total."""
-    from rlhf_lab.generation import _first_above, _invert_cdf
+    from rlhf_lab.draws import first_above, invert_cdf
 
     generator = torch.Generator().manual_seed(0)
     logits = 3 * torch.randn(64, 1000, generator=generator)  # not a whole number of blocks
@@ -204,12 +204,12 @@ def test_row_seeded_draws_invert_each_rows_cdf() -> None:
     uniforms[0] = 1 - 2**-53
     cdf = logits.softmax(-1).double().cumsum(-1)
     expected = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-    tokens = _invert_cdf(logits, uniforms)
+    tokens = invert_cdf(logits, uniforms)
     assert torch.equal(tokens, expected)
-    alone = torch.cat([_invert_cdf(logits[row : row + 1], uniforms[row : row + 1]) for row in range(64)])
+    alone = torch.cat([invert_cdf(logits[row : row + 1], uniforms[row : row + 1]) for row in range(64)])
     assert torch.equal(alone, tokens)
     cdf = torch.tensor([[0.5, 1.0, 1.0]], dtype=torch.float64)
-    assert _first_above(cdf, torch.tensor([[1.0]], dtype=torch.float64)).item() == 1
+    assert first_above(cdf, torch.tensor([[1.0]], dtype=torch.float64)).item() == 1
 
 
 @pytest.mark.parametrize("do_sample", [True, False], ids=["row-seeded", "greedy"])
