@@ -220,6 +220,7 @@ def rlhf_lab_config(args: argparse.Namespace, workdir: Path, work: str) -> Any:
 
 def run_rlhf_lab(args: argparse.Namespace, workdir: Path, work: str) -> Phases:
     import lightning as L
+    from dpo_vs_trl import _fit
 
     from rlhf_lab.objectives.distill import GKD
     from rlhf_lab.rl.actor import RolloutActor
@@ -256,20 +257,7 @@ def run_rlhf_lab(args: argparse.Namespace, workdir: Path, work: str) -> Phases:
         def on_train_batch_end(self, *_: Any) -> None:
             phases.end()
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[Timer()],
-        max_steps=args.steps + 1,
-    )
-    trainer.fit(objective, datamodule=datamodule)
+    _fit(objective, datamodule, [Timer()], max_steps=args.steps + 1)  # dpo_vs_trl's: training only, CPU
     return phases
 
 
